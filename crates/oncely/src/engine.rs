@@ -1,0 +1,1094 @@
+//! The lifecycle of an operation, top to bottom: accept → claim → execute → record →
+//! finalize, with the Reaper and the Finalizer beside them.
+//!
+//! An [`Engine`] runs four tasks over one [`Store`] and one [`Orchestrator`]:
+//!
+//! - **accept**: batches callers' submissions into one store transaction, then wakes the
+//!   dispatcher, so a new operation starts without waiting for a poll.
+//! - **dispatch**: claims due operations (a lease each) while worker slots are free and runs
+//!   each attempt in its own task. `execute` gets the command and the attempt, no store and
+//!   no connection (I5).
+//! - **record**: batches finished attempts: appends their outcomes to the write-ahead log
+//!   (one transaction, I3), then finalizes them (one transaction, fenced, I4).
+//! - **maintenance**: the Finalizer applies outcomes that are in the log but were never
+//!   finalized (their worker died); the Reaper takes back expired leases.
+//!
+//! Dropping an engine without [`Engine::shutdown`] stops it at once, as a crash would: the
+//! next engine on the same store finishes everything (I2).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::clock::{self, Clock, SystemClock};
+use crate::error::Error;
+use crate::failpoint::{CrashPoint, Failpoints};
+use crate::key::{DomainName, IdempotencyKey, Scope, TenantId};
+use crate::operation::{Fence, Fingerprint, LeaseOwner, Operation, OperationId, WalEntry};
+use crate::orchestrator::{Attempt, Orchestrator};
+use crate::outcome::Outcome;
+use crate::retry::RetryPolicy;
+use crate::store::{
+    Accepted, ClaimRequest, Decision, Fenced, ListFilter, NewOperation, Page, RecordOutcome,
+    Store, StoreError, Transition,
+};
+
+/// How an engine runs. Every field has a bound; [`EngineConfig::validate`] checks them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// External calls running at once (1 to 10,000).
+    pub workers: usize,
+    /// How long a claim lasts before the reaper may take it back.
+    pub lease_ttl: Duration,
+    /// How long one call may run; the engine gives up waiting after it and retries with
+    /// the same key. Must be shorter than `lease_ttl`, so a live worker never outlives
+    /// its lease.
+    pub call_timeout: Duration,
+    /// How often an idle dispatcher looks for due operations (retries, other nodes' work).
+    pub poll_interval: Duration,
+    /// How often the Reaper and the Finalizer run.
+    pub maintenance_interval: Duration,
+    /// How old a recorded, unfinalized outcome must be before the Finalizer applies it,
+    /// so that it does not race the worker that is finalizing it right now.
+    pub finalize_grace: Duration,
+    /// The most operations one store transaction carries (1 to 10,000).
+    pub batch_size_max: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            workers: 64,
+            lease_ttl: Duration::from_secs(60),
+            call_timeout: Duration::from_secs(45),
+            poll_interval: Duration::from_millis(500),
+            maintenance_interval: Duration::from_secs(5),
+            finalize_grace: Duration::from_secs(5),
+            batch_size_max: 256,
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Checks every bound.
+    pub fn validate(&self) -> Result<(), Error> {
+        let fail = |message: String| Err(Error::Config(message));
+        if !(1..=10_000).contains(&self.workers) {
+            return fail(format!("workers must be 1 to 10000, not {}", self.workers));
+        }
+        if !(1..=10_000).contains(&self.batch_size_max) {
+            return fail(format!(
+                "batch_size_max must be 1 to 10000, not {}",
+                self.batch_size_max
+            ));
+        }
+        if self.call_timeout.is_zero() || self.call_timeout >= self.lease_ttl {
+            return fail(format!(
+                "call_timeout ({:?}) must be above zero and below lease_ttl ({:?})",
+                self.call_timeout, self.lease_ttl
+            ));
+        }
+        if self.poll_interval.is_zero() || self.maintenance_interval.is_zero() {
+            return fail("poll_interval and maintenance_interval must be above zero".into());
+        }
+        Ok(())
+    }
+}
+
+/// What [`Engine::submit`] returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submission {
+    /// The operation, as stored.
+    pub operation: Operation,
+    /// True when the key was seen before with the same command: this is that operation,
+    /// and nothing new was stored.
+    pub replayed: bool,
+}
+
+/// Builds an [`Engine`]; see [`Engine::builder`].
+pub struct EngineBuilder<S, O> {
+    store: S,
+    orchestrator: O,
+    config: EngineConfig,
+    clock: Arc<dyn Clock>,
+    owner: Option<LeaseOwner>,
+    failpoints: Failpoints,
+}
+
+impl<S: Store, O: Orchestrator> EngineBuilder<S, O> {
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: EngineConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// External calls running at once.
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.config.workers = workers;
+        self
+    }
+
+    /// The lease length; the call timeout becomes four fifths of it.
+    pub fn lease_ttl(mut self, lease_ttl: Duration) -> Self {
+        self.config.lease_ttl = lease_ttl;
+        self.config.call_timeout = lease_ttl.mul_f64(0.8);
+        self
+    }
+
+    /// The time source (a [`ManualClock`](crate::ManualClock) in tests).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// The lease owner name; a fresh random one by default.
+    pub fn owner(mut self, owner: LeaseOwner) -> Self {
+        self.owner = Some(owner);
+        self
+    }
+
+    /// Crash points shared with a test (only useful with the `failpoints` feature).
+    pub fn failpoints(mut self, failpoints: Failpoints) -> Self {
+        self.failpoints = failpoints;
+        self
+    }
+
+    /// Checks the configuration and starts the engine's tasks on the current tokio runtime.
+    pub fn start(self) -> Result<Engine<S, O>, Error> {
+        self.config.validate()?;
+        let domain = DomainName::new(O::DOMAIN)?;
+        let (accept_tx, accept_rx) = mpsc::channel(self.config.batch_size_max * 4);
+        let (finished_tx, finished_rx) = mpsc::channel(self.config.workers);
+        let (stop_tx, stop_rx) = watch::channel(None);
+        let shared = Arc::new(Shared {
+            policy: self.orchestrator.retry_policy(),
+            store: self.store,
+            orchestrator: self.orchestrator,
+            domain,
+            slots: Arc::new(Semaphore::new(self.config.workers)),
+            config: self.config,
+            clock: self.clock,
+            owner: self.owner.unwrap_or_else(LeaseOwner::random),
+            wake: Notify::new(),
+            waiters: Mutex::new(HashMap::new()),
+            failpoints: self.failpoints,
+        });
+        tracing::info!(domain = %shared.domain, owner = %shared.owner, workers = shared.config.workers, "engine starting");
+        let tasks = vec![
+            tokio::spawn(accept_loop(shared.clone(), accept_rx)),
+            tokio::spawn(dispatch_loop(shared.clone(), finished_tx, stop_rx.clone())),
+            tokio::spawn(record_loop(shared.clone(), finished_rx)),
+            tokio::spawn(maintenance_loop(shared.clone(), stop_rx)),
+        ];
+        Ok(Engine {
+            shared,
+            accept_tx: Mutex::new(Some(accept_tx)),
+            stop: stop_tx,
+            tasks: Mutex::new(tasks),
+        })
+    }
+}
+
+/// Runs one orchestrator's operations over one store. See the [module docs](self).
+///
+/// ```ignore
+/// let engine = Engine::builder(store, PaymentOrchestrator::new(gateway)).workers(32).start()?;
+/// let submitted = engine.submit(IdempotencyKey::new("order-1001")?, command).await?;
+/// let done = engine.wait(&submitted.operation.scope, Duration::from_secs(30)).await?;
+/// engine.shutdown(Duration::from_secs(10)).await;
+/// ```
+pub struct Engine<S: Store, O: Orchestrator> {
+    shared: Arc<Shared<S, O>>,
+    accept_tx: Mutex<Option<mpsc::Sender<AcceptRequest>>>,
+    stop: watch::Sender<Option<Duration>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+struct Shared<S, O> {
+    store: S,
+    orchestrator: O,
+    domain: DomainName,
+    policy: RetryPolicy,
+    config: EngineConfig,
+    clock: Arc<dyn Clock>,
+    owner: LeaseOwner,
+    /// Free worker slots; an attempt holds one from claim until its finalize.
+    slots: Arc<Semaphore>,
+    /// Wakes the dispatcher when work arrives locally.
+    wake: Notify,
+    /// Callers of `wait`, by operation, woken when it reaches a terminal state here.
+    waiters: Mutex<HashMap<OperationId, Arc<Notify>>>,
+    failpoints: Failpoints,
+}
+
+struct AcceptRequest {
+    operation: NewOperation,
+    reply: oneshot::Sender<Result<Accepted, Error>>,
+}
+
+/// An attempt whose call has ended, on its way to the log.
+struct Finished {
+    operation: Operation,
+    fence: Fence,
+    outcome: Outcome,
+    /// True when no answer came (timeout, panic): the side effect may or may not have
+    /// happened.
+    unknown: bool,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl<S: Store, O: Orchestrator> Engine<S, O> {
+    /// Starts building an engine over `store` for `orchestrator`'s domain.
+    pub fn builder(store: S, orchestrator: O) -> EngineBuilder<S, O> {
+        EngineBuilder {
+            store,
+            orchestrator,
+            config: EngineConfig::default(),
+            clock: Arc::new(SystemClock),
+            owner: None,
+            failpoints: Failpoints::default(),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.shared.store
+    }
+
+    /// The orchestrator.
+    pub fn orchestrator(&self) -> &O {
+        &self.shared.orchestrator
+    }
+
+    /// The domain this engine serves.
+    pub fn domain(&self) -> &DomainName {
+        &self.shared.domain
+    }
+
+    /// This engine's lease owner name.
+    pub fn owner(&self) -> &LeaseOwner {
+        &self.shared.owner
+    }
+
+    /// The scope of `key` in this engine's domain, for the default tenant.
+    pub fn scope(&self, key: IdempotencyKey) -> Scope {
+        Scope::new(TenantId::default(), self.shared.domain.clone(), key)
+    }
+
+    /// Hands `command` over under `key`, for the default tenant. Returns once the operation
+    /// is durably accepted; the call itself happens later, on a worker.
+    pub async fn submit(
+        &self,
+        key: IdempotencyKey,
+        command: O::Command,
+    ) -> Result<Submission, Error> {
+        self.submit_for(TenantId::default(), Some(key), command)
+            .await
+    }
+
+    /// Hands `command` over for `tenant`, under `key` or, when `None`, the orchestrator's
+    /// business key. The same key and command again return the same operation
+    /// (`replayed`); the same key with another command is [`Error::Conflict`] and stores
+    /// nothing (I1).
+    pub async fn submit_for(
+        &self,
+        tenant: TenantId,
+        key: Option<IdempotencyKey>,
+        command: O::Command,
+    ) -> Result<Submission, Error> {
+        let key = match key {
+            Some(key) => key,
+            None => self.shared.orchestrator.business_key(&command)?,
+        };
+        let payload = serde_json::to_value(&command).map_err(Error::Command)?;
+        let operation = NewOperation {
+            scope: Scope::new(tenant, self.shared.domain.clone(), key),
+            event_type: O::EVENT_TYPE.to_owned(),
+            fingerprint: Fingerprint::of_json(&payload),
+            payload,
+            now: self.shared.clock.now(),
+        };
+        let (reply, answer) = oneshot::channel();
+        let sender = self.accept_tx.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let sender = sender.ok_or(Error::Stopped)?;
+        sender
+            .send(AcceptRequest { operation, reply })
+            .await
+            .map_err(|_| Error::Stopped)?;
+        match answer.await.map_err(|_| Error::Stopped)?? {
+            Accepted::New(operation) => Ok(Submission {
+                operation,
+                replayed: false,
+            }),
+            Accepted::Existing(operation) => Ok(Submission {
+                operation,
+                replayed: true,
+            }),
+            Accepted::Conflict(existing) => Err(Error::Conflict {
+                scope: existing.scope,
+            }),
+        }
+    }
+
+    /// The operation, now.
+    pub async fn get(&self, scope: &Scope) -> Result<Operation, Error> {
+        self.shared
+            .store
+            .get(scope)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                scope: scope.clone(),
+            })
+    }
+
+    /// Waits until the operation is terminal or `timeout` has passed, and returns it as it
+    /// is then. Finalizes on this engine wake the waiter at once; others (another node's)
+    /// are seen by polling every `poll_interval`.
+    pub async fn wait(&self, scope: &Scope, timeout: Duration) -> Result<Operation, Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let first = self.get(scope).await?;
+        if first.state.is_terminal() {
+            return Ok(first);
+        }
+        let notify = self.shared.waiter(first.id);
+        let result = loop {
+            // Created before the read, so a finalize between the two still wakes us.
+            let notified = notify.notified();
+            let operation = match self.get(scope).await {
+                Ok(operation) => operation,
+                Err(error) => break Err(error),
+            };
+            if operation.state.is_terminal() || tokio::time::Instant::now() >= deadline {
+                break Ok(operation);
+            }
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep(self.shared.config.poll_interval) => {}
+                () = tokio::time::sleep_until(deadline) => {}
+            }
+        };
+        self.shared.forget_waiter(first.id, notify);
+        result
+    }
+
+    /// Operations of this engine's domain, newest first, one page.
+    pub async fn list(&self, mut filter: ListFilter) -> Result<Page, Error> {
+        filter.domain = Some(self.shared.domain.clone());
+        Ok(self.shared.store.list(filter).await?)
+    }
+
+    /// The write-ahead log of one operation, oldest first.
+    pub async fn history(&self, scope: &Scope) -> Result<Vec<WalEntry>, Error> {
+        Ok(self.shared.store.history(scope).await?)
+    }
+
+    /// An operator's retry of a `FAILED` or `TIMEOUT` operation: back to `ACCEPTED` with a
+    /// fresh budget of attempts, due now. Its attempts forward the same key (I7).
+    pub async fn retry(&self, scope: &Scope) -> Result<Operation, Error> {
+        let operation = self.shared.store.retry(scope, self.shared.clock.now()).await?;
+        self.shared.wake.notify_one();
+        Ok(operation)
+    }
+
+    /// Runs the Reaper once: expired leases without a recorded outcome go back to
+    /// `ACCEPTED` with a backoff while attempts remain, else to `TIMEOUT`. Returns how many
+    /// operations it moved. The engine runs it every `maintenance_interval` by itself.
+    pub async fn reap_expired(&self) -> Result<usize, Error> {
+        Ok(reap_expired(&self.shared).await?)
+    }
+
+    /// Runs the Finalizer once: applies outcomes that are in the log but whose operation
+    /// was never finalized. Returns how many it finalized. The engine runs it every
+    /// `maintenance_interval` by itself.
+    pub async fn finalize_pending(&self) -> Result<usize, Error> {
+        Ok(finalize_pending(&self.shared).await?)
+    }
+
+    /// Stops taking work, lets running calls finish for up to `grace`, records and
+    /// finalizes what they return, then stops. Calls still running after `grace` are
+    /// abandoned: their leases expire and another engine retries them with the same key.
+    pub async fn shutdown(self, grace: Duration) {
+        tracing::info!(owner = %self.shared.owner, ?grace, "engine shutting down");
+        self.accept_tx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        self.stop.send_replace(Some(grace));
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(PoisonError::into_inner));
+        for task in tasks {
+            if let Err(error) = task.await {
+                tracing::error!(%error, "engine task ended abnormally");
+            }
+        }
+        tracing::info!(owner = %self.shared.owner, "engine stopped");
+    }
+}
+
+impl<S: Store, O: Orchestrator> Drop for Engine<S, O> {
+    fn drop(&mut self) {
+        for task in self.tasks.get_mut().unwrap_or_else(PoisonError::into_inner).drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl<S: Store, O: Orchestrator> Shared<S, O> {
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    fn waiter(&self, id: OperationId) -> Arc<Notify> {
+        let mut waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
+        waiters.entry(id).or_default().clone()
+    }
+
+    fn forget_waiter(&self, id: OperationId, notify: Arc<Notify>) {
+        let mut waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
+        // Only the map's reference and ours are left: no other caller waits on it.
+        if let Some(current) = waiters.get(&id)
+            && Arc::ptr_eq(current, &notify)
+            && Arc::strong_count(&notify) == 2
+        {
+            waiters.remove(&id);
+        }
+    }
+
+    fn wake_waiters(&self, id: OperationId) {
+        let notify = self
+            .waiters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        if let Some(notify) = notify {
+            notify.notify_waiters();
+        }
+    }
+
+    /// Runs a store write until it succeeds, the crash switch trips, or `lease_ttl` has
+    /// passed (after which another worker owns the attempt anyway).
+    async fn persist<T, F, Fut>(&self, what: &str, mut write: F) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.config.lease_ttl;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            if self.failpoints.is_crashed() {
+                return None;
+            }
+            match write().await {
+                Ok(value) => return Some(value),
+                Err(error) if error.is_retryable() && tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(%error, what, "store write failed; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                Err(error) => {
+                    tracing::error!(%error, what, "store write failed; giving up, the reaper will recover");
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. Accept: one transaction per batch of submissions.
+// ---------------------------------------------------------------------------------------
+
+async fn accept_loop<S: Store, O: Orchestrator>(
+    shared: Arc<Shared<S, O>>,
+    mut requests: mpsc::Receiver<AcceptRequest>,
+) {
+    let mut batch = Vec::with_capacity(shared.config.batch_size_max);
+    while requests
+        .recv_many(&mut batch, shared.config.batch_size_max)
+        .await
+        > 0
+    {
+        if shared.failpoints.is_crashed() {
+            return;
+        }
+        let (operations, replies): (Vec<_>, Vec<_>) = batch
+            .drain(..)
+            .map(|request| (request.operation, request.reply))
+            .unzip();
+        match shared.store.accept(operations).await {
+            Ok(accepted) => {
+                if shared.failpoints.hit(CrashPoint::AfterAccept) {
+                    return;
+                }
+                if accepted.iter().any(|a| matches!(a, Accepted::New(_))) {
+                    shared.wake.notify_one();
+                }
+                for (reply, accepted) in replies.into_iter().zip(accepted) {
+                    // A caller that stopped waiting still has its operation accepted.
+                    let _ = reply.send(Ok(accepted));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                let message = error.to_string();
+                for reply in replies {
+                    let error = StoreError::Database(message.clone().into());
+                    let _ = reply.send(Err(error.into()));
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. Claim and execute: a lease per operation, the call with no connection held (I5).
+// ---------------------------------------------------------------------------------------
+
+async fn dispatch_loop<S: Store, O: Orchestrator>(
+    shared: Arc<Shared<S, O>>,
+    finished: mpsc::Sender<Finished>,
+    mut stop: watch::Receiver<Option<Duration>>,
+) {
+    let mut attempts = JoinSet::new();
+    loop {
+        while attempts.try_join_next().is_some() {}
+        if stop.borrow().is_some() || shared.failpoints.is_crashed() {
+            break;
+        }
+        let Some(slots) = free_slots(&shared, &mut stop).await else {
+            break;
+        };
+        let requested = slots.len();
+        let claimed = match claim(&shared, requested).await {
+            Ok(claimed) => claimed,
+            Err(error) => {
+                tracing::warn!(%error, "claim failed");
+                Vec::new()
+            }
+        };
+        if shared.failpoints.hit(CrashPoint::AfterClaim) {
+            return;
+        }
+        let idle = claimed.len() < requested;
+        for (operation, slot) in claimed.into_iter().zip(slots) {
+            attempts.spawn(run_attempt(shared.clone(), operation, slot, finished.clone()));
+        }
+        if idle {
+            tokio::select! {
+                () = shared.wake.notified() => {}
+                () = tokio::time::sleep(shared.config.poll_interval) => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+    let grace = (*stop.borrow()).unwrap_or_default();
+    let drained = tokio::time::timeout(grace, async {
+        while attempts.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            abandoned = attempts.len(),
+            "calls still running after the shutdown grace; their leases will expire"
+        );
+        attempts.abort_all();
+    }
+}
+
+/// Waits for at least one free worker slot, then takes as many more as are free, up to a
+/// batch. `None` when the engine is stopping.
+async fn free_slots<S: Store, O: Orchestrator>(
+    shared: &Shared<S, O>,
+    stop: &mut watch::Receiver<Option<Duration>>,
+) -> Option<Vec<OwnedSemaphorePermit>> {
+    let first = tokio::select! {
+        permit = shared.slots.clone().acquire_owned() => permit.ok()?,
+        _ = stop.changed() => return None,
+    };
+    let mut slots = vec![first];
+    while slots.len() < shared.config.batch_size_max {
+        match shared.slots.clone().try_acquire_owned() {
+            Ok(slot) => slots.push(slot),
+            Err(_) => break,
+        }
+    }
+    Some(slots)
+}
+
+async fn claim<S: Store, O: Orchestrator>(
+    shared: &Shared<S, O>,
+    limit: usize,
+) -> Result<Vec<Operation>, StoreError> {
+    shared
+        .store
+        .claim(ClaimRequest {
+            domain: shared.domain.clone(),
+            owner: shared.owner.clone(),
+            now: shared.now(),
+            lease_ttl: shared.config.lease_ttl,
+            limit: u32::try_from(limit).unwrap_or(u32::MAX),
+        })
+        .await
+}
+
+async fn run_attempt<S: Store, O: Orchestrator>(
+    shared: Arc<Shared<S, O>>,
+    operation: Operation,
+    slot: OwnedSemaphorePermit,
+    finished: mpsc::Sender<Finished>,
+) {
+    let Some(fence) = operation.fence() else {
+        debug_assert!(false, "the store returned a claimed operation without a lease");
+        tracing::error!(id = %operation.id, "claimed operation has no lease; skipping it");
+        return;
+    };
+    debug_assert_eq!(fence.owner, shared.owner);
+    let Some((outcome, unknown)) = call(&shared, &operation).await else {
+        return; // crashed during the call
+    };
+    if shared.failpoints.hit(CrashPoint::AfterAnswer) {
+        return;
+    }
+    let finished_attempt = Finished {
+        operation,
+        fence,
+        outcome,
+        unknown,
+        _slot: slot,
+    };
+    if finished.send(finished_attempt).await.is_err() {
+        tracing::error!("the recorder has stopped; the outcome is lost and the lease will expire");
+    }
+}
+
+/// Makes the external call, in a task of its own so that a panic or a hang in the
+/// orchestrator cannot take the engine with it. `None` if the engine crashed meanwhile.
+async fn call<S: Store, O: Orchestrator>(
+    shared: &Arc<Shared<S, O>>,
+    operation: &Operation,
+) -> Option<(Outcome, bool)> {
+    let command = match serde_json::from_value::<O::Command>(operation.payload.clone()) {
+        Ok(command) => command,
+        Err(error) => {
+            let outcome = Outcome::fail(format!("the stored command cannot be read: {error}"))
+                .with_error_code("INVALID_STORED_COMMAND");
+            return Some((outcome, false));
+        }
+    };
+    let attempt = Attempt {
+        number: operation.attempt_count,
+        scope: operation.scope.clone(),
+    };
+    let worker = shared.clone();
+    let task = tokio::spawn(async move { worker.orchestrator.execute(command, attempt).await });
+    let abort = task.abort_handle();
+    let timeout = shared.config.call_timeout;
+    let answer = tokio::select! {
+        answer = tokio::time::timeout(timeout, task) => answer,
+        () = shared.failpoints.crashed() => {
+            abort.abort();
+            return None;
+        }
+    };
+    Some(match answer {
+        Ok(Ok(outcome)) => (outcome, false),
+        Ok(Err(error)) => (Outcome::retry(format!("the call panicked: {error}")), true),
+        Err(_) => {
+            abort.abort();
+            let reason = format!("no answer within {timeout:?}; the outcome is unknown");
+            (Outcome::retry(reason), true)
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. Record, then finalize: the outcome is in the log before anything else (I3), and the
+//    state change is fenced by attempt and owner (I4).
+// ---------------------------------------------------------------------------------------
+
+async fn record_loop<S: Store, O: Orchestrator>(
+    shared: Arc<Shared<S, O>>,
+    mut finished: mpsc::Receiver<Finished>,
+) {
+    let mut batch = Vec::with_capacity(shared.config.batch_size_max);
+    while finished
+        .recv_many(&mut batch, shared.config.batch_size_max)
+        .await
+        > 0
+    {
+        if !record_and_finalize(&shared, std::mem::take(&mut batch)).await {
+            return;
+        }
+    }
+}
+
+/// Returns false when the engine crashed.
+async fn record_and_finalize<S: Store, O: Orchestrator>(
+    shared: &Shared<S, O>,
+    batch: Vec<Finished>,
+) -> bool {
+    let now = shared.now();
+    let records: Vec<RecordOutcome> = batch
+        .iter()
+        .map(|attempt| RecordOutcome {
+            fence: attempt.fence.clone(),
+            decision: decide(
+                &shared.policy,
+                &attempt.operation,
+                &attempt.outcome,
+                attempt.unknown,
+                now,
+            ),
+            outcome: attempt.outcome.clone(),
+            now,
+        })
+        .collect();
+    let recorded = shared
+        .persist("record outcomes", || shared.store.record_outcomes(records.clone()))
+        .await;
+    let Some(recorded) = recorded else {
+        return !shared.failpoints.is_crashed();
+    };
+    if shared.failpoints.hit(CrashPoint::AfterRecord) {
+        return false;
+    }
+    let transitions: Vec<Transition> = records
+        .into_iter()
+        .zip(recorded)
+        .filter_map(|(record, fenced)| match fenced {
+            Fenced::Applied => Some(Transition {
+                fence: record.fence,
+                decision: record.decision,
+                now,
+            }),
+            Fenced::Rejected => {
+                tracing::warn!(id = %record.fence.id, attempt = record.fence.attempt, "outcome of a lease taken over by another worker; kept in the log, not applied");
+                None
+            }
+        })
+        .collect();
+    finalize(shared, transitions).await
+}
+
+/// Applies recorded decisions and wakes their waiters. Returns false when the engine
+/// crashed.
+async fn finalize<S: Store, O: Orchestrator>(
+    shared: &Shared<S, O>,
+    transitions: Vec<Transition>,
+) -> bool {
+    if transitions.is_empty() {
+        return true;
+    }
+    let finalized = shared
+        .persist("finalize", || shared.store.finalize(transitions.clone()))
+        .await;
+    let Some(finalized) = finalized else {
+        return !shared.failpoints.is_crashed();
+    };
+    for (transition, fenced) in transitions.iter().zip(finalized) {
+        match fenced {
+            Fenced::Applied => {
+                if transition.decision.target_state().is_terminal() {
+                    shared.wake_waiters(transition.fence.id);
+                }
+            }
+            Fenced::Rejected => tracing::debug!(
+                id = %transition.fence.id,
+                attempt = transition.fence.attempt,
+                "finalize matched nothing: already finalized or taken over"
+            ),
+        }
+    }
+    if transitions
+        .iter()
+        .any(|t| !t.decision.target_state().is_terminal())
+    {
+        shared.wake.notify_one();
+    }
+    true
+}
+
+/// What an attempt's outcome does to its operation under `policy`.
+pub fn decide(
+    policy: &RetryPolicy,
+    operation: &Operation,
+    outcome: &Outcome,
+    unknown: bool,
+    now: DateTime<Utc>,
+) -> Decision {
+    match outcome {
+        Outcome::Ok { data } => Decision::Complete { data: data.clone() },
+        Outcome::Fail { reason, code } => Decision::Fail {
+            reason: reason.clone(),
+            code: code.clone(),
+        },
+        Outcome::Retry { reason, backoff } => {
+            if unknown && !policy.retry_unknown_outcome {
+                return Decision::GiveUp {
+                    reason: format!("{reason}; unknown outcomes are not retried"),
+                };
+            }
+            retry_or_give_up(policy, operation, reason, *backoff, now)
+        }
+    }
+}
+
+fn retry_or_give_up(
+    policy: &RetryPolicy,
+    operation: &Operation,
+    reason: &str,
+    backoff: Option<Duration>,
+    now: DateTime<Utc>,
+) -> Decision {
+    let used = operation.attempts_used();
+    if used >= policy.attempts_max {
+        return Decision::GiveUp {
+            reason: format!("gave up after {used} attempts; last: {reason}"),
+        };
+    }
+    let backoff = backoff.unwrap_or_else(|| policy.backoff(used));
+    Decision::RetryAt {
+        reason: reason.to_owned(),
+        at: clock::add(now, backoff),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. Maintenance: the Finalizer and the Reaper.
+// ---------------------------------------------------------------------------------------
+
+async fn maintenance_loop<S: Store, O: Orchestrator>(
+    shared: Arc<Shared<S, O>>,
+    mut stop: watch::Receiver<Option<Duration>>,
+) {
+    loop {
+        if shared.failpoints.is_crashed() {
+            return;
+        }
+        // The Finalizer first: an outcome in the log must never be reaped and re-run (I3).
+        if let Err(error) = finalize_pending(&shared).await {
+            tracing::warn!(%error, "finalizer run failed");
+        }
+        if let Err(error) = reap_expired(&shared).await {
+            tracing::warn!(%error, "reaper run failed");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(shared.config.maintenance_interval) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn finalize_pending<S: Store, O: Orchestrator>(
+    shared: &Shared<S, O>,
+) -> Result<usize, StoreError> {
+    let now = shared.now();
+    let recorded_before = now - chrono::Duration::from_std(shared.config.finalize_grace).unwrap_or_default();
+    let limit = u32::try_from(shared.config.batch_size_max).unwrap_or(u32::MAX);
+    let pending = shared
+        .store
+        .pending_outcomes(&shared.domain, recorded_before, limit)
+        .await?;
+    let transitions: Vec<Transition> = pending
+        .into_iter()
+        .filter_map(|pending| {
+            let fence = pending.operation.fence()?;
+            Some(Transition {
+                fence,
+                decision: pending.decision,
+                now,
+            })
+        })
+        .collect();
+    let count = transitions.len();
+    if count > 0 {
+        tracing::info!(count, "finalizer: applying recorded outcomes");
+    }
+    if !finalize(shared, transitions).await {
+        return Err(StoreError::Crashed);
+    }
+    Ok(count)
+}
+
+async fn reap_expired<S: Store, O: Orchestrator>(
+    shared: &Shared<S, O>,
+) -> Result<usize, StoreError> {
+    let now = shared.now();
+    let limit = u32::try_from(shared.config.batch_size_max).unwrap_or(u32::MAX);
+    let expired = shared.store.expired_leases(&shared.domain, now, limit).await?;
+    let transitions: Vec<Transition> = expired
+        .iter()
+        .filter_map(|operation| {
+            Some(Transition {
+                fence: operation.fence()?,
+                decision: decide_reap(&shared.policy, operation, now),
+                now,
+            })
+        })
+        .collect();
+    if transitions.is_empty() {
+        return Ok(0);
+    }
+    let reaped = shared.store.reap(transitions.clone()).await?;
+    let mut count = 0;
+    for (transition, fenced) in transitions.iter().zip(reaped) {
+        if fenced == Fenced::Applied {
+            count += 1;
+            tracing::warn!(id = %transition.fence.id, attempt = transition.fence.attempt, owner = %transition.fence.owner, state = %transition.decision.target_state(), "reaper: lease expired");
+            if transition.decision.target_state().is_terminal() {
+                shared.wake_waiters(transition.fence.id);
+            }
+        }
+    }
+    shared.wake.notify_one();
+    Ok(count)
+}
+
+/// What the Reaper does with an operation whose lease expired with no recorded outcome:
+/// its worker died or hung, so the outcome of the attempt is unknown.
+pub fn decide_reap(policy: &RetryPolicy, operation: &Operation, now: DateTime<Utc>) -> Decision {
+    let reason = format!(
+        "the lease of attempt {} expired without an outcome",
+        operation.attempt_count
+    );
+    if !policy.retry_unknown_outcome {
+        return Decision::GiveUp {
+            reason: format!("{reason}; unknown outcomes are not retried"),
+        };
+    }
+    retry_or_give_up(policy, operation, &reason, None, now)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::state::OperationState;
+
+    fn operation(attempt_count: u32, attempt_floor: u32) -> Operation {
+        let now = Utc::now();
+        Operation {
+            id: OperationId(1),
+            scope: Scope::new(
+                TenantId::default(),
+                DomainName::new("TEST").unwrap(),
+                IdempotencyKey::new("k").unwrap(),
+            ),
+            event_type: "TEST_REQUESTED".into(),
+            state: OperationState::Processing,
+            payload: json!({}),
+            fingerprint: Fingerprint::of_json(&json!({})),
+            attempt_count,
+            attempt_floor,
+            recorded_attempt: None,
+            last_attempt_at: Some(now),
+            next_retry_at: None,
+            lease: None,
+            outcome_data: None,
+            error_code: None,
+            error_message: None,
+            created_at: now,
+            updated_at: now,
+            completed_at: None,
+        }
+    }
+
+    #[test]
+    fn retry_uses_the_outcome_backoff_then_the_policy_then_gives_up() {
+        let policy = RetryPolicy {
+            attempts_max: 3,
+            ..RetryPolicy::default()
+        };
+        let now = Utc::now();
+        let own = Outcome::retry("503").with_backoff(Duration::from_secs(7));
+        assert_eq!(
+            decide(&policy, &operation(1, 0), &own, false, now),
+            Decision::RetryAt {
+                reason: "503".into(),
+                at: now + chrono::Duration::seconds(7)
+            }
+        );
+        let plain = Outcome::retry("503");
+        assert_eq!(
+            decide(&policy, &operation(2, 0), &plain, false, now),
+            Decision::RetryAt {
+                reason: "503".into(),
+                at: now + chrono::Duration::seconds(40)
+            }
+        );
+        assert!(matches!(
+            decide(&policy, &operation(3, 0), &plain, false, now),
+            Decision::GiveUp { .. }
+        ));
+        // An operator retry wrote off the first three attempts.
+        assert!(matches!(
+            decide(&policy, &operation(4, 3), &plain, false, now),
+            Decision::RetryAt { .. }
+        ));
+    }
+
+    #[test]
+    fn unknown_outcomes_are_given_up_when_the_policy_says_so() {
+        let policy = RetryPolicy {
+            retry_unknown_outcome: false,
+            ..RetryPolicy::default()
+        };
+        let now = Utc::now();
+        let unknown = Outcome::retry("no answer");
+        assert!(matches!(
+            decide(&policy, &operation(1, 0), &unknown, true, now),
+            Decision::GiveUp { .. }
+        ));
+        assert!(matches!(
+            decide(&policy, &operation(1, 0), &unknown, false, now),
+            Decision::RetryAt { .. }
+        ));
+        assert!(matches!(
+            decide_reap(&policy, &operation(1, 0), now),
+            Decision::GiveUp { .. }
+        ));
+        assert!(matches!(
+            decide_reap(&RetryPolicy::default(), &operation(1, 0), now),
+            Decision::RetryAt { .. }
+        ));
+    }
+
+    #[test]
+    fn ok_and_fail_map_to_complete_and_fail() {
+        let policy = RetryPolicy::default();
+        let now = Utc::now();
+        let ok = Outcome::ok().with_data("transactionId", "tx");
+        assert_eq!(
+            decide(&policy, &operation(1, 0), &ok, false, now).target_state(),
+            OperationState::Completed
+        );
+        let fail = Outcome::fail("declined").with_error_code("card_declined");
+        assert_eq!(
+            decide(&policy, &operation(1, 0), &fail, false, now),
+            Decision::Fail {
+                reason: "declined".into(),
+                code: Some("card_declined".into())
+            }
+        );
+    }
+
+    #[test]
+    fn config_bounds_are_checked() {
+        assert!(EngineConfig::default().validate().is_ok());
+        let zero_workers = EngineConfig {
+            workers: 0,
+            ..EngineConfig::default()
+        };
+        assert!(zero_workers.validate().is_err());
+        let timeout_past_lease = EngineConfig {
+            call_timeout: Duration::from_secs(90),
+            ..EngineConfig::default()
+        };
+        assert!(timeout_past_lease.validate().is_err());
+    }
+}

@@ -1,0 +1,306 @@
+//! The `Store` port: everything the engine asks of a database, in batches.
+//!
+//! Each method is one transaction over a batch, so a store can commit many operations with
+//! one fsync (group commit). Every method that changes an operation's state appends the
+//! matching write-ahead log entry in the same transaction (I6), and every write about an
+//! attempt is conditional on its [`Fence`] (I4). The engine decides *what* happens (the
+//! retry policy, the next state); the store makes it durable, atomically, or not at all.
+
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::key::{DomainName, Scope, TenantId};
+use crate::operation::{Fence, Fingerprint, LeaseOwner, Operation, OperationId, WalEntry};
+use crate::outcome::Outcome;
+use crate::state::OperationState;
+
+/// An operation to accept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewOperation {
+    /// Tenant, domain, key.
+    pub scope: Scope,
+    /// The domain's event type.
+    pub event_type: String,
+    /// The command as JSON.
+    pub payload: Value,
+    /// The payload's digest.
+    pub fingerprint: Fingerprint,
+    /// Accept time; also when the first attempt becomes due.
+    pub now: DateTime<Utc>,
+}
+
+/// What an accept came to, for one operation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Accepted {
+    /// A new operation was written.
+    New(Operation),
+    /// An operation with this scope and fingerprint existed: it is returned, nothing written.
+    Existing(Operation),
+    /// An operation with this scope but another fingerprint existed: nothing written (I1).
+    Conflict(Operation),
+}
+
+/// A worker's request for due operations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRequest {
+    /// Only operations of this domain.
+    pub domain: DomainName,
+    /// The worker.
+    pub owner: LeaseOwner,
+    /// Due means `next_retry_at <= now`.
+    pub now: DateTime<Utc>,
+    /// How long the lease lasts.
+    pub lease_ttl: Duration,
+    /// At most this many.
+    pub limit: u32,
+}
+
+/// An outcome to append to the write-ahead log, fenced by its attempt, with the decision
+/// the engine made of it. The decision is logged too, so that the Finalizer applies
+/// exactly what the worker would have, whatever the policy is when it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordOutcome {
+    /// The attempt that produced it.
+    pub fence: Fence,
+    /// What the external API answered.
+    pub outcome: Outcome,
+    /// What it does to the operation.
+    pub decision: Decision,
+    /// When it was recorded.
+    pub now: DateTime<Utc>,
+}
+
+/// What an attempt's end does to its operation: computed by the engine from the outcome
+/// and the retry policy, applied by the store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "decision", rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Decision {
+    /// `COMPLETED`, keeping the outcome's data.
+    Complete {
+        /// The `Ok` outcome's data.
+        data: Map<String, Value>,
+    },
+    /// `FAILED`.
+    Fail {
+        /// Why.
+        reason: String,
+        /// The error code, if any.
+        code: Option<String>,
+    },
+    /// Back to `ACCEPTED`, due again at `at`.
+    RetryAt {
+        /// Why.
+        reason: String,
+        /// When the next attempt becomes due.
+        #[serde(rename = "nextRetryAt")]
+        at: DateTime<Utc>,
+    },
+    /// `TIMEOUT`: no more attempts.
+    GiveUp {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Decision {
+    /// The state the operation moves to.
+    pub fn target_state(&self) -> OperationState {
+        match self {
+            Self::Complete { .. } => OperationState::Completed,
+            Self::Fail { .. } => OperationState::Failed,
+            Self::RetryAt { .. } => OperationState::Accepted,
+            Self::GiveUp { .. } => OperationState::Timeout,
+        }
+    }
+}
+
+/// A fenced move out of `PROCESSING`: a finalize or a reap.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    /// The attempt it ends.
+    pub fence: Fence,
+    /// Where the operation goes.
+    pub decision: Decision,
+    /// When.
+    pub now: DateTime<Utc>,
+}
+
+/// Whether a fenced write matched its operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fenced {
+    /// It matched and was written.
+    Applied,
+    /// It matched nothing: the attempt is no longer the current one, its lease has another
+    /// owner, or the operation already moved on. Nothing was changed.
+    Rejected,
+}
+
+/// An outcome in the write-ahead log whose operation is still `PROCESSING` under the
+/// attempt that produced it: the Finalizer's work.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingOutcome {
+    /// The operation.
+    pub operation: Operation,
+    /// Its recorded outcome.
+    pub outcome: Outcome,
+    /// The decision recorded with it.
+    pub decision: Decision,
+}
+
+/// Which operations to list.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ListFilter {
+    /// Only this tenant.
+    pub tenant: Option<TenantId>,
+    /// Only this domain.
+    pub domain: Option<DomainName>,
+    /// Only this state.
+    pub state: Option<OperationState>,
+    /// Only operations with a smaller id (the previous page's cursor): newest first.
+    pub before: Option<OperationId>,
+    /// At most this many (the store caps it at [`LIST_LIMIT_MAX`]).
+    pub limit: u32,
+}
+
+/// The largest page a store returns.
+pub const LIST_LIMIT_MAX: u32 = 1_000;
+
+/// One page of a listing, newest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    /// The operations.
+    pub items: Vec<Operation>,
+    /// Pass as [`ListFilter::before`] for the next page; `None` on the last page.
+    pub next: Option<OperationId>,
+}
+
+/// What went wrong in a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The operation does not exist.
+    #[error("no operation {scope}")]
+    NotFound {
+        /// What was asked for.
+        scope: Scope,
+    },
+    /// An operator retry of an operation that is not `FAILED` or `TIMEOUT`.
+    #[error("operation {scope} is {state}; only FAILED or TIMEOUT operations can be retried")]
+    NotRetryable {
+        /// The operation.
+        scope: Scope,
+        /// Its state.
+        state: OperationState,
+    },
+    /// The database failed or could not be reached. Retrying later may help.
+    #[error("database error: {0}")]
+    Database(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A stored row could not be read back (a bug, or a database edited by hand).
+    #[error("stored data is not valid: {0}")]
+    Corrupt(String),
+    /// A test's failpoint stopped the store before it committed.
+    #[error("stopped by a failpoint before commit")]
+    Crashed,
+}
+
+impl StoreError {
+    /// Whether trying the same call again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Database(_) => true,
+            Self::NotFound { .. } | Self::NotRetryable { .. } | Self::Corrupt(_) | Self::Crashed => {
+                false
+            }
+        }
+    }
+}
+
+/// A database that keeps operations and their write-ahead log.
+///
+/// Implementations must keep the contract in each method's doc; the conformance tests in
+/// `oncely-sqlx` check it. Batches come from one engine; a method's batch is one
+/// transaction.
+pub trait Store: Send + Sync + 'static {
+    /// Inserts each operation, or returns the existing one with the same scope (I1):
+    /// `Existing` when the fingerprints match, `Conflict` when they differ. New operations
+    /// are `ACCEPTED`, due at `now`, with an `ACCEPTED` log entry.
+    fn accept(
+        &self,
+        batch: Vec<NewOperation>,
+    ) -> impl Future<Output = Result<Vec<Accepted>, StoreError>> + Send;
+
+    /// Moves up to `limit` due `ACCEPTED` operations of the domain to `PROCESSING` with a
+    /// lease for `owner` and `attempt_count + 1`, oldest due first, with an `EXECUTING`
+    /// entry each. Never hands one operation to two workers at once.
+    fn claim(
+        &self,
+        request: ClaimRequest,
+    ) -> impl Future<Output = Result<Vec<Operation>, StoreError>> + Send;
+
+    /// Appends each outcome to the log. When its fence matches, the entry is
+    /// `OUTCOME_RECORDED` and the operation's `recorded_attempt` becomes the attempt (I3);
+    /// otherwise it is kept as `OUTCOME_REJECTED` and nothing else changes (I4).
+    fn record_outcomes(
+        &self,
+        batch: Vec<RecordOutcome>,
+    ) -> impl Future<Output = Result<Vec<Fenced>, StoreError>> + Send;
+
+    /// Applies each decision when its fence matches and the attempt's outcome was recorded
+    /// (WAL first, I3), with a `FINALIZED` entry; otherwise changes nothing (I4).
+    fn finalize(
+        &self,
+        batch: Vec<Transition>,
+    ) -> impl Future<Output = Result<Vec<Fenced>, StoreError>> + Send;
+
+    /// `PROCESSING` operations of the domain whose lease ended at or before `now` and whose
+    /// attempt has no recorded outcome: the reaper's candidates.
+    fn expired_leases(
+        &self,
+        domain: &DomainName,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<Operation>, StoreError>> + Send;
+
+    /// Applies each decision when its fence matches, the lease has ended at or before
+    /// `now`, and no outcome of the attempt was recorded (a recorded outcome is the
+    /// Finalizer's, I3), with a `REAPED` entry; otherwise changes nothing.
+    fn reap(
+        &self,
+        batch: Vec<Transition>,
+    ) -> impl Future<Output = Result<Vec<Fenced>, StoreError>> + Send;
+
+    /// `PROCESSING` operations of the domain whose current attempt's outcome was recorded
+    /// at or before `recorded_before` but not finalized: the Finalizer's work.
+    fn pending_outcomes(
+        &self,
+        domain: &DomainName,
+        recorded_before: DateTime<Utc>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<PendingOutcome>, StoreError>> + Send;
+
+    /// Sends a `FAILED` or `TIMEOUT` operation back to `ACCEPTED`, due at `now`, with a
+    /// fresh budget of attempts and an `OPERATOR_RETRIED` entry. The key stays the same (I7).
+    fn retry(
+        &self,
+        scope: &Scope,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Operation, StoreError>> + Send;
+
+    /// The operation with this scope, if any.
+    fn get(
+        &self,
+        scope: &Scope,
+    ) -> impl Future<Output = Result<Option<Operation>, StoreError>> + Send;
+
+    /// Operations matching the filter, newest first, one page.
+    fn list(&self, filter: ListFilter) -> impl Future<Output = Result<Page, StoreError>> + Send;
+
+    /// The write-ahead log of one operation, oldest first; `NotFound` when it does not exist.
+    fn history(
+        &self,
+        scope: &Scope,
+    ) -> impl Future<Output = Result<Vec<WalEntry>, StoreError>> + Send;
+}
