@@ -1,1 +1,59 @@
-//! placeholder
+//! oncely's [`Store`](oncely::Store) on SQL databases, through sqlx.
+//!
+//! - [`SqliteStore`] (feature `sqlite`, on by default): the embedded default, one file,
+//!   nothing to install.
+//!
+//! Every backend keeps the same two tables, `oncely_operations` and `oncely_wal`, with
+//! migrations embedded in the binary and applied by `open` (or `oncely migrate`).
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = oncely_sqlx::SqliteStore::open("sqlite://oncely.db").await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//!
+//! - `sqlite`: the SQLite store.
+//! - `rows`: turning stored columns into oncely's types, shared by every backend.
+
+#![forbid(unsafe_code)]
+
+mod rows;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+pub use oncely::store::LIST_LIMIT_MAX;
+pub(crate) use rows::decision_columns;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteStore;
+
+/// Why a database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The URL could not be understood.
+    #[error("invalid database URL {url:?}: {source}")]
+    Url {
+        /// The URL given.
+        url: String,
+        /// What was wrong with it.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The database could not be reached or created.
+    #[error("cannot open the database at {url:?}: {source}")]
+    Connect {
+        /// The URL given.
+        url: String,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A migration failed.
+    #[error("cannot bring the schema up to date: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

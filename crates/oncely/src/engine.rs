@@ -34,8 +34,8 @@ use crate::orchestrator::{Attempt, Orchestrator};
 use crate::outcome::Outcome;
 use crate::retry::RetryPolicy;
 use crate::store::{
-    Accepted, ClaimRequest, Decision, Fenced, ListFilter, NewOperation, Page, RecordOutcome,
-    Store, StoreError, Transition,
+    Accepted, ClaimRequest, Decision, Fenced, ListFilter, NewOperation, Page, RecordOutcome, Store,
+    StoreError, Transition,
 };
 
 /// How an engine runs. Every field has a bound; [`EngineConfig::validate`] checks them.
@@ -314,7 +314,11 @@ impl<S: Store, O: Orchestrator> Engine<S, O> {
             now: self.shared.clock.now(),
         };
         let (reply, answer) = oneshot::channel();
-        let sender = self.accept_tx.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let sender = self
+            .accept_tx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let sender = sender.ok_or(Error::Stopped)?;
         sender
             .send(AcceptRequest { operation, reply })
@@ -390,7 +394,11 @@ impl<S: Store, O: Orchestrator> Engine<S, O> {
     /// An operator's retry of a `FAILED` or `TIMEOUT` operation: back to `ACCEPTED` with a
     /// fresh budget of attempts, due now. Its attempts forward the same key (I7).
     pub async fn retry(&self, scope: &Scope) -> Result<Operation, Error> {
-        let operation = self.shared.store.retry(scope, self.shared.clock.now()).await?;
+        let operation = self
+            .shared
+            .store
+            .retry(scope, self.shared.clock.now())
+            .await?;
         self.shared.wake.notify_one();
         Ok(operation)
     }
@@ -431,7 +439,12 @@ impl<S: Store, O: Orchestrator> Engine<S, O> {
 
 impl<S: Store, O: Orchestrator> Drop for Engine<S, O> {
     fn drop(&mut self) {
-        for task in self.tasks.get_mut().unwrap_or_else(PoisonError::into_inner).drain(..) {
+        for task in self
+            .tasks
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+        {
             task.abort();
         }
     }
@@ -575,7 +588,12 @@ async fn dispatch_loop<S: Store, O: Orchestrator>(
         }
         let idle = claimed.len() < requested;
         for (operation, slot) in claimed.into_iter().zip(slots) {
-            attempts.spawn(run_attempt(shared.clone(), operation, slot, finished.clone()));
+            attempts.spawn(run_attempt(
+                shared.clone(),
+                operation,
+                slot,
+                finished.clone(),
+            ));
         }
         if idle {
             tokio::select! {
@@ -642,7 +660,10 @@ async fn run_attempt<S: Store, O: Orchestrator>(
     finished: mpsc::Sender<Finished>,
 ) {
     let Some(fence) = operation.fence() else {
-        debug_assert!(false, "the store returned a claimed operation without a lease");
+        debug_assert!(
+            false,
+            "the store returned a claimed operation without a lease"
+        );
         tracing::error!(id = %operation.id, "claimed operation has no lease; skipping it");
         return;
     };
@@ -748,7 +769,9 @@ async fn record_and_finalize<S: Store, O: Orchestrator>(
         })
         .collect();
     let recorded = shared
-        .persist("record outcomes", || shared.store.record_outcomes(records.clone()))
+        .persist("record outcomes", || {
+            shared.store.record_outcomes(records.clone())
+        })
         .await;
     let Some(recorded) = recorded else {
         return !shared.failpoints.is_crashed();
@@ -887,7 +910,8 @@ async fn finalize_pending<S: Store, O: Orchestrator>(
     shared: &Shared<S, O>,
 ) -> Result<usize, StoreError> {
     let now = shared.now();
-    let recorded_before = now - chrono::Duration::from_std(shared.config.finalize_grace).unwrap_or_default();
+    let recorded_before =
+        now - chrono::Duration::from_std(shared.config.finalize_grace).unwrap_or_default();
     let limit = u32::try_from(shared.config.batch_size_max).unwrap_or(u32::MAX);
     let pending = shared
         .store
@@ -919,7 +943,10 @@ async fn reap_expired<S: Store, O: Orchestrator>(
 ) -> Result<usize, StoreError> {
     let now = shared.now();
     let limit = u32::try_from(shared.config.batch_size_max).unwrap_or(u32::MAX);
-    let expired = shared.store.expired_leases(&shared.domain, now, limit).await?;
+    let expired = shared
+        .store
+        .expired_leases(&shared.domain, now, limit)
+        .await?;
     let transitions: Vec<Transition> = expired
         .iter()
         .filter_map(|operation| {

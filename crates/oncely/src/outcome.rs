@@ -159,7 +159,10 @@ mod tests {
             Outcome::ok().with_backoff(Duration::from_secs(1)),
             Outcome::ok()
         );
-        assert_eq!(Outcome::retry("x").with_error_code("c"), Outcome::retry("x"));
+        assert_eq!(
+            Outcome::retry("x").with_error_code("c"),
+            Outcome::retry("x")
+        );
     }
 
     #[test]
@@ -174,8 +177,8 @@ mod tests {
             let json = serde_json::to_string(&outcome).unwrap();
             assert_eq!(serde_json::from_str::<Outcome>(&json).unwrap(), outcome);
         }
-        let json = serde_json::to_value(Outcome::retry("r").with_backoff(Duration::from_secs(2)))
-            .unwrap();
+        let json =
+            serde_json::to_value(Outcome::retry("r").with_backoff(Duration::from_secs(2))).unwrap();
         assert_eq!(json["backoffMs"], 2000);
         assert_eq!(json["type"], "RETRY");
     }

@@ -85,7 +85,9 @@ impl fmt::Display for OperationState {
 
 /// A state name that is not one of the five.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown operation state {0:?}; expected one of ACCEPTED, PROCESSING, COMPLETED, FAILED, TIMEOUT")]
+#[error(
+    "unknown operation state {0:?}; expected one of ACCEPTED, PROCESSING, COMPLETED, FAILED, TIMEOUT"
+)]
 pub struct UnknownState(pub String);
 
 impl FromStr for OperationState {

@@ -211,9 +211,10 @@ impl StoreError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Database(_) => true,
-            Self::NotFound { .. } | Self::NotRetryable { .. } | Self::Corrupt(_) | Self::Crashed => {
-                false
-            }
+            Self::NotFound { .. }
+            | Self::NotRetryable { .. }
+            | Self::Corrupt(_)
+            | Self::Crashed => false,
         }
     }
 }

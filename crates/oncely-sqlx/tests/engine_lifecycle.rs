@@ -1,0 +1,367 @@
+//! The engine end to end on SQLite: submit, replay, retry, fail, wake, shutdown.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Behaviour, Charge, FakeApi, TestDb, drive_until_terminal, engine, key};
+use oncely::{
+    Error, IdempotencyKey, ListFilter, ManualClock, OperationState, RetryPolicy, TenantId, WalKind,
+};
+
+#[tokio::test]
+async fn submitted_operation_completes_once_and_forwards_its_key() {
+    let db = TestDb::new();
+    let api = FakeApi::default();
+    let clock = ManualClock::starting_now();
+    let engine = engine(db.open().await, &api, &clock).start().unwrap();
+
+    let submitted = engine
+        .submit(key("order-1"), Charge::new("ada", 1000))
+        .await
+        .unwrap();
+    assert!(!submitted.replayed);
+    assert_eq!(submitted.operation.state, OperationState::Accepted);
+    let done = engine
+        .wait(&submitted.operation.scope, Duration::from_secs(10))
+        .await
+        .unwrap();
+
+    assert_eq!(done.state, OperationState::Completed);
+    assert_eq!(done.attempt_count, 1);
+    assert_eq!(done.outcome_data.as_ref().unwrap()["transactionId"], "tx_1");
+    assert!(done.completed_at.is_some() && done.lease.is_none());
+    assert_eq!(api.calls("order-1"), 1);
+    assert_eq!(api.side_effects("order-1"), 1);
+    let kinds: Vec<WalKind> = engine
+        .history(&done.scope)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|entry| entry.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            WalKind::Accepted,
+            WalKind::Executing,
+            WalKind::OutcomeRecorded,
+            WalKind::Finalized
+        ]
+    );
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn duplicate_submit_replays_and_conflicting_submit_is_refused() {
+    let db = TestDb::new();
+    let api = FakeApi::default();
+    let clock = ManualClock::starting_now();
+    let engine = engine(db.open().await, &api, &clock).start().unwrap();
+
+    let first = engine
+        .submit(key("k"), Charge::new("ada", 10))
+        .await
+        .unwrap();
+    let again = engine
+        .submit(key("k"), Charge::new("ada", 10))
+        .await
+        .unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.operation.id, first.operation.id);
+
+    let conflict = engine.submit(key("k"), Charge::new("ada", 11)).await;
+    match conflict {
+        Err(Error::Conflict { scope }) => assert_eq!(scope.key.as_str(), "k"),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let done = engine
+        .wait(&first.operation.scope, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        done.payload["amount"], 10,
+        "the conflicting body changed nothing"
+    );
+    let page = engine
+        .list(ListFilter {
+            limit: 10,
+            ..ListFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert_eq!(api.calls("k"), 1);
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn concurrent_duplicates_join_one_operation() {
+    let db = TestDb::new();
+    let api = FakeApi::default();
+    let clock = ManualClock::starting_now();
+    let engine = std::sync::Arc::new(engine(db.open().await, &api, &clock).start().unwrap());
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let engine = engine.clone();
+        tasks.push(tokio::spawn(async move {
+            engine
+                .submit(key("same"), Charge::new("bob", 5))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut new = 0;
+    let mut ids = std::collections::HashSet::new();
+    for task in tasks {
+        let submission = task.await.unwrap();
+        new += usize::from(!submission.replayed);
+        ids.insert(submission.operation.id);
+    }
+    assert_eq!((new, ids.len()), (1, 1));
+    let scope = engine.scope(key("same"));
+    let done = engine.wait(&scope, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(done.state, OperationState::Completed);
+    assert_eq!(api.calls("same"), 1);
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_with_the_same_key_until_success() {
+    let db = TestDb::new();
+    let api = FakeApi::default();
+    let clock = ManualClock::starting_now();
+    let engine = engine(db.open().await, &api, &clock).start().unwrap();
+    let charge = Charge::new("cy", 7).behaving(Behaviour::Unavailable(2));
+    let submitted = engine.submit(key("flaky"), charge).await.unwrap();
+
+    let done = drive_until_terminal(&engine, &clock, &[submitted.operation.scope.clone()]).await;
+    assert_eq!(done[0].state, OperationState::Completed);
+    assert_eq!(done[0].attempt_count, 3);
+    assert_eq!(api.calls("flaky"), 3);
+    assert_eq!(api.side_effects("flaky"), 1);
+    assert_eq!(done[0].outcome_data.as_ref().unwrap()["callNumber"], 3);
+}
+
+#[tokio::test]
+async fn retries_exhausted_end_in_timeout_and_an_operator_retry_finishes_them() {
+    let db = TestDb::new();
+    let api = FakeApi::default();
+    let clock = ManualClock::starting_now();
+    let mut orchestrator = common::ChargeOrchestrator::new(api.clone());
+    orchestrator.policy = RetryPolicy {
+        attempts_max: 2,
+        ..RetryPolicy::default()
+    };
+    let engine = oncely::Engine::builder(db.open().await, orchestrator)
+        .config(common::test_config())
+        .clock(clock.clone())
+        .start()
+        .unwrap();
+    let charge = Charge::new("dee", 9).behaving(Behaviour::Unavailable(3));
+    let scope = engine
+        .submit(key("stubborn"), charge)
+        .await
+        .unwrap()
+        .operation
+        .scope;
+
+    let done = drive_until_terminal(&engine, &clock, std::slice::from_ref(&scope)).await;
+    assert_eq!(done[0].state, OperationState::Timeout);
+    assert_eq!(done[0].attempt_count, 2);
+
+    let retried = engine.retry(&scope).await.unwrap();
+    assert_eq!(retried.state, OperationState::Accepted);
+    let done = drive_until_terminal(&engine, &clock, std::slice::from_ref(&scope)).await;
+    assert_eq!(done[0].state, OperationState::Completed);
+    assert_eq!(done[0].attempt_count, 4, "call 3 fails, call 4 charges");
+    assert_eq!(api.side_effects("stubborn"), 1);
+    let history = engine.history(&scope).await.unwrap();
+    assert!(
+        history
+            .iter()
+            .any(|entry| entry.kind == WalKind::OperatorRetried)
+    );
+
+    match engine.retry(&scope).await {
+        Err(Error::NotRetryable { state, .. }) => assert_eq!(state, OperationState::Completed),
+        other => panic!("a completed operation cannot be retried: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_decline_fails_at_once_with_its_code() {
+    let db = TestDb::new();
+    let api = FakeApi::default();
+    let clock = ManualClock::starting_now();
+    let engine = engine(db.open().await, &api, &clock).start().unwrap();
+    let charge = Charge::new("eve", 3).behaving(Behaviour::Decline);
+    let scope = engine
+        .submit(key("declined"), charge)
+        .await
+        .unwrap()
+        .operation
+        .scope;
+    let done = engine.wait(&scope, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(done.state, OperationState::Failed);
+    assert_eq!(done.error_code.as_deref(), Some("card_declined"));
+    assert_eq!(api.calls("declined"), 1);
+}
+
+#[tokio::test]
+async fn a_panicking_orchestrator_is_retried_then_timed_out_without_killing_the_engine() {
+    let db = TestDb::new();
+    let api = FakeApi::default();
+    let clock = ManualClock::starting_now();
+    let engine = engine(db.open().await, &api, &clock).start().unwrap();
+    let bad = engine
+        .submit(key("bug"), Charge::new("f", 1).behaving(Behaviour::Panic))
+        .await
+        .unwrap();
+    let good = engine
+        .submit(key("fine"), Charge::new("g", 1))
+        .await
+        .unwrap();
+    let scopes = [bad.operation.scope, good.operation.scope];
+    let done = drive_until_terminal(&engine, &clock, &scopes).await;
+    assert_eq!(done[0].state, OperationState::Timeout);
+    assert_eq!(done[0].attempt_count, RetryPolicy::default().attempts_max);
+    assert_eq!(done[1].state, OperationState::Completed);
+}
+
+#[tokio::test]
+async fn a_local_accept_wakes_a_worker_without_waiting_for_a_poll() {
+    let db = TestDb::new();
+    let api = FakeApi::default();
+    let clock = ManualClock::starting_now();
+    let mut config = common::test_config();
+    config.poll_interval = Duration::from_secs(3_600);
+    config.maintenance_interval = Duration::from_secs(3_600);
+    let engine = engine(db.open().await, &api, &clock)
+        .config(config)
+        .start()
+        .unwrap();
+    // Let the dispatcher find nothing and go to sleep for its hour.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let scope = engine
+        .submit(key("now"), Charge::new("h", 1))
+        .await
+        .unwrap()
+        .operation
+        .scope;
+    let done = engine.wait(&scope, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(done.state, OperationState::Completed);
+}
+
+#[tokio::test]
+async fn business_key_is_used_without_a_key_and_tenants_do_not_share_keys() {
+    let db = TestDb::new();
+    let api = FakeApi::default();
+    let clock = ManualClock::starting_now();
+    let engine = engine(db.open().await, &api, &clock).start().unwrap();
+    let a = engine
+        .submit_for(TenantId::default(), None, Charge::new("ida", 42))
+        .await
+        .unwrap();
+    assert_eq!(a.operation.scope.key.as_str(), "CHARGE-ida-42");
+    let b = engine
+        .submit_for(TenantId::new("acme").unwrap(), None, Charge::new("ida", 43))
+        .await
+        .unwrap();
+    assert_ne!(a.operation.id, b.operation.id);
+    let same_key_other_tenant = engine
+        .submit_for(
+            TenantId::new("acme").unwrap(),
+            Some(key("CHARGE-ida-42")),
+            Charge::new("ida", 99),
+        )
+        .await
+        .unwrap();
+    assert!(!same_key_other_tenant.replayed);
+}
+
+#[tokio::test]
+async fn bad_input_gets_typed_errors_and_stores_nothing() {
+    let db = TestDb::new();
+    let api = FakeApi::default();
+    let clock = ManualClock::starting_now();
+    let engine = engine(db.open().await, &api, &clock).start().unwrap();
+
+    for bad in ["", "   ", "has space", "naïve", &"x".repeat(256)] {
+        assert!(IdempotencyKey::new(bad).is_err(), "{bad:?}");
+    }
+    // A business key built from bad fields is refused before anything is written.
+    let refused = engine
+        .submit_for(TenantId::default(), None, Charge::new("with space", 1))
+        .await;
+    assert!(matches!(refused, Err(Error::InvalidName(_))), "{refused:?}");
+
+    let unknown = engine.scope(key("never-submitted"));
+    assert!(matches!(
+        engine.get(&unknown).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        engine.history(&unknown).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        engine.retry(&unknown).await,
+        Err(Error::NotFound { .. })
+    ));
+
+    let page = engine
+        .list(ListFilter {
+            limit: 10,
+            ..ListFilter::default()
+        })
+        .await
+        .unwrap();
+    assert!(page.items.is_empty(), "nothing was stored");
+    assert_eq!(api.total_calls(), 0);
+}
+
+#[tokio::test]
+async fn shutdown_lets_running_calls_finish_and_records_them() {
+    let db = TestDb::new();
+    let api = FakeApi::default();
+    let clock = ManualClock::starting_now();
+    let engine = engine(db.open().await, &api, &clock).start().unwrap();
+    let mut scopes = Vec::new();
+    for i in 0..20 {
+        let key = key(&format!("s-{i}"));
+        scopes.push(
+            engine
+                .submit(key, Charge::new("s", i))
+                .await
+                .unwrap()
+                .operation
+                .scope,
+        );
+    }
+    let store = engine.store().clone();
+    engine.shutdown(Duration::from_secs(5)).await;
+    // Whatever was called was also recorded and finalized before shutdown returned.
+    for scope in &scopes {
+        let operation = oncely::Store::get(&store, scope).await.unwrap().unwrap();
+        let calls = api.calls(scope.key.as_str());
+        match operation.state {
+            OperationState::Completed => assert_eq!(calls, 1),
+            OperationState::Accepted => assert_eq!(calls, 0),
+            other => panic!("{scope} left {other} with {calls} calls"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_invalid_configuration_is_refused_before_anything_starts() {
+    let db = TestDb::new();
+    let api = FakeApi::default();
+    let clock = ManualClock::starting_now();
+    let config = oncely::EngineConfig {
+        workers: 0,
+        ..common::test_config()
+    };
+    let refused = engine(db.open().await, &api, &clock).config(config).start();
+    assert!(matches!(refused, Err(Error::Config(_))));
+}
