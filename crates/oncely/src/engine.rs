@@ -583,7 +583,7 @@ async fn dispatch_loop<S: Store, O: Orchestrator>(
                 Vec::new()
             }
         };
-        if shared.failpoints.hit(CrashPoint::AfterClaim) {
+        if !claimed.is_empty() && shared.failpoints.hit(CrashPoint::AfterClaim) {
             return;
         }
         let idle = claimed.len() < requested;

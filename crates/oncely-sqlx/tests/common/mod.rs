@@ -81,6 +81,11 @@ impl FakeApi {
         *self.crash_during_call.lock().unwrap() = Some(failpoints);
     }
 
+    /// The process that was to die has died: calls from now on answer normally.
+    pub fn stop_crashing(&self) {
+        *self.crash_during_call.lock().unwrap() = None;
+    }
+
     pub fn side_effects(&self, key: &str) -> u32 {
         self.ledger
             .lock()
