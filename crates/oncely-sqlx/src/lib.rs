@@ -31,6 +31,14 @@ pub use sqlite::SqliteStore;
 /// Why a database could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
+    /// The URL names a database this store does not handle.
+    #[error("unsupported database URL {url:?}: expected {expected}")]
+    Scheme {
+        /// The URL given.
+        url: String,
+        /// What this store takes.
+        expected: &'static str,
+    },
     /// The URL could not be understood.
     #[error("invalid database URL {url:?}: {source}")]
     Url {

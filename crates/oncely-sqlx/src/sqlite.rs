@@ -46,6 +46,12 @@ impl SqliteStore {
 
     /// Opens the database without touching its schema.
     pub async fn open_without_migrating(url: &str) -> Result<Self, OpenError> {
+        if !url.starts_with("sqlite:") {
+            return Err(OpenError::Scheme {
+                url: url.to_owned(),
+                expected: "sqlite://PATH or sqlite::memory:",
+            });
+        }
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|source| OpenError::Url {
                 url: url.to_owned(),

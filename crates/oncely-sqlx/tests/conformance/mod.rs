@@ -1,0 +1,604 @@
+//! The Store contract, written once against the `Store` trait and instantiated for every
+//! backend with `conformance_suite!`. Each function takes a fresh, empty store.
+#![allow(
+    dead_code,
+    unreachable_pub,
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use oncely::engine::{decide, decide_reap};
+use oncely::{
+    Accepted, ClaimRequest, Decision, DomainName, Fence, Fenced, Fingerprint, IdempotencyKey,
+    LeaseOwner, ListFilter, NewOperation, Operation, OperationState, Outcome, RecordOutcome,
+    RetryPolicy, Scope, Store, StoreError, TenantId, Transition, WalKind,
+};
+use serde_json::json;
+
+pub const LEASE: Duration = Duration::from_secs(30);
+
+pub fn domain() -> DomainName {
+    DomainName::new("CONFORMANCE").unwrap()
+}
+
+pub fn scope(key: &str) -> Scope {
+    Scope::new(
+        TenantId::default(),
+        domain(),
+        IdempotencyKey::new(key).unwrap(),
+    )
+}
+
+pub fn new_operation(key: &str, amount: i64, now: DateTime<Utc>) -> NewOperation {
+    let payload = json!({ "amount": amount });
+    NewOperation {
+        scope: scope(key),
+        event_type: "CONFORMANCE_REQUESTED".into(),
+        fingerprint: Fingerprint::of_json(&payload),
+        payload,
+        now,
+    }
+}
+
+pub fn owner(name: &str) -> LeaseOwner {
+    LeaseOwner::from_stored(name)
+}
+
+pub fn at(seconds: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(1_800_000_000 + seconds, 0).unwrap()
+}
+
+pub async fn accept<S: Store>(store: &S, key: &str, now: DateTime<Utc>) -> Operation {
+    match store
+        .accept(vec![new_operation(key, 1, now)])
+        .await
+        .unwrap()
+        .remove(0)
+    {
+        Accepted::New(operation) => operation,
+        other => panic!("expected a new operation, got {other:?}"),
+    }
+}
+
+pub async fn claim<S: Store>(
+    store: &S,
+    who: &str,
+    now: DateTime<Utc>,
+    limit: u32,
+) -> Vec<Operation> {
+    store
+        .claim(ClaimRequest {
+            domain: domain(),
+            owner: owner(who),
+            now,
+            lease_ttl: LEASE,
+            limit,
+        })
+        .await
+        .unwrap()
+}
+
+pub fn ok_outcome(tag: &str) -> Outcome {
+    Outcome::ok().with_data("transactionId", tag)
+}
+
+/// Records `outcome` for the attempt behind `fence`, with the engine's own decision.
+pub async fn record<S: Store>(
+    store: &S,
+    operation: &Operation,
+    fence: &Fence,
+    outcome: Outcome,
+    now: DateTime<Utc>,
+) -> (Fenced, Decision) {
+    let decision = decide(&RetryPolicy::default(), operation, &outcome, false, now);
+    let fenced = store
+        .record_outcomes(vec![RecordOutcome {
+            fence: fence.clone(),
+            outcome,
+            decision: decision.clone(),
+            now,
+        }])
+        .await
+        .unwrap()
+        .remove(0);
+    (fenced, decision)
+}
+
+pub async fn finalize<S: Store>(
+    store: &S,
+    fence: &Fence,
+    decision: Decision,
+    now: DateTime<Utc>,
+) -> Fenced {
+    store
+        .finalize(vec![Transition {
+            fence: fence.clone(),
+            decision,
+            now,
+        }])
+        .await
+        .unwrap()
+        .remove(0)
+}
+
+pub async fn get<S: Store>(store: &S, key: &str) -> Operation {
+    store.get(&scope(key)).await.unwrap().unwrap()
+}
+
+pub async fn kinds<S: Store>(store: &S, key: &str) -> Vec<WalKind> {
+    store
+        .history(&scope(key))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|entry| entry.kind)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+
+pub async fn accept_inserts_then_replays_then_refuses_a_conflict<S: Store>(store: S) {
+    let created = accept(&store, "a", at(0)).await;
+    assert_eq!(created.state, OperationState::Accepted);
+    assert_eq!(created.next_retry_at, Some(at(0)));
+    assert_eq!(created.attempt_count, 0);
+
+    let replay = store
+        .accept(vec![new_operation("a", 1, at(5))])
+        .await
+        .unwrap();
+    assert_eq!(replay, vec![Accepted::Existing(created.clone())]);
+
+    let conflict = store
+        .accept(vec![new_operation("a", 2, at(6))])
+        .await
+        .unwrap();
+    assert_eq!(conflict, vec![Accepted::Conflict(created.clone())]);
+    assert_eq!(get(&store, "a").await, created, "a conflict writes nothing");
+    assert_eq!(kinds(&store, "a").await, [WalKind::Accepted]);
+}
+
+pub async fn accept_batch_sees_its_own_duplicates<S: Store>(store: S) {
+    let results = store
+        .accept(vec![
+            new_operation("x", 1, at(0)),
+            new_operation("x", 1, at(0)),
+            new_operation("x", 2, at(0)),
+            new_operation("y", 1, at(0)),
+        ])
+        .await
+        .unwrap();
+    assert!(matches!(results[0], Accepted::New(_)));
+    assert!(matches!(results[1], Accepted::Existing(_)));
+    assert!(matches!(results[2], Accepted::Conflict(_)));
+    assert!(matches!(results[3], Accepted::New(_)));
+}
+
+pub async fn claim_takes_due_operations_once_oldest_first_with_a_lease<S: Store>(store: S) {
+    accept(&store, "late", at(10)).await;
+    accept(&store, "early", at(0)).await;
+    accept(&store, "future", at(100)).await;
+
+    let claimed = claim(&store, "w1", at(20), 10).await;
+    let keys: Vec<_> = claimed.iter().map(|o| o.scope.key.to_string()).collect();
+    assert_eq!(keys, ["early", "late"], "due only, oldest due first");
+    for operation in &claimed {
+        assert_eq!(operation.state, OperationState::Processing);
+        assert_eq!(operation.attempt_count, 1);
+        let lease = operation.lease.as_ref().unwrap();
+        assert_eq!(lease.owner, owner("w1"));
+        assert_eq!(lease.until, at(50));
+        assert_eq!(operation.last_attempt_at, Some(at(20)));
+    }
+    assert!(
+        claim(&store, "w2", at(20), 10).await.is_empty(),
+        "never claimed twice"
+    );
+    assert_eq!(claim(&store, "w2", at(100), 10).await.len(), 1);
+    assert_eq!(
+        kinds(&store, "early").await,
+        [WalKind::Accepted, WalKind::Executing]
+    );
+}
+
+pub async fn claim_respects_its_limit<S: Store>(store: S) {
+    for i in 0..5 {
+        accept(&store, &format!("k{i}"), at(0)).await;
+    }
+    assert_eq!(claim(&store, "w", at(1), 2).await.len(), 2);
+    assert_eq!(claim(&store, "w", at(1), 10).await.len(), 3);
+}
+
+pub async fn record_then_finalize_completes_and_logs_both<S: Store>(store: S) {
+    accept(&store, "a", at(0)).await;
+    let operation = claim(&store, "w", at(1), 1).await.remove(0);
+    let fence = operation.fence().unwrap();
+    let (recorded, decision) = record(&store, &operation, &fence, ok_outcome("tx"), at(2)).await;
+    assert_eq!(recorded, Fenced::Applied);
+    assert_eq!(get(&store, "a").await.recorded_attempt, Some(1));
+    assert_eq!(
+        finalize(&store, &fence, decision, at(3)).await,
+        Fenced::Applied
+    );
+
+    let done = get(&store, "a").await;
+    assert_eq!(done.state, OperationState::Completed);
+    assert_eq!(done.outcome_data, Some(json!({ "transactionId": "tx" })));
+    assert_eq!(done.completed_at, Some(at(3)));
+    assert!(done.lease.is_none());
+    assert_eq!(
+        kinds(&store, "a").await,
+        [
+            WalKind::Accepted,
+            WalKind::Executing,
+            WalKind::OutcomeRecorded,
+            WalKind::Finalized
+        ]
+    );
+}
+
+pub async fn finalize_without_a_recorded_outcome_is_rejected<S: Store>(store: S) {
+    accept(&store, "a", at(0)).await;
+    let operation = claim(&store, "w", at(1), 1).await.remove(0);
+    let fence = operation.fence().unwrap();
+    let decision = Decision::Complete {
+        data: Default::default(),
+    };
+    // I3: the log comes first; a store must refuse to finalize what it has not logged.
+    assert_eq!(
+        finalize(&store, &fence, decision, at(2)).await,
+        Fenced::Rejected
+    );
+    assert_eq!(get(&store, "a").await, operation);
+}
+
+pub async fn zombie_finalize_after_lease_expiry_changes_nothing<S: Store>(store: S) {
+    accept(&store, "z", at(0)).await;
+    // Worker A claims attempt 1 and goes quiet past its lease.
+    let a_view = claim(&store, "A", at(1), 1).await.remove(0);
+    let a_fence = a_view.fence().unwrap();
+    let expired = store.expired_leases(&domain(), at(40), 10).await.unwrap();
+    assert_eq!(expired.len(), 1);
+    let reap = Transition {
+        fence: a_fence.clone(),
+        decision: decide_reap(&RetryPolicy::default(), &expired[0], at(40)),
+        now: at(40),
+    };
+    assert_eq!(store.reap(vec![reap]).await.unwrap(), [Fenced::Applied]);
+
+    // Worker B takes over attempt 2 once it is due, and completes it.
+    let b_view = claim(&store, "B", at(100), 1).await.remove(0);
+    assert_eq!(b_view.attempt_count, 2);
+    let b_fence = b_view.fence().unwrap();
+
+    // A answers late while B holds the lease: rejected.
+    let (a_recorded, a_decision) =
+        record(&store, &a_view, &a_fence, ok_outcome("tx-from-A"), at(101)).await;
+    assert_eq!(a_recorded, Fenced::Rejected);
+    assert_eq!(
+        get(&store, "z").await,
+        b_view,
+        "A's late record changed nothing"
+    );
+
+    let (b_recorded, b_decision) =
+        record(&store, &b_view, &b_fence, ok_outcome("tx-from-B"), at(102)).await;
+    assert_eq!(b_recorded, Fenced::Applied);
+    assert_eq!(
+        finalize(&store, &b_fence, b_decision, at(103)).await,
+        Fenced::Applied
+    );
+    let done = get(&store, "z").await;
+    assert_eq!(
+        done.outcome_data,
+        Some(json!({ "transactionId": "tx-from-B" }))
+    );
+
+    // A's late finalize: rejected, and the completed operation is untouched (I4).
+    assert_eq!(
+        finalize(&store, &a_fence, a_decision, at(104)).await,
+        Fenced::Rejected
+    );
+    assert_eq!(get(&store, "z").await, done);
+    let history = kinds(&store, "z").await;
+    assert!(history.contains(&WalKind::OutcomeRejected), "{history:?}");
+    assert_eq!(
+        history.iter().filter(|k| **k == WalKind::Finalized).count(),
+        1
+    );
+}
+
+pub async fn a_fence_with_the_right_attempt_but_another_owner_is_rejected<S: Store>(store: S) {
+    accept(&store, "o", at(0)).await;
+    let operation = claim(&store, "real", at(1), 1).await.remove(0);
+    let forged = Fence {
+        owner: owner("impostor"),
+        ..operation.fence().unwrap()
+    };
+    let (recorded, decision) = record(&store, &operation, &forged, ok_outcome("x"), at(2)).await;
+    assert_eq!(recorded, Fenced::Rejected);
+    assert_eq!(
+        finalize(&store, &forged, decision, at(3)).await,
+        Fenced::Rejected
+    );
+    assert_eq!(get(&store, "o").await, operation);
+}
+
+pub async fn reaper_takes_only_expired_unrecorded_leases<S: Store>(store: S) {
+    accept(&store, "silent", at(0)).await;
+    accept(&store, "answered", at(0)).await;
+    let claimed = claim(&store, "w", at(1), 2).await;
+    let answered = claimed
+        .iter()
+        .find(|o| o.scope.key.as_str() == "answered")
+        .unwrap();
+    let (recorded, _) = record(
+        &store,
+        answered,
+        &answered.fence().unwrap(),
+        ok_outcome("t"),
+        at(2),
+    )
+    .await;
+    assert_eq!(recorded, Fenced::Applied);
+
+    assert!(
+        store
+            .expired_leases(&domain(), at(30), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "not yet expired"
+    );
+    let expired = store.expired_leases(&domain(), at(31), 10).await.unwrap();
+    let keys: Vec<_> = expired.iter().map(|o| o.scope.key.to_string()).collect();
+    assert_eq!(
+        keys,
+        ["silent"],
+        "a recorded outcome is the Finalizer's, not the reaper's"
+    );
+
+    // Even asked directly, the store refuses to reap an attempt with a recorded outcome.
+    let answered_now = get(&store, "answered").await;
+    let reap_answered = Transition {
+        fence: answered_now.fence().unwrap(),
+        decision: decide_reap(&RetryPolicy::default(), &answered_now, at(31)),
+        now: at(31),
+    };
+    assert_eq!(
+        store.reap(vec![reap_answered]).await.unwrap(),
+        [Fenced::Rejected]
+    );
+    // And a lease that has not expired is not reaped either.
+    let silent = get(&store, "silent").await;
+    let early = Transition {
+        fence: silent.fence().unwrap(),
+        decision: decide_reap(&RetryPolicy::default(), &silent, at(10)),
+        now: at(10),
+    };
+    assert_eq!(store.reap(vec![early]).await.unwrap(), [Fenced::Rejected]);
+
+    let reap = Transition {
+        fence: silent.fence().unwrap(),
+        decision: decide_reap(&RetryPolicy::default(), &silent, at(31)),
+        now: at(31),
+    };
+    assert_eq!(store.reap(vec![reap]).await.unwrap(), [Fenced::Applied]);
+    let reaped = get(&store, "silent").await;
+    assert_eq!(reaped.state, OperationState::Accepted);
+    assert!(reaped.lease.is_none());
+    assert_eq!(
+        reaped.next_retry_at,
+        Some(at(31 + 20)),
+        "the seed's backoff after attempt 1"
+    );
+    assert!(kinds(&store, "silent").await.contains(&WalKind::Reaped));
+}
+
+pub async fn pending_outcomes_lists_recorded_unfinalized_attempts<S: Store>(store: S) {
+    accept(&store, "p", at(0)).await;
+    let operation = claim(&store, "w", at(1), 1).await.remove(0);
+    let fence = operation.fence().unwrap();
+    assert!(
+        store
+            .pending_outcomes(&domain(), at(100), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let (_, decision) = record(&store, &operation, &fence, ok_outcome("pending"), at(2)).await;
+
+    assert!(
+        store
+            .pending_outcomes(&domain(), at(1), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "grace"
+    );
+    let pending = store.pending_outcomes(&domain(), at(2), 10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].outcome, ok_outcome("pending"));
+    assert_eq!(pending[0].decision, decision);
+    assert_eq!(
+        finalize(&store, &fence, pending[0].decision.clone(), at(3)).await,
+        Fenced::Applied
+    );
+    assert!(
+        store
+            .pending_outcomes(&domain(), at(100), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub async fn operator_retry_only_from_failed_or_timeout<S: Store>(store: S) {
+    accept(&store, "r", at(0)).await;
+    let not_retryable = store.retry(&scope("r"), at(1)).await;
+    assert!(matches!(
+        not_retryable,
+        Err(StoreError::NotRetryable {
+            state: OperationState::Accepted,
+            ..
+        })
+    ));
+    let missing = store.retry(&scope("nope"), at(1)).await;
+    assert!(matches!(missing, Err(StoreError::NotFound { .. })));
+
+    let operation = claim(&store, "w", at(1), 1).await.remove(0);
+    let fence = operation.fence().unwrap();
+    let declined = Outcome::fail("declined").with_error_code("card_declined");
+    let (_, decision) = record(&store, &operation, &fence, declined, at(2)).await;
+    finalize(&store, &fence, decision, at(3)).await;
+    assert_eq!(get(&store, "r").await.state, OperationState::Failed);
+
+    let retried = store.retry(&scope("r"), at(4)).await.unwrap();
+    assert_eq!(retried.state, OperationState::Accepted);
+    assert_eq!((retried.attempt_count, retried.attempt_floor), (1, 1));
+    assert_eq!(retried.next_retry_at, Some(at(4)));
+    assert!(retried.completed_at.is_none() && retried.error_code.is_none());
+    let again = claim(&store, "w", at(5), 1).await.remove(0);
+    assert_eq!(
+        again.attempt_count, 2,
+        "attempt numbers keep rising: fences stay unique"
+    );
+    assert_eq!(again.scope.key.as_str(), "r", "the same key (I7)");
+    assert!(kinds(&store, "r").await.contains(&WalKind::OperatorRetried));
+}
+
+pub async fn list_filters_and_pages_newest_first<S: Store>(store: S) {
+    for i in 0..7 {
+        accept(&store, &format!("l{i}"), at(i)).await;
+    }
+    claim(&store, "w", at(1), 2).await; // l0, l1 → PROCESSING
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store
+            .list(ListFilter {
+                limit: 3,
+                before,
+                domain: Some(domain()),
+                ..ListFilter::default()
+            })
+            .await
+            .unwrap();
+        assert!(page.items.len() <= 3);
+        seen.extend(page.items.iter().map(|o| o.scope.key.to_string()));
+        match page.next {
+            Some(next) => before = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["l6", "l5", "l4", "l3", "l2", "l1", "l0"]);
+
+    let processing = store
+        .list(ListFilter {
+            state: Some(OperationState::Processing),
+            limit: 10,
+            ..ListFilter::default()
+        })
+        .await
+        .unwrap();
+    let keys: HashSet<_> = processing
+        .items
+        .iter()
+        .map(|o| o.scope.key.to_string())
+        .collect();
+    assert_eq!(keys, HashSet::from(["l0".to_owned(), "l1".to_owned()]));
+    assert!(processing.next.is_none());
+    let other_tenant = store
+        .list(ListFilter {
+            tenant: Some(TenantId::new("other").unwrap()),
+            limit: 10,
+            ..ListFilter::default()
+        })
+        .await
+        .unwrap();
+    assert!(other_tenant.items.is_empty());
+}
+
+pub async fn history_is_in_order_and_unknown_operations_are_not_found<S: Store>(store: S) {
+    accept(&store, "h", at(0)).await;
+    let operation = claim(&store, "w", at(1), 1).await.remove(0);
+    let history = store.history(&scope("h")).await.unwrap();
+    assert_eq!(history.len(), 2);
+    assert!(history[0].sequence < history[1].sequence);
+    assert_eq!(history[1].attempt, 1);
+    assert_eq!(history[1].owner, Some(owner("w")));
+    assert_eq!(history[1].state_after, OperationState::Processing);
+    assert_eq!(history[1].operation_id, operation.id);
+    assert!(matches!(
+        store.history(&scope("missing")).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(store.get(&scope("missing")).await.unwrap(), None);
+}
+
+pub async fn concurrent_claimers_never_share_an_operation<S: Store + Clone>(store: S) {
+    const OPERATIONS: usize = 200;
+    let batch = (0..OPERATIONS)
+        .map(|i| new_operation(&format!("c{i}"), 1, at(0)))
+        .collect();
+    store.accept(batch).await.unwrap();
+    let mut workers = Vec::new();
+    for worker in 0..8 {
+        let store = store.clone();
+        workers.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let claimed = claim(&store, &format!("w{worker}"), at(1), 7).await;
+                if claimed.is_empty() {
+                    return mine;
+                }
+                mine.extend(claimed.into_iter().map(|o| o.id));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for worker in workers {
+        all.extend(worker.await.unwrap());
+    }
+    let unique: HashSet<_> = all.iter().collect();
+    assert_eq!(all.len(), OPERATIONS, "every operation claimed");
+    assert_eq!(unique.len(), OPERATIONS, "none claimed twice");
+}
+
+/// Instantiates every conformance test for one backend. `$open` is an async fn returning
+/// `(guard, store)`; the guard keeps the database alive for the test.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($open:path) => {
+        $crate::conformance_suite!(@tests $open;
+            accept_inserts_then_replays_then_refuses_a_conflict,
+            accept_batch_sees_its_own_duplicates,
+            claim_takes_due_operations_once_oldest_first_with_a_lease,
+            claim_respects_its_limit,
+            record_then_finalize_completes_and_logs_both,
+            finalize_without_a_recorded_outcome_is_rejected,
+            zombie_finalize_after_lease_expiry_changes_nothing,
+            a_fence_with_the_right_attempt_but_another_owner_is_rejected,
+            reaper_takes_only_expired_unrecorded_leases,
+            pending_outcomes_lists_recorded_unfinalized_attempts,
+            operator_retry_only_from_failed_or_timeout,
+            list_filters_and_pages_newest_first,
+            history_is_in_order_and_unknown_operations_are_not_found,
+            concurrent_claimers_never_share_an_operation,
+        );
+    };
+    (@tests $open:path; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let Some((_guard, store)) = $open().await else { return };
+                conformance::$name(store).await;
+            }
+        )*
+    };
+}
