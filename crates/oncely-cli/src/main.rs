@@ -1,1 +1,73 @@
-fn main() {}
+//! The `oncely` command: wiring and commands only; the logic lives in the library crates.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// oncely makes calls to external APIs happen effectively once: accepted under an
+/// idempotency key, executed outside any database transaction, finalized from a
+/// write-ahead log.
+#[derive(Debug, Parser)]
+#[command(name = "oncely", version)]
+struct Cli {
+    /// Log format: `text` for people, `json` for machines.
+    #[arg(long, global = true, env = "ONCELY_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Creates the database if needed and brings its schema up to date.
+    Migrate {
+        /// The database: `sqlite://PATH` (created if missing) or `sqlite::memory:`.
+        #[arg(long, env = "ONCELY_DB", default_value = "sqlite://oncely.db")]
+        db: String,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("ONCELY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn migrate(db: &str) -> anyhow::Result<()> {
+    let store = oncely_sqlx::SqliteStore::open(db)
+        .await
+        .with_context(|| format!("migrating the database at {db}"))?;
+    store.close().await;
+    tracing::info!(db, "schema is up to date");
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Migrate { db } => migrate(&db).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

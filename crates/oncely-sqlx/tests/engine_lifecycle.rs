@@ -135,7 +135,12 @@ async fn transient_failures_are_retried_with_the_same_key_until_success() {
     let charge = Charge::new("cy", 7).behaving(Behaviour::Unavailable(2));
     let submitted = engine.submit(key("flaky"), charge).await.unwrap();
 
-    let done = drive_until_terminal(&engine, &clock, &[submitted.operation.scope.clone()]).await;
+    let done = drive_until_terminal(
+        &engine,
+        &clock,
+        std::slice::from_ref(&submitted.operation.scope),
+    )
+    .await;
     assert_eq!(done[0].state, OperationState::Completed);
     assert_eq!(done[0].attempt_count, 3);
     assert_eq!(api.calls("flaky"), 3);
