@@ -12,10 +12,7 @@ use oncely::{
 
 #[tokio::test]
 async fn submitted_operation_completes_once_and_forwards_its_key() {
-    let db = TestDb::new();
-    let api = FakeApi::default();
-    let clock = ManualClock::starting_now();
-    let engine = engine(db.open().await, &api, &clock).start().unwrap();
+    let (_db, api, _clock, engine) = common::started().await;
 
     let submitted = engine
         .submit(key("order-1"), Charge::new("ada", 1000))
@@ -55,10 +52,7 @@ async fn submitted_operation_completes_once_and_forwards_its_key() {
 
 #[tokio::test]
 async fn duplicate_submit_replays_and_conflicting_submit_is_refused() {
-    let db = TestDb::new();
-    let api = FakeApi::default();
-    let clock = ManualClock::starting_now();
-    let engine = engine(db.open().await, &api, &clock).start().unwrap();
+    let (_db, api, _clock, engine) = common::started().await;
 
     let first = engine
         .submit(key("k"), Charge::new("ada", 10))
@@ -128,10 +122,7 @@ async fn concurrent_duplicates_join_one_operation() {
 
 #[tokio::test]
 async fn transient_failures_are_retried_with_the_same_key_until_success() {
-    let db = TestDb::new();
-    let api = FakeApi::default();
-    let clock = ManualClock::starting_now();
-    let engine = engine(db.open().await, &api, &clock).start().unwrap();
+    let (_db, api, clock, engine) = common::started().await;
     let charge = Charge::new("cy", 7).behaving(Behaviour::Unavailable(2));
     let submitted = engine.submit(key("flaky"), charge).await.unwrap();
 
@@ -196,10 +187,7 @@ async fn retries_exhausted_end_in_timeout_and_an_operator_retry_finishes_them() 
 
 #[tokio::test]
 async fn a_decline_fails_at_once_with_its_code() {
-    let db = TestDb::new();
-    let api = FakeApi::default();
-    let clock = ManualClock::starting_now();
-    let engine = engine(db.open().await, &api, &clock).start().unwrap();
+    let (_db, api, _clock, engine) = common::started().await;
     let charge = Charge::new("eve", 3).behaving(Behaviour::Decline);
     let scope = engine
         .submit(key("declined"), charge)
@@ -215,10 +203,7 @@ async fn a_decline_fails_at_once_with_its_code() {
 
 #[tokio::test]
 async fn a_panicking_orchestrator_is_retried_then_timed_out_without_killing_the_engine() {
-    let db = TestDb::new();
-    let api = FakeApi::default();
-    let clock = ManualClock::starting_now();
-    let engine = engine(db.open().await, &api, &clock).start().unwrap();
+    let (_db, _api, clock, engine) = common::started().await;
     let bad = engine
         .submit(key("bug"), Charge::new("f", 1).behaving(Behaviour::Panic))
         .await
@@ -260,10 +245,7 @@ async fn a_local_accept_wakes_a_worker_without_waiting_for_a_poll() {
 
 #[tokio::test]
 async fn business_key_is_used_without_a_key_and_tenants_do_not_share_keys() {
-    let db = TestDb::new();
-    let api = FakeApi::default();
-    let clock = ManualClock::starting_now();
-    let engine = engine(db.open().await, &api, &clock).start().unwrap();
+    let (_db, _api, _clock, engine) = common::started().await;
     let a = engine
         .submit_for(TenantId::default(), None, Charge::new("ida", 42))
         .await
@@ -287,10 +269,7 @@ async fn business_key_is_used_without_a_key_and_tenants_do_not_share_keys() {
 
 #[tokio::test]
 async fn bad_input_gets_typed_errors_and_stores_nothing() {
-    let db = TestDb::new();
-    let api = FakeApi::default();
-    let clock = ManualClock::starting_now();
-    let engine = engine(db.open().await, &api, &clock).start().unwrap();
+    let (_db, api, _clock, engine) = common::started().await;
 
     for bad in ["", "   ", "has space", "naïve", &"x".repeat(256)] {
         assert!(IdempotencyKey::new(bad).is_err(), "{bad:?}");
@@ -328,10 +307,7 @@ async fn bad_input_gets_typed_errors_and_stores_nothing() {
 
 #[tokio::test]
 async fn shutdown_lets_running_calls_finish_and_records_them() {
-    let db = TestDb::new();
-    let api = FakeApi::default();
-    let clock = ManualClock::starting_now();
-    let engine = engine(db.open().await, &api, &clock).start().unwrap();
+    let (_db, api, _clock, engine) = common::started().await;
     let mut scopes = Vec::new();
     for i in 0..20 {
         let key = key(&format!("s-{i}"));

@@ -266,6 +266,21 @@ pub fn engine<S: Store>(
         .clock(clock.clone())
 }
 
+/// A database, a fake API, a manual clock and an engine started on them with
+/// [`test_config`]. Keep the database guard alive for the test.
+pub async fn started() -> (
+    TestDb,
+    FakeApi,
+    ManualClock,
+    Engine<SqliteStore, ChargeOrchestrator>,
+) {
+    let db = TestDb::new();
+    let api = FakeApi::default();
+    let clock = ManualClock::starting_now();
+    let engine = engine(db.open().await, &api, &clock).start().unwrap();
+    (db, api, clock, engine)
+}
+
 pub fn key(text: &str) -> IdempotencyKey {
     IdempotencyKey::new(text).unwrap()
 }

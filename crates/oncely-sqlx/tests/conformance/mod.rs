@@ -83,6 +83,15 @@ pub async fn claim<S: Store>(
         .unwrap()
 }
 
+/// The reaper's transition for `operation` at `now`.
+pub fn reap_transition(operation: &Operation, now: DateTime<Utc>) -> Transition {
+    Transition {
+        fence: operation.fence().unwrap(),
+        decision: decide_reap(&RetryPolicy::default(), operation, now),
+        now,
+    }
+}
+
 pub fn ok_outcome(tag: &str) -> Outcome {
     Outcome::ok().with_data("transactionId", tag)
 }
@@ -264,11 +273,7 @@ pub async fn zombie_finalize_after_lease_expiry_changes_nothing<S: Store>(store:
     let a_fence = a_view.fence().unwrap();
     let expired = store.expired_leases(&domain(), at(40), 10).await.unwrap();
     assert_eq!(expired.len(), 1);
-    let reap = Transition {
-        fence: a_fence.clone(),
-        decision: decide_reap(&RetryPolicy::default(), &expired[0], at(40)),
-        now: at(40),
-    };
+    let reap = reap_transition(&expired[0], at(40));
     assert_eq!(store.reap(vec![reap]).await.unwrap(), [Fenced::Applied]);
 
     // Worker B takes over attempt 2 once it is due, and completes it.
@@ -365,29 +370,17 @@ pub async fn reaper_takes_only_expired_unrecorded_leases<S: Store>(store: S) {
 
     // Even asked directly, the store refuses to reap an attempt with a recorded outcome.
     let answered_now = get(&store, "answered").await;
-    let reap_answered = Transition {
-        fence: answered_now.fence().unwrap(),
-        decision: decide_reap(&RetryPolicy::default(), &answered_now, at(31)),
-        now: at(31),
-    };
+    let reap_answered = reap_transition(&answered_now, at(31));
     assert_eq!(
         store.reap(vec![reap_answered]).await.unwrap(),
         [Fenced::Rejected]
     );
     // And a lease that has not expired is not reaped either.
     let silent = get(&store, "silent").await;
-    let early = Transition {
-        fence: silent.fence().unwrap(),
-        decision: decide_reap(&RetryPolicy::default(), &silent, at(10)),
-        now: at(10),
-    };
+    let early = reap_transition(&silent, at(10));
     assert_eq!(store.reap(vec![early]).await.unwrap(), [Fenced::Rejected]);
 
-    let reap = Transition {
-        fence: silent.fence().unwrap(),
-        decision: decide_reap(&RetryPolicy::default(), &silent, at(31)),
-        now: at(31),
-    };
+    let reap = reap_transition(&silent, at(31));
     assert_eq!(store.reap(vec![reap]).await.unwrap(), [Fenced::Applied]);
     let reaped = get(&store, "silent").await;
     assert_eq!(reaped.state, OperationState::Accepted);
