@@ -346,3 +346,56 @@ async fn an_invalid_configuration_is_refused_before_anything_starts() {
     let refused = engine(db.open().await, &api, &clock).config(config).start();
     assert!(matches!(refused, Err(Error::Config(_))));
 }
+
+#[tokio::test]
+async fn shutdown_waits_for_a_running_call_within_its_grace() {
+    let (_db, api, _clock, engine) = common::started().await;
+    let slow = Charge::new("slow", 1).behaving(Behaviour::Slow(300));
+    let scope = engine
+        .submit(key("slow"), slow)
+        .await
+        .unwrap()
+        .operation
+        .scope;
+    let store = engine.store().clone();
+    tokio::time::sleep(Duration::from_millis(100)).await; // the call is running
+    engine.shutdown(Duration::from_secs(5)).await;
+    let operation = oncely::Store::get(&store, &scope).await.unwrap().unwrap();
+    assert_eq!(operation.state, OperationState::Completed);
+    assert_eq!(api.calls("slow"), 1);
+}
+
+#[tokio::test]
+async fn shutdown_abandons_a_call_that_outlives_its_grace_to_the_reaper() {
+    let (db, api, clock, engine) = common::started().await;
+    let slow = Charge::new("slower", 1).behaving(Behaviour::Slow(2_000));
+    let scope = engine
+        .submit(key("slower"), slow)
+        .await
+        .unwrap()
+        .operation
+        .scope;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    engine.shutdown(Duration::from_millis(50)).await;
+
+    let next = common::engine(db.open().await, &api, &clock)
+        .start()
+        .unwrap();
+    let abandoned = next.get(&scope).await.unwrap();
+    assert_eq!(
+        abandoned.state,
+        OperationState::Processing,
+        "left to its lease"
+    );
+    clock.advance(Duration::from_secs(31));
+    assert_eq!(next.reap_expired().await.unwrap(), 1);
+    clock.advance(Duration::from_secs(21)); // past the seed's 20 s backoff after attempt 1
+    let done = next.wait(&scope, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(done.state, OperationState::Completed);
+    assert_eq!(done.attempt_count, 2, "retried after the lease expired");
+    assert_eq!(
+        api.side_effects("slower"),
+        1,
+        "with the same key: charged once"
+    );
+}

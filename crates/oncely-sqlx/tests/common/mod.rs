@@ -30,6 +30,8 @@ pub enum Behaviour {
     Decline,
     /// Panics inside the orchestrator.
     Panic,
+    /// Takes this many milliseconds, then charges.
+    Slow(u64),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,7 +144,10 @@ impl FakeApi {
             Behaviour::Unavailable(times) if call_number <= times => {
                 Outcome::retry("503 Service Unavailable").with_backoff(Duration::from_secs(1))
             }
-            Behaviour::Charge | Behaviour::Unavailable(_) | Behaviour::Panic => {
+            Behaviour::Charge
+            | Behaviour::Unavailable(_)
+            | Behaviour::Panic
+            | Behaviour::Slow(_) => {
                 let transaction = match ledger.charges.get(key) {
                     Some(existing) => existing.clone(),
                     None => {
@@ -205,6 +210,9 @@ impl Orchestrator for ChargeOrchestrator {
         let key = attempt.idempotency_key().as_str().to_owned();
         if command.behaviour == Behaviour::Panic {
             panic!("orchestrator bug for {key}");
+        }
+        if let Behaviour::Slow(millis) = command.behaviour {
+            tokio::time::sleep(Duration::from_millis(millis)).await;
         }
         let (call_number, outcome) = self.api.call(&key, &command);
         let crash = self.api.crash_during_call.lock().unwrap().clone();
