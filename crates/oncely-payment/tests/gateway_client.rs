@@ -1,0 +1,161 @@
+//! The gateway client against the simulated gateway, one fault at a time.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use oncely::{IdempotencyKey, Outcome};
+use oncely_gateway_sim::{GatewaySim, RunningSim, SimConfig};
+use oncely_payment::{Currency, GatewayClient, GatewayTimeouts, PaymentCommand};
+use rust_decimal::Decimal;
+
+async fn gateway(config: SimConfig) -> (std::sync::Arc<GatewaySim>, RunningSim, GatewayClient) {
+    let sim = GatewaySim::open("sqlite::memory:", config).await.unwrap();
+    let running = sim.clone().spawn("127.0.0.1:0").await.unwrap();
+    let timeouts = GatewayTimeouts {
+        connect: Duration::from_secs(1),
+        request: Duration::from_millis(500),
+    };
+    let client = GatewayClient::new(&running.url(), timeouts).unwrap();
+    (sim, running, client)
+}
+
+fn command(amount: &str) -> PaymentCommand {
+    PaymentCommand::new(
+        1,
+        Decimal::from_str(amount).unwrap(),
+        "CARD",
+        2,
+        Currency::default(),
+    )
+    .unwrap()
+}
+
+fn key(text: &str) -> IdempotencyKey {
+    IdempotencyKey::new(text).unwrap()
+}
+
+#[tokio::test]
+async fn a_charge_is_ok_with_its_transaction_and_the_same_key_returns_the_same_charge() {
+    let (sim, _running, client) = gateway(SimConfig::default()).await;
+    let first = client.charge(&key("k"), &command("12.50")).await;
+    let second = client.charge(&key("k"), &command("12.50")).await;
+    let Outcome::Ok { data } = &first else {
+        panic!("{first:?}")
+    };
+    assert!(data["transactionId"].as_str().unwrap().starts_with("txn_"));
+    assert_eq!(data["amount"], "12.50");
+    assert_eq!(first, second);
+    assert_eq!(sim.charges().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_decline_is_a_fail_with_the_gateways_code() {
+    let (_sim, _running, client) = gateway(SimConfig {
+        decline_rate: 1.0,
+        ..SimConfig::default()
+    })
+    .await;
+    let outcome = client.charge(&key("k"), &command("1")).await;
+    assert_eq!(
+        outcome,
+        Outcome::fail("the issuer declined the card").with_error_code("card_declined")
+    );
+}
+
+#[tokio::test]
+async fn a_503_is_a_retry() {
+    let (sim, _running, client) = gateway(SimConfig {
+        error_rate: 1.0,
+        ..SimConfig::default()
+    })
+    .await;
+    assert!(client.charge(&key("k"), &command("1")).await.is_retry());
+    assert!(sim.charges().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_429_is_a_retry_after_what_the_gateway_said() {
+    let (_sim, _running, client) = gateway(SimConfig {
+        rate_limit_rate: 1.0,
+        ..SimConfig::default()
+    })
+    .await;
+    let outcome = client.charge(&key("k"), &command("1")).await;
+    let Outcome::Retry { backoff, .. } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(backoff, Some(Duration::from_secs(1)));
+}
+
+#[tokio::test]
+async fn a_timeout_is_a_retry_whose_outcome_is_unknown() {
+    let config = SimConfig {
+        timeout_rate: 1.0,
+        hang: Duration::from_secs(5),
+        ..SimConfig::default()
+    };
+    let (_sim, _running, client) = gateway(config).await;
+    let outcome = client.charge(&key("k"), &command("1")).await;
+    let Outcome::Retry { reason, .. } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(reason.contains("did not answer in time"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_lost_answer_is_a_retry_and_the_retry_returns_the_committed_charge() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    let timeouts = GatewayTimeouts {
+        connect: Duration::from_secs(1),
+        request: Duration::from_secs(2),
+    };
+
+    let lossy = GatewaySim::open(
+        &ledger,
+        SimConfig {
+            lost_answer_rate: 1.0,
+            ..SimConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let running = lossy.clone().spawn("127.0.0.1:0").await.unwrap();
+    let client = GatewayClient::new(&running.url(), timeouts).unwrap();
+    let outcome = client.charge(&key("k"), &command("3")).await;
+    assert!(outcome.is_retry(), "{outcome:?}");
+    let charged = lossy.charges().await.unwrap();
+    assert_eq!(
+        charged.len(),
+        1,
+        "the charge was committed before the answer was lost"
+    );
+    running.stop();
+
+    // The same ledger, answering this time: the retry under the same key gets that charge.
+    let healthy = GatewaySim::open(&ledger, SimConfig::default())
+        .await
+        .unwrap();
+    let running = healthy.clone().spawn("127.0.0.1:0").await.unwrap();
+    let client = GatewayClient::new(&running.url(), timeouts).unwrap();
+    let Outcome::Ok { data } = client.charge(&key("k"), &command("3")).await else {
+        panic!("no charge")
+    };
+    assert_eq!(data["transactionId"], charged[0].transaction_id.as_str());
+    assert_eq!(
+        healthy.charges().await.unwrap().len(),
+        1,
+        "still one charge"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_gateway_is_a_retry() {
+    let client = GatewayClient::new("http://127.0.0.1:9", GatewayTimeouts::default()).unwrap();
+    let outcome = client.charge(&key("k"), &command("1")).await;
+    let Outcome::Retry { reason, .. } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(reason.contains("could not be reached"), "{reason}");
+}
