@@ -1,0 +1,457 @@
+//! The HTTP contract, status by status, over the real payment stack: SQLite store,
+//! payment orchestrator, gateway client and the simulated gateway.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, StatusCode};
+use oncely::{Engine, EngineConfig};
+use oncely_gateway_sim::{GatewaySim, RunningSim, SimConfig};
+use oncely_http::{ApiConfig, PROBLEM_JSON, ROUTES};
+use oncely_payment::{
+    GatewayClient, GatewayTimeouts, PaymentCommand, PaymentOrchestrator, PaymentRequest,
+};
+use oncely_sqlx::SqliteStore;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+struct TestApi {
+    router: Router,
+    _dir: tempfile::TempDir,
+    _gateway: RunningSim,
+}
+
+async fn api_with(sim: SimConfig, require_key: bool) -> TestApi {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&format!("sqlite://{}", dir.path().join("api.db").display()))
+        .await
+        .unwrap();
+    let gateway = GatewaySim::open("sqlite::memory:", sim)
+        .await
+        .unwrap()
+        .spawn("127.0.0.1:0")
+        .await
+        .unwrap();
+    let client = GatewayClient::new(&gateway.url(), GatewayTimeouts::default()).unwrap();
+    let config = EngineConfig {
+        poll_interval: Duration::from_millis(20),
+        ..EngineConfig::default()
+    };
+    let engine = Engine::builder(store, PaymentOrchestrator::new(client))
+        .config(config)
+        .start()
+        .unwrap();
+    let mut api_config = ApiConfig::new("payments");
+    api_config.require_idempotency_key = require_key;
+    let router = oncely_http::routes(Arc::new(engine), api_config, |request: PaymentRequest| {
+        PaymentCommand::try_from(request)
+    });
+    TestApi {
+        router,
+        _dir: dir,
+        _gateway: gateway,
+    }
+}
+
+async fn api() -> TestApi {
+    api_with(SimConfig::default(), false).await
+}
+
+fn payment(order: i64) -> Value {
+    json!({ "orderId": order, "amount": "25.00", "paymentMethod": "CARD", "customerId": 7 })
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+}
+
+impl TestApi {
+    async fn send(
+        &self,
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: Option<String>,
+    ) -> Answer {
+        let mut request = Request::builder().method(method).uri(uri);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if body.is_some()
+            && !headers
+                .iter()
+                .any(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+        {
+            request = request.header("content-type", "application/json");
+        }
+        let request = request
+            .body(body.map(Body::from).unwrap_or_default())
+            .unwrap();
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    async fn pay(&self, key: Option<&str>, body: &Value, extra: &[(&str, &str)]) -> Answer {
+        let mut headers: Vec<(&str, &str)> = extra.to_vec();
+        if let Some(key) = key {
+            headers.push(("idempotency-key", key));
+        }
+        self.send("POST", "/v1/payments", &headers, Some(body.to_string()))
+            .await
+    }
+
+    async fn count(&self) -> usize {
+        let answer = self.send("GET", "/v1/payments?limit=1000", &[], None).await;
+        answer.body["items"].as_array().unwrap().len()
+    }
+}
+
+fn assert_problem(answer: &Answer, status: StatusCode, kind: &str) {
+    assert_eq!(answer.status, status, "{}", answer.body);
+    assert_eq!(answer.headers["content-type"], PROBLEM_JSON);
+    assert_eq!(
+        answer.body["type"],
+        format!("urn:oncely:problem:{kind}"),
+        "{}",
+        answer.body
+    );
+    assert_eq!(answer.body["status"], status.as_u16());
+    assert!(
+        answer.body["detail"]
+            .as_str()
+            .is_some_and(|detail| !detail.is_empty())
+    );
+}
+
+#[tokio::test]
+async fn a_new_payment_is_202_with_location_and_completes() {
+    let api = api().await;
+    let created = api.pay(Some("pay-1"), &payment(1), &[]).await;
+    assert_eq!(created.status, StatusCode::ACCEPTED, "{}", created.body);
+    assert_eq!(created.headers["location"], "/v1/payments/pay-1");
+    assert!(created.headers.get("idempotent-replayed").is_none());
+    assert_eq!(created.body["key"], "pay-1");
+    assert_eq!(created.body["request"]["amount"], "25.00");
+
+    let waited = api
+        .pay(Some("pay-1"), &payment(1), &[("prefer", "wait=10")])
+        .await;
+    assert_eq!(waited.status, StatusCode::OK);
+    assert_eq!(waited.headers["preference-applied"], "wait=10");
+    assert_eq!(waited.headers["idempotent-replayed"], "true");
+    assert_eq!(waited.body["state"], "COMPLETED");
+    assert!(
+        waited.body["outcome"]["transactionId"]
+            .as_str()
+            .unwrap()
+            .starts_with("txn_")
+    );
+    assert!(waited.body["outcome"]["approvalCode"].is_string());
+
+    let fetched = api.send("GET", "/v1/payments/pay-1", &[], None).await;
+    assert_eq!(fetched.status, StatusCode::OK);
+    assert_eq!(fetched.body, waited.body);
+    let history = api
+        .send("GET", "/v1/payments/pay-1/history", &[], None)
+        .await;
+    let kinds: Vec<_> = history.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].clone())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["ACCEPTED", "EXECUTING", "OUTCOME_RECORDED", "FINALIZED"]
+    );
+}
+
+#[tokio::test]
+async fn the_same_key_with_another_body_is_422_naming_the_key_and_changes_nothing() {
+    let api = api().await;
+    api.pay(Some("k"), &payment(1), &[]).await;
+    let mut other = payment(1);
+    other["amount"] = json!("26.00");
+    let conflict = api.pay(Some("k"), &other, &[]).await;
+    assert_problem(
+        &conflict,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency-key-reused",
+    );
+    assert_eq!(conflict.body["key"], "k");
+    let stored = api.send("GET", "/v1/payments/k", &[], None).await;
+    assert_eq!(stored.body["request"]["amount"], "25.00");
+    assert_eq!(api.count().await, 1);
+}
+
+#[tokio::test]
+async fn concurrent_duplicates_join_one_operation_without_5xx() {
+    let api = Arc::new(api().await);
+    let mut tasks = Vec::new();
+    for _ in 0..25 {
+        let api = api.clone();
+        tasks.push(tokio::spawn(async move {
+            api.pay(Some("dup"), &payment(9), &[]).await
+        }));
+    }
+    let mut replays = 0;
+    for task in tasks {
+        let answer = task.await.unwrap();
+        assert!(
+            answer.status.is_success(),
+            "{} {}",
+            answer.status,
+            answer.body
+        );
+        replays += usize::from(answer.headers.get("idempotent-replayed").is_some());
+    }
+    assert_eq!(replays, 24, "one accept, the rest replays");
+    assert_eq!(api.count().await, 1);
+}
+
+#[tokio::test]
+async fn without_a_key_the_business_key_is_used_unless_keys_are_required() {
+    let api = api().await;
+    let created = api.pay(None, &payment(1001), &[]).await;
+    assert_eq!(created.status, StatusCode::ACCEPTED);
+    assert_eq!(created.body["key"], "PAY-7-1001-CARD");
+    assert_eq!(created.headers["location"], "/v1/payments/PAY-7-1001-CARD");
+
+    let strict = api_with(SimConfig::default(), true).await;
+    let refused = strict.pay(None, &payment(1), &[]).await;
+    assert_problem(&refused, StatusCode::BAD_REQUEST, "missing-idempotency-key");
+    assert_eq!(strict.count().await, 0);
+}
+
+#[tokio::test]
+async fn bad_requests_are_problems_and_store_nothing() {
+    let api = api().await;
+    type Case<'a> = (Vec<(&'a str, &'a str)>, String, StatusCode, &'a str);
+    let cases: Vec<Case> = vec![
+        (vec![("idempotency-key", "a")], "{not json".into(), StatusCode::BAD_REQUEST, "malformed-body"),
+        (vec![("idempotency-key", "a")], json!({"orderId": 1, "amount": 1, "paymentMethod": "CARD"}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid-body"),
+        (vec![("idempotency-key", "a")], json!({"orderId": 1, "amount": 1, "paymentMethod": "CARD", "customerId": 1, "tip": 2}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid-body"),
+        (vec![("idempotency-key", "a")], json!({"orderId": 1, "amount": 0, "paymentMethod": "CARD", "customerId": 1}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid-request"),
+        (vec![("idempotency-key", "a")], json!({"orderId": 1, "amount": "-3", "paymentMethod": "CARD", "customerId": 1}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid-request"),
+        (vec![("idempotency-key", "a")], json!({"orderId": 1, "amount": "1.001", "paymentMethod": "CARD", "customerId": 1}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid-request"),
+        (vec![("idempotency-key", "a")], json!({"orderId": 1, "amount": 1, "paymentMethod": "CARD", "customerId": 1, "currency": "dollars"}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid-request"),
+        (vec![("idempotency-key", "has space")], payment(1).to_string(), StatusCode::BAD_REQUEST, "invalid-idempotency-key"),
+        (vec![("idempotency-key", "")], payment(1).to_string(), StatusCode::BAD_REQUEST, "invalid-idempotency-key"),
+        (vec![("idempotency-key", "a"), ("prefer", "wait=soon")], payment(1).to_string(), StatusCode::BAD_REQUEST, "invalid-prefer"),
+        (vec![("idempotency-key", "a"), ("content-type", "text/plain")], payment(1).to_string(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type"),
+        (vec![("idempotency-key", "a")], format!("{{\"pad\": \"{}\"}}", "x".repeat(70 * 1024)), StatusCode::PAYLOAD_TOO_LARGE, "body-too-large"),
+    ];
+    for (headers, body, status, kind) in cases {
+        let answer = api
+            .send("POST", "/v1/payments", &headers, Some(body.clone()))
+            .await;
+        assert_problem(&answer, status, kind);
+    }
+    let oversize_key = "k".repeat(256);
+    let answer = api.pay(Some(&oversize_key), &payment(1), &[]).await;
+    assert_problem(&answer, StatusCode::BAD_REQUEST, "invalid-idempotency-key");
+    assert_eq!(api.count().await, 0, "nothing stored");
+}
+
+#[tokio::test]
+async fn prefer_wait_is_capped_at_sixty_seconds() {
+    let api = api().await;
+    let answer = api
+        .pay(
+            Some("w"),
+            &payment(1),
+            &[("prefer", "respond-async, wait=600")],
+        )
+        .await;
+    assert_eq!(answer.headers["preference-applied"], "wait=60");
+    assert_eq!(
+        answer.status,
+        StatusCode::OK,
+        "completed well within the wait"
+    );
+}
+
+#[tokio::test]
+async fn unknown_operations_are_404_and_bad_keys_400() {
+    let api = api().await;
+    for uri in ["/v1/payments/nope", "/v1/payments/nope/history"] {
+        assert_problem(
+            &api.send("GET", uri, &[], None).await,
+            StatusCode::NOT_FOUND,
+            "not-found",
+        );
+    }
+    assert_problem(
+        &api.send("POST", "/v1/payments/nope/retry", &[], None).await,
+        StatusCode::NOT_FOUND,
+        "not-found",
+    );
+    assert_problem(
+        &api.send("GET", "/v1/payments/a%20b", &[], None).await,
+        StatusCode::BAD_REQUEST,
+        "invalid-idempotency-key",
+    );
+    assert_problem(
+        &api.send("GET", "/v1/nothing", &[], None).await,
+        StatusCode::NOT_FOUND,
+        "no-route",
+    );
+}
+
+#[tokio::test]
+async fn list_filters_by_state_and_pages_with_a_cursor() {
+    let api = api_with(
+        SimConfig {
+            decline_rate: 1.0,
+            ..SimConfig::default()
+        },
+        false,
+    )
+    .await;
+    for order in 1..=5 {
+        let key = format!("l{order}");
+        api.pay(Some(&key), &payment(order), &[("prefer", "wait=10")])
+            .await;
+    }
+    let mut keys = Vec::new();
+    let mut uri = "/v1/payments?limit=2&state=FAILED".to_owned();
+    loop {
+        let page = api.send("GET", &uri, &[], None).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        let items = page.body["items"].as_array().unwrap();
+        assert!(items.len() <= 2);
+        keys.extend(
+            items
+                .iter()
+                .map(|item| item["key"].as_str().unwrap().to_owned()),
+        );
+        match page.body["nextCursor"].as_str() {
+            Some(cursor) => uri = format!("/v1/payments?limit=2&state=FAILED&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(keys, ["l5", "l4", "l3", "l2", "l1"]);
+    let completed = api
+        .send("GET", "/v1/payments?state=COMPLETED", &[], None)
+        .await;
+    assert!(completed.body["items"].as_array().unwrap().is_empty());
+    for bad in [
+        "state=DONE",
+        "limit=0",
+        "limit=1001",
+        "limit=x",
+        "cursor=abc",
+        "colour=red",
+    ] {
+        let answer = api
+            .send("GET", &format!("/v1/payments?{bad}"), &[], None)
+            .await;
+        assert_problem(&answer, StatusCode::BAD_REQUEST, "invalid-query");
+    }
+}
+
+#[tokio::test]
+async fn an_operator_retries_a_failed_payment_under_the_same_key() {
+    let api = api_with(
+        SimConfig {
+            decline_rate: 1.0,
+            ..SimConfig::default()
+        },
+        false,
+    )
+    .await;
+    let failed = api
+        .pay(Some("r"), &payment(1), &[("prefer", "wait=10")])
+        .await;
+    assert_eq!(failed.body["state"], "FAILED");
+    assert_eq!(failed.body["error"]["code"], "card_declined");
+    let retried = api.send("POST", "/v1/payments/r/retry", &[], None).await;
+    assert_eq!(retried.status, StatusCode::OK);
+    assert_eq!(retried.body["state"], "ACCEPTED");
+    assert_eq!(retried.body["key"], "r");
+    let history = api.send("GET", "/v1/payments/r/history", &[], None).await;
+    assert!(
+        history.body["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "OPERATOR_RETRIED")
+    );
+
+    let healthy = api_with(SimConfig::default(), false).await;
+    let done = healthy
+        .pay(Some("ok"), &payment(2), &[("prefer", "wait=10")])
+        .await;
+    assert_eq!(done.body["state"], "COMPLETED");
+    let refused = healthy
+        .send("POST", "/v1/payments/ok/retry", &[], None)
+        .await;
+    assert_problem(&refused, StatusCode::CONFLICT, "not-retryable");
+}
+
+#[tokio::test]
+async fn health_and_readiness_answer() {
+    let api = api().await;
+    assert_eq!(
+        api.send("GET", "/healthz", &[], None).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.send("GET", "/readyz", &[], None).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn every_route_is_in_the_openapi_document_and_served() {
+    let api = api().await;
+    let document = api.send("GET", "/openapi.json", &[], None).await.body;
+    assert_eq!(document["openapi"], "3.1.0");
+    let paths = document["paths"].as_object().unwrap();
+    let documented: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
+    assert_eq!(documented, ROUTES.len());
+    for route in ROUTES {
+        let path = route.path.replace("{resource}", "payments");
+        assert!(
+            paths[&path][route.method].is_object(),
+            "{} {path} undocumented",
+            route.method
+        );
+        let uri = path.replace("{key}", "probe");
+        let answer = api
+            .send(
+                &route.method.to_uppercase(),
+                &uri,
+                &[("idempotency-key", "probe")],
+                Some(payment(1).to_string()),
+            )
+            .await;
+        assert_ne!(
+            answer.body["type"], "urn:oncely:problem:no-route",
+            "{} {uri} not served",
+            route.method
+        );
+        assert_ne!(
+            answer.status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{} {uri}",
+            route.method
+        );
+    }
+}
