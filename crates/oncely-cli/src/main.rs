@@ -1,5 +1,10 @@
 //! The `oncely` command: wiring and commands only; the logic lives in the library crates.
 
+mod audit;
+mod duration;
+mod gateway_sim;
+mod serve;
+
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -28,6 +33,13 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Runs the payment service: HTTP API, workers, Finalizer and Reaper. With no flags:
+    /// SQLite in ./oncely.db, 127.0.0.1:8080, and a simulated gateway in-process.
+    Serve(serve::ServeArgs),
+    /// Runs the simulated payment gateway, with faults by flag.
+    GatewaySim(gateway_sim::GatewaySimArgs),
+    /// Reconciles payments with the gateway's ledger; exits 1 on any discrepancy.
+    Audit(audit::AuditArgs),
     /// Creates the database if needed and brings its schema up to date.
     Migrate {
         /// The database: `sqlite://PATH` (created if missing) or `sqlite::memory:`.
@@ -61,10 +73,14 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {
-        Command::Migrate { db } => migrate(&db).await,
+        Command::Serve(args) => serve::run(args).await.map(|()| true),
+        Command::GatewaySim(args) => gateway_sim::run(args).await.map(|()| true),
+        Command::Audit(args) => audit::run(args).await,
+        Command::Migrate { db } => migrate(&db).await.map(|()| true),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE

@@ -97,6 +97,7 @@ struct GatewayProblem {
 pub struct GatewayClient {
     http: reqwest::Client,
     charges_url: String,
+    ledger_url: String,
 }
 
 impl GatewayClient {
@@ -118,7 +119,21 @@ impl GatewayClient {
         Ok(Self {
             http,
             charges_url: format!("{base}/v1/charges"),
+            ledger_url: format!("{base}/v1/ledger"),
         })
+    }
+
+    /// Every charge in the gateway's ledger (`GET /v1/ledger`), for audits.
+    pub async fn ledger(&self) -> Result<Vec<crate::audit::LedgerCharge>, reqwest::Error> {
+        let document: crate::audit::LedgerDocument = self
+            .http
+            .get(&self.ledger_url)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        Ok(document.charges)
     }
 
     /// Charges once under `key` and says how it went.

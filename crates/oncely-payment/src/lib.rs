@@ -3,12 +3,14 @@
 //!
 //! - [`command`]: the checked command and the request it is built from.
 //! - [`gateway`]: the gateway client and how answers become outcomes.
+//! - [`audit`]: reconciling operations with a gateway's ledger.
 //!
 //! `PaymentOrchestrator` serves the domain `PAYMENT` with the event type
 //! `PAYMENT_REQUESTED`; its `execute` makes one gateway call with the operation's key.
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod command;
 pub mod gateway;
 
