@@ -188,3 +188,100 @@ fn check_completed(operation: &Operation, found: &[&LedgerCharge], report: &mut 
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use oncely::{DomainName, Fingerprint, IdempotencyKey, OperationId, Scope, TenantId};
+    use serde_json::json;
+
+    use super::*;
+
+    fn operation(key: &str, state: OperationState, transaction: Option<&str>) -> Operation {
+        let now = Utc::now();
+        let payload = json!({ "amount": "10.00", "currency": "USD" });
+        Operation {
+            id: OperationId(1),
+            scope: Scope::new(
+                TenantId::default(),
+                DomainName::new("PAYMENT").unwrap(),
+                IdempotencyKey::new(key).unwrap(),
+            ),
+            event_type: "PAYMENT_REQUESTED".into(),
+            state,
+            fingerprint: Fingerprint::of_json(&payload),
+            payload,
+            attempt_count: 1,
+            attempt_floor: 0,
+            recorded_attempt: Some(1),
+            last_attempt_at: Some(now),
+            next_retry_at: None,
+            lease: None,
+            outcome_data: transaction.map(|t| json!({ "transactionId": t })),
+            error_code: None,
+            error_message: None,
+            created_at: now,
+            updated_at: now,
+            completed_at: Some(now),
+        }
+    }
+
+    fn charge(key: &str, transaction: &str, amount: &str) -> LedgerCharge {
+        LedgerCharge {
+            idempotency_key: key.into(),
+            transaction_id: transaction.into(),
+            amount: Decimal::from_str(amount).unwrap(),
+            currency: "USD".into(),
+        }
+    }
+
+    fn kinds(report: &AuditReport) -> Vec<DiscrepancyKind> {
+        report.discrepancies.iter().map(|d| d.kind).collect()
+    }
+
+    #[test]
+    fn agreeing_books_are_clean() {
+        let operations = [
+            operation("a", OperationState::Completed, Some("t1")),
+            operation("b", OperationState::Failed, None),
+            operation("c", OperationState::Accepted, None),
+        ];
+        let report = reconcile(&operations, &[charge("a", "t1", "10")]);
+        assert!(report.is_clean(), "{report:?}");
+        assert_eq!(report.non_terminal, ["c"]);
+        assert_eq!(report.operations["COMPLETED"], 1);
+    }
+
+    #[test]
+    fn every_kind_of_mismatch_is_found() {
+        use DiscrepancyKind::*;
+        let operations = [
+            operation("no-charge", OperationState::Completed, Some("t0")),
+            operation("twice", OperationState::Completed, Some("t1")),
+            operation("other-tx", OperationState::Completed, Some("t2")),
+            operation("other-amount", OperationState::Completed, Some("t3")),
+            operation("timed-out", OperationState::Timeout, None),
+        ];
+        let charges = [
+            charge("twice", "t1", "10"),
+            charge("twice", "t1b", "10"),
+            charge("other-tx", "tX", "10"),
+            charge("other-amount", "t3", "10.01"),
+            charge("timed-out", "t4", "10"),
+            charge("stranger", "t5", "10"),
+        ];
+        let report = reconcile(&operations, &charges);
+        assert_eq!(
+            kinds(&report),
+            [
+                CompletedWithoutCharge,
+                ChargedTwice,
+                TransactionMismatch,
+                AmountMismatch,
+                ChargeWithoutOperation,
+                ChargedButNotCompleted
+            ]
+        );
+        assert!(!report.is_clean());
+    }
+}
