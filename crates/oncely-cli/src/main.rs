@@ -38,7 +38,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Runs the simulated payment gateway, with faults by flag.
     GatewaySim(gateway_sim::GatewaySimArgs),
-    /// Reconciles payments with the gateway's ledger; exits 1 on any discrepancy.
+    /// Reconciles payments with the gateway's ledger; exits 1 on any discrepancy, 2 when
+    /// it cannot run.
     Audit(audit::AuditArgs),
     /// Creates the database if needed and brings its schema up to date.
     Migrate {
@@ -81,9 +82,10 @@ async fn main() -> ExitCode {
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
+        // 2, not 1: `audit` uses 1 for "the books disagree", and a failure to run is not that.
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            ExitCode::from(2)
         }
     }
 }

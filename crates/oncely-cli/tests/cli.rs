@@ -64,6 +64,8 @@ fn migrate_with_a_bad_url_says_why_and_exits_non_zero() {
 fn help_explains_every_command() {
     let output = oncely().arg("--help").output().unwrap();
     let stdout = String::from_utf8(output.stdout).unwrap();
-    assert!(stdout.contains("migrate"), "{stdout}");
+    for command in ["serve", "gateway-sim", "audit", "migrate"] {
+        assert!(stdout.contains(command), "{command} missing from {stdout}");
+    }
     assert!(stdout.contains("effectively once"), "{stdout}");
 }

@@ -1,0 +1,133 @@
+//! `serve` and `audit` as processes: signals and exit codes.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn oncely() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_oncely"));
+    command
+        .env_remove("ONCELY_DB")
+        .env_remove("ONCELY_GATEWAY_URL");
+    command
+}
+
+async fn wait_healthy(base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(response) = reqwest::get(format!("{base}/healthz")).await
+            && response.status().is_success()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{base} never became healthy");
+}
+
+#[tokio::test]
+async fn sigterm_stops_serve_cleanly_with_the_in_process_simulator() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, sim_port) = (free_port(), free_port());
+    let child = oncely()
+        .current_dir(dir.path())
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--sim-listen", &format!("127.0.0.1:{sim_port}")])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_healthy(&base).await;
+    let paid = reqwest::Client::new()
+        .post(format!("{base}/v1/payments"))
+        .header("Prefer", "wait=10")
+        .json(&json!({"orderId": 1, "amount": "5.00", "paymentMethod": "CARD", "customerId": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paid.status(), 200);
+    let ledger: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{sim_port}/v1/ledger"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ledger["charges"][0]["idempotencyKey"], "PAY-2-1-CARD");
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{log}");
+    assert!(
+        log.contains("SIMULATION"),
+        "the simulation is announced: {log}"
+    );
+    assert!(log.contains("engine stopped"), "{log}");
+    assert!(dir.path().join("oncely.db").exists() && dir.path().join("oncely-gateway.db").exists());
+}
+
+#[tokio::test]
+async fn audit_exits_1_on_a_charge_no_payment_explains() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut gateway = oncely()
+        .current_dir(dir.path())
+        .args(["gateway-sim", "--listen", &format!("127.0.0.1:{port}")])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_healthy(&base).await;
+    let charged = reqwest::Client::new()
+        .post(format!("{base}/v1/charges"))
+        .header("Idempotency-Key", "stray")
+        .json(&json!({"amount": "9.99", "currency": "USD", "orderId": 1, "customerId": 1, "paymentMethod": "CARD"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(charged.status(), 200);
+
+    let db = format!("sqlite://{}", dir.path().join("empty.db").display());
+    let output = oncely()
+        .args(["audit", "--db", &db, "--gateway", &base])
+        .output()
+        .unwrap();
+    gateway.kill().unwrap();
+    gateway.wait().unwrap();
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{table}");
+    assert!(table.contains("discrepancies  1"), "{table}");
+    assert!(
+        table.contains("ChargeWithoutOperation") && table.contains("stray"),
+        "{table}"
+    );
+
+    let unreachable = oncely()
+        .args(["audit", "--db", &db, "--gateway", "http://127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        unreachable.status.code(),
+        Some(2),
+        "an audit that cannot run is not a clean one"
+    );
+    assert!(String::from_utf8_lossy(&unreachable.stderr).contains("reading the ledger"));
+}
