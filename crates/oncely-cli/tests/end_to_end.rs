@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-const PAYMENTS: usize = 520;
+const PAYMENTS: usize = 640;
 const KILLS: usize = 6;
 const SENDERS: usize = 8;
 
@@ -331,6 +331,7 @@ async fn payments_survive_repeated_sigkill_and_the_audit_is_clean() {
         );
     }
     let keys: HashMap<_, _> = first.iter().map(|p| (p.key.clone(), ())).collect();
+    assert!(keys.len() >= 500, "at least 500 distinct payments, not {}", keys.len());
 
     // Every payment ends.
     let deadline = Instant::now() + Duration::from_secs(120);
