@@ -6,7 +6,7 @@ use anyhow::Context;
 use oncely::{DomainName, ListFilter, Store};
 use oncely_payment::audit::{AuditReport, reconcile};
 use oncely_payment::{GatewayClient, GatewayTimeouts};
-use oncely_sqlx::SqliteStore;
+use oncely_sqlx::AnyStore;
 
 /// Flags of `oncely audit`.
 #[derive(Debug, clap::Args)]
@@ -24,7 +24,7 @@ pub(crate) struct AuditArgs {
 
 /// Returns whether the books agree.
 pub(crate) async fn run(args: AuditArgs) -> anyhow::Result<bool> {
-    let store = SqliteStore::open(&args.db)
+    let store = AnyStore::open(&args.db)
         .await
         .with_context(|| format!("opening the database at {}", args.db))?;
     let operations = all_payments(&store).await?;
@@ -44,7 +44,7 @@ pub(crate) async fn run(args: AuditArgs) -> anyhow::Result<bool> {
     Ok(report.is_clean())
 }
 
-async fn all_payments(store: &SqliteStore) -> anyhow::Result<Vec<oncely::Operation>> {
+async fn all_payments(store: &AnyStore) -> anyhow::Result<Vec<oncely::Operation>> {
     let domain = DomainName::new("PAYMENT")?;
     let mut operations = Vec::new();
     let mut before = None;

@@ -43,7 +43,8 @@ enum Command {
     Audit(audit::AuditArgs),
     /// Creates the database if needed and brings its schema up to date.
     Migrate {
-        /// The database: `sqlite://PATH` (created if missing) or `sqlite::memory:`.
+        /// The database: `sqlite://PATH` (created if missing), `sqlite::memory:` or
+        /// `postgres://USER@HOST/DB`.
         #[arg(long, env = "ONCELY_DB", default_value = "sqlite://oncely.db")]
         db: String,
     },
@@ -61,7 +62,7 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn migrate(db: &str) -> anyhow::Result<()> {
-    let store = oncely_sqlx::SqliteStore::open(db)
+    let store = oncely_sqlx::AnyStore::open(db)
         .await
         .with_context(|| format!("migrating the database at {db}"))?;
     store.close().await;

@@ -10,7 +10,7 @@ use oncely_http::ApiConfig;
 use oncely_payment::{
     GatewayClient, GatewayTimeouts, PaymentCommand, PaymentOrchestrator, PaymentRequest,
 };
-use oncely_sqlx::SqliteStore;
+use oncely_sqlx::AnyStore;
 use tokio::net::TcpListener;
 
 use crate::duration;
@@ -18,7 +18,7 @@ use crate::duration;
 /// Flags of `oncely serve`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServeArgs {
-    /// The database: `sqlite://PATH` (created if missing).
+    /// The database: `sqlite://PATH` (created if missing) or `postgres://USER@HOST/DB`.
     #[arg(long, env = "ONCELY_DB", default_value = "sqlite://oncely.db")]
     db: String,
     /// Where to listen.
@@ -110,7 +110,7 @@ async fn gateway_url(args: &ServeArgs) -> anyhow::Result<String> {
 
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.engine_config()?;
-    let store = SqliteStore::open(&args.db)
+    let store = AnyStore::open(&args.db)
         .await
         .with_context(|| format!("opening the database at {}", args.db))?;
     let gateway = gateway_url(&args).await?;

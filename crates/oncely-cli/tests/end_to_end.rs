@@ -331,7 +331,11 @@ async fn payments_survive_repeated_sigkill_and_the_audit_is_clean() {
         );
     }
     let keys: HashMap<_, _> = first.iter().map(|p| (p.key.clone(), ())).collect();
-    assert!(keys.len() >= 500, "at least 500 distinct payments, not {}", keys.len());
+    assert!(
+        keys.len() >= 500,
+        "at least 500 distinct payments, not {}",
+        keys.len()
+    );
 
     // Every payment ends.
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -2,6 +2,10 @@
 //!
 //! - [`SqliteStore`] (feature `sqlite`, on by default): the embedded default, one file,
 //!   nothing to install.
+//! - [`PgStore`] (feature `postgres`, on by default): several nodes on one PostgreSQL
+//!   database, claims with `FOR UPDATE SKIP LOCKED`.
+//!
+//! [`AnyStore`] picks one from a URL's scheme, for programs that take `--db`.
 //!
 //! Every backend keeps the same two tables, `oncely_operations` and `oncely_wal`, with
 //! migrations embedded in the binary and applied by `open` (or `oncely migrate`).
@@ -15,15 +19,22 @@
 //! # Layout
 //!
 //! - `sqlite`: the SQLite store.
+//! - `postgres`: the PostgreSQL store.
 //! - `rows`: turning stored columns into oncely's types, shared by every backend.
 
 #![forbid(unsafe_code)]
 
+mod any;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod rows;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
+pub use any::AnyStore;
 pub use oncely::store::LIST_LIMIT_MAX;
+#[cfg(feature = "postgres")]
+pub use postgres::PgStore;
 pub(crate) use rows::decision_columns;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;

@@ -7,8 +7,9 @@
 use chrono::{DateTime, Utc};
 use oncely::store::LIST_LIMIT_MAX;
 use oncely::{
-    Decision, DomainName, Fingerprint, IdempotencyKey, Lease, LeaseOwner, Operation, OperationId,
-    OperationState, Outcome, Page, PendingOutcome, Scope, StoreError, TenantId, WalEntry, WalKind,
+    Accepted, Decision, DomainName, Fenced, Fingerprint, IdempotencyKey, Lease, LeaseOwner,
+    Operation, OperationId, OperationState, Outcome, Page, PendingOutcome, RecordOutcome, Scope,
+    StoreError, TenantId, Transition, WalEntry, WalKind,
 };
 use serde_json::Value;
 
@@ -228,4 +229,151 @@ pub(crate) fn decision_columns(decision: &Decision, now: DateTime<Utc>) -> Decis
             completed_at,
         },
     }
+}
+
+/// One log entry to append; the caller's transaction makes it atomic with the change it
+/// explains (I6).
+pub(crate) struct Append<'a> {
+    pub(crate) operation_id: OperationId,
+    pub(crate) kind: WalKind,
+    pub(crate) attempt: u32,
+    pub(crate) owner: Option<&'a str>,
+    pub(crate) state_after: OperationState,
+    pub(crate) detail: String,
+    pub(crate) now: DateTime<Utc>,
+}
+
+impl<'a> Append<'a> {
+    pub(crate) fn accepted(created: &Operation, event_type: &str, now: DateTime<Utc>) -> Self {
+        Self {
+            operation_id: created.id,
+            kind: WalKind::Accepted,
+            attempt: 0,
+            owner: None,
+            state_after: OperationState::Accepted,
+            detail: serde_json::json!({ "eventType": event_type }).to_string(),
+            now,
+        }
+    }
+
+    pub(crate) fn executing(
+        claimed: &Operation,
+        owner: &'a LeaseOwner,
+        lease_until: i64,
+    ) -> Result<Self, StoreError> {
+        Ok(Self {
+            operation_id: claimed.id,
+            kind: WalKind::Executing,
+            attempt: claimed.attempt_count,
+            owner: Some(owner.as_str()),
+            state_after: OperationState::Processing,
+            detail: serde_json::json!({ "leaseUntil": time(lease_until)?.to_rfc3339() })
+                .to_string(),
+            now: claimed.updated_at,
+        })
+    }
+
+    pub(crate) fn transition(
+        transition: &'a Transition,
+        kind: WalKind,
+    ) -> Result<Self, StoreError> {
+        Ok(Self {
+            operation_id: transition.fence.id,
+            kind,
+            attempt: transition.fence.attempt,
+            owner: Some(transition.fence.owner.as_str()),
+            state_after: transition.decision.target_state(),
+            detail: serde_json::to_string(&transition.decision).map_err(corrupt)?,
+            now: transition.now,
+        })
+    }
+
+    pub(crate) fn operator_retried(
+        before: &Operation,
+        after: &Operation,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            operation_id: after.id,
+            kind: WalKind::OperatorRetried,
+            attempt: after.attempt_count,
+            owner: None,
+            state_after: OperationState::Accepted,
+            detail: serde_json::json!({
+                "previousState": before.state,
+                "previousError": before.error_message,
+            })
+            .to_string(),
+            now,
+        }
+    }
+}
+
+/// I1: the scope is taken; the same request is a replay, another one a conflict.
+pub(crate) fn replay_or_conflict(existing: Operation, fingerprint: &Fingerprint) -> Accepted {
+    if &existing.fingerprint == fingerprint {
+        Accepted::Existing(existing)
+    } else {
+        Accepted::Conflict(existing)
+    }
+}
+
+/// Only `FAILED` and `TIMEOUT` operations take an operator's retry.
+pub(crate) fn check_retryable(operation: &Operation) -> Result<(), StoreError> {
+    match operation.state {
+        OperationState::Failed | OperationState::Timeout => {
+            debug_assert!(operation.state.can_move_to(OperationState::Accepted));
+            Ok(())
+        }
+        state @ (OperationState::Accepted
+        | OperationState::Processing
+        | OperationState::Completed) => Err(StoreError::NotRetryable {
+            scope: operation.scope.clone(),
+            state,
+        }),
+    }
+}
+
+/// The indexes of `items` sorted by `key`: batches touch rows in one order everywhere, so
+/// two writers' batches cannot deadlock on each other.
+pub(crate) fn order_by<T, K: Ord>(items: &[T], key: impl Fn(&T) -> K) -> Vec<usize> {
+    let mut indexes: Vec<usize> = (0..items.len()).collect();
+    indexes.sort_by_key(|&index| key(&items[index]));
+    indexes
+}
+
+pub(crate) fn fenced(rows_affected: u64) -> Fenced {
+    if rows_affected == 1 {
+        Fenced::Applied
+    } else {
+        Fenced::Rejected
+    }
+}
+
+/// A matched record is the outcome (I3); an unmatched one is kept for the record only (I4).
+pub(crate) fn record_kind(fenced: Fenced) -> WalKind {
+    match fenced {
+        Fenced::Applied => WalKind::OutcomeRecorded,
+        Fenced::Rejected => WalKind::OutcomeRejected,
+    }
+}
+
+pub(crate) fn record_detail(record: &RecordOutcome) -> String {
+    serde_json::json!({ "outcome": record.outcome, "decision": record.decision }).to_string()
+}
+
+pub(crate) fn lease_until(now: DateTime<Utc>, ttl: std::time::Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(ttl)
+        .ok()
+        .and_then(|ttl| now.checked_add_signed(ttl))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// What else a fenced move out of `PROCESSING` requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Guard {
+    /// Finalize: the attempt's outcome is in the log (WAL first, I3).
+    Recorded,
+    /// Reap: the lease has ended and no outcome of the attempt is in the log (I3).
+    Reapable,
 }

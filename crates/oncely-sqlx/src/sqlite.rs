@@ -13,8 +13,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use oncely::{
     Accepted, ClaimRequest, CrashPoint, DomainName, Failpoints, Fence, Fenced, ListFilter,
-    NewOperation, Operation, OperationId, OperationState, Page, PendingOutcome, RecordOutcome,
-    Scope, Store, StoreError, Transition, WalEntry, WalKind,
+    NewOperation, Operation, OperationState, Page, PendingOutcome, RecordOutcome, Scope, Store,
+    StoreError, Transition, WalEntry, WalKind,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -22,7 +22,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
-use crate::rows::{self, OperationColumns, WalColumns, database, millis};
+use crate::rows::{self, Guard, OperationColumns, WalColumns, database, millis};
 use crate::{LIST_LIMIT_MAX, OpenError, decision_columns};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -178,20 +178,9 @@ fn wal_entry(row: &SqliteRow) -> Result<WalEntry, StoreError> {
     })
 }
 
-/// One log entry; the caller's transaction makes it atomic with the change it explains (I6).
-struct Append<'a> {
-    operation_id: OperationId,
-    kind: WalKind,
-    attempt: u32,
-    owner: Option<&'a str>,
-    state_after: OperationState,
-    detail: String,
-    now: DateTime<Utc>,
-}
-
 async fn append(
     transaction: &mut Transaction<'static, Sqlite>,
-    entry: Append<'_>,
+    entry: rows::Append<'_>,
 ) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO oncely_wal (operation_id, kind, attempt, lease_owner, state_after, detail, recorded_at) \
@@ -228,13 +217,13 @@ async fn find(
 
 async fn accept_one(
     transaction: &mut Transaction<'static, Sqlite>,
-    new: NewOperation,
+    new: &NewOperation,
 ) -> Result<Accepted, StoreError> {
     let now = millis(new.now);
     let inserted = sqlx::query(
         "INSERT INTO oncely_operations \
          (tenant, domain, idem_key, event_type, state, payload, fingerprint, next_retry_at, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, 'ACCEPTED', ?, ?, ?, ?, ?) \
+         VALUES (?1, ?2, ?3, ?4, 'ACCEPTED', ?5, ?6, ?7, ?7, ?7) \
          ON CONFLICT (tenant, domain, idem_key) DO NOTHING RETURNING *",
     )
     .bind(new.scope.tenant.as_str())
@@ -244,8 +233,6 @@ async fn accept_one(
     .bind(new.payload.to_string())
     .bind(new.fingerprint.as_str())
     .bind(now)
-    .bind(now)
-    .bind(now)
     .fetch_optional(&mut **transaction)
     .await
     .map_err(database)?;
@@ -253,15 +240,7 @@ async fn accept_one(
         let created = operation(&row)?;
         append(
             transaction,
-            Append {
-                operation_id: created.id,
-                kind: WalKind::Accepted,
-                attempt: 0,
-                owner: None,
-                state_after: OperationState::Accepted,
-                detail: serde_json::json!({ "eventType": new.event_type }).to_string(),
-                now: new.now,
-            },
+            rows::Append::accepted(&created, &new.event_type, new.now),
         )
         .await?;
         return Ok(Accepted::New(created));
@@ -270,29 +249,31 @@ async fn accept_one(
     let existing = find(&mut **transaction, &new.scope).await?.ok_or_else(|| {
         StoreError::Corrupt(format!("{} conflicted but cannot be read", new.scope))
     })?;
-    if existing.fingerprint == new.fingerprint {
-        Ok(Accepted::Existing(existing))
-    } else {
-        Ok(Accepted::Conflict(existing))
-    }
+    Ok(rows::replay_or_conflict(existing, &new.fingerprint))
 }
 
-/// The fenced update that ends an attempt; `extra` narrows it further (finalize or reap).
+/// The fenced update that ends an attempt, with the guard of a finalize or a reap.
 async fn transition_one(
     transaction: &mut Transaction<'static, Sqlite>,
     transition: &Transition,
-    extra: &str,
+    guard: Guard,
 ) -> Result<bool, StoreError> {
     let columns = decision_columns(&transition.decision, transition.now);
     debug_assert!(OperationState::Processing.can_move_to(columns.state));
     let Fence { id, attempt, owner } = &transition.fence;
+    let guard = match guard {
+        Guard::Recorded => "AND recorded_attempt = attempt_count",
+        Guard::Reapable => {
+            "AND lease_until <= ?7 AND (recorded_attempt IS NULL OR recorded_attempt <> attempt_count)"
+        }
+    };
     // I4: fenced by attempt and owner, a zombie's write matches no row.
     let sql = format!(
-        "UPDATE oncely_operations SET state = ?, outcome_data = ?, error_code = ?, error_message = ?, \
-         next_retry_at = ?, completed_at = ?, updated_at = ?, lease_owner = NULL, lease_until = NULL \
-         WHERE id = ? AND state = 'PROCESSING' AND attempt_count = ? AND lease_owner = ? {extra}"
+        "UPDATE oncely_operations SET state = ?1, outcome_data = ?2, error_code = ?3, error_message = ?4, \
+         next_retry_at = ?5, completed_at = ?6, updated_at = ?7, lease_owner = NULL, lease_until = NULL \
+         WHERE id = ?8 AND state = 'PROCESSING' AND attempt_count = ?9 AND lease_owner = ?10 {guard}"
     );
-    let mut query = sqlx::query(&sql)
+    let result = sqlx::query(&sql)
         .bind(columns.state.as_str())
         .bind(columns.outcome_data)
         .bind(columns.error_code)
@@ -302,11 +283,10 @@ async fn transition_one(
         .bind(millis(transition.now))
         .bind(id.0)
         .bind(i64::from(*attempt))
-        .bind(owner.as_str());
-    if extra.contains('?') {
-        query = query.bind(millis(transition.now));
-    }
-    let result = query.execute(&mut **transaction).await.map_err(database)?;
+        .bind(owner.as_str())
+        .execute(&mut **transaction)
+        .await
+        .map_err(database)?;
     Ok(result.rows_affected() == 1)
 }
 
@@ -314,31 +294,20 @@ async fn transition_batch(
     store: &SqliteStore,
     batch: Vec<Transition>,
     kind: WalKind,
-    extra: &str,
+    guard: Guard,
     crash_point: Option<CrashPoint>,
 ) -> Result<Vec<Fenced>, StoreError> {
     let mut transaction = store.begin().await?;
-    let mut results = Vec::with_capacity(batch.len());
-    for transition in &batch {
-        if transition_one(&mut transaction, transition, extra).await? {
-            let detail = serde_json::to_string(&transition.decision)
-                .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+    let mut results = vec![Fenced::Rejected; batch.len()];
+    for index in rows::order_by(&batch, |transition| transition.fence.id) {
+        let transition = &batch[index];
+        if transition_one(&mut transaction, transition, guard).await? {
             append(
                 &mut transaction,
-                Append {
-                    operation_id: transition.fence.id,
-                    kind,
-                    attempt: transition.fence.attempt,
-                    owner: Some(transition.fence.owner.as_str()),
-                    state_after: transition.decision.target_state(),
-                    detail,
-                    now: transition.now,
-                },
+                rows::Append::transition(transition, kind)?,
             )
             .await?;
-            results.push(Fenced::Applied);
-        } else {
-            results.push(Fenced::Rejected);
+            results[index] = Fenced::Applied;
         }
     }
     if let Some(point) = crash_point
@@ -366,26 +335,17 @@ async fn record_one(
     .execute(&mut **transaction)
     .await
     .map_err(database)?;
-    let fenced = if updated.rows_affected() == 1 {
-        Fenced::Applied
-    } else {
-        Fenced::Rejected
-    };
-    let kind = match fenced {
-        Fenced::Applied => WalKind::OutcomeRecorded,
-        Fenced::Rejected => WalKind::OutcomeRejected,
-    };
-    let detail = serde_json::json!({ "outcome": record.outcome, "decision": record.decision });
+    let fenced = rows::fenced(updated.rows_affected());
     // state_after is read from the row itself: PROCESSING when applied, whatever the
     // operation moved on to when rejected. No row (purged): nothing to log against.
     sqlx::query(
         "INSERT INTO oncely_wal (operation_id, kind, attempt, lease_owner, state_after, detail, recorded_at) \
          SELECT id, ?, ?, ?, state, ?, ? FROM oncely_operations WHERE id = ?",
     )
-    .bind(kind.as_str())
+    .bind(rows::record_kind(fenced).as_str())
     .bind(i64::from(*attempt))
     .bind(owner.as_str())
-    .bind(detail.to_string())
+    .bind(rows::record_detail(record))
     .bind(millis(record.now))
     .bind(id.0)
     .execute(&mut **transaction)
@@ -398,7 +358,7 @@ impl Store for SqliteStore {
     async fn accept(&self, batch: Vec<NewOperation>) -> Result<Vec<Accepted>, StoreError> {
         let mut transaction = self.begin().await?;
         let mut results = Vec::with_capacity(batch.len());
-        for new in batch {
+        for new in &batch {
             results.push(accept_one(&mut transaction, new).await?);
         }
         self.commit(transaction).await?;
@@ -408,7 +368,7 @@ impl Store for SqliteStore {
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<Operation>, StoreError> {
         let mut transaction = self.begin().await?;
         let now = millis(request.now);
-        let lease_until = millis(oncely_lease_until(request.now, request.lease_ttl));
+        let lease_until = millis(rows::lease_until(request.now, request.lease_ttl));
         // One writer at a time: the subquery's rows cannot be claimed by anyone else
         // before this UPDATE commits.
         let rows = sqlx::query(
@@ -427,28 +387,13 @@ impl Store for SqliteStore {
         .fetch_all(&mut *transaction)
         .await
         .map_err(database)?;
-        let mut claimed = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let operation = operation(row)?;
-            append(
-                &mut transaction,
-                Append {
-                    operation_id: operation.id,
-                    kind: WalKind::Executing,
-                    attempt: operation.attempt_count,
-                    owner: Some(request.owner.as_str()),
-                    state_after: OperationState::Processing,
-                    detail:
-                        serde_json::json!({ "leaseUntil": rows::time(lease_until)?.to_rfc3339() })
-                            .to_string(),
-                    now: request.now,
-                },
-            )
-            .await?;
-            claimed.push(operation);
+        let mut claimed = rows.iter().map(operation).collect::<Result<Vec<_>, _>>()?;
+        claimed.sort_by_key(|operation| (operation.next_retry_at, operation.id));
+        for operation in &claimed {
+            let entry = rows::Append::executing(operation, &request.owner, lease_until)?;
+            append(&mut transaction, entry).await?;
         }
         self.commit(transaction).await?;
-        claimed.sort_by_key(|operation| (operation.next_retry_at, operation.id));
         Ok(claimed)
     }
 
@@ -468,7 +413,7 @@ impl Store for SqliteStore {
             self,
             batch,
             WalKind::Finalized,
-            "AND recorded_attempt = attempt_count",
+            Guard::Recorded,
             Some(CrashPoint::DuringFinalize),
         )
         .await
@@ -496,14 +441,7 @@ impl Store for SqliteStore {
 
     async fn reap(&self, batch: Vec<Transition>) -> Result<Vec<Fenced>, StoreError> {
         // I3: an attempt with a recorded outcome is the Finalizer's, never re-run.
-        transition_batch(
-            self,
-            batch,
-            WalKind::Reaped,
-            "AND lease_until <= ? AND (recorded_attempt IS NULL OR recorded_attempt <> attempt_count)",
-            None,
-        )
-        .await
+        transition_batch(self, batch, WalKind::Reaped, Guard::Reapable, None).await
     }
 
     async fn pending_outcomes(
@@ -542,16 +480,7 @@ impl Store for SqliteStore {
                 .ok_or_else(|| StoreError::NotFound {
                     scope: scope.clone(),
                 })?;
-        if !matches!(
-            current.state,
-            OperationState::Failed | OperationState::Timeout
-        ) {
-            return Err(StoreError::NotRetryable {
-                scope: scope.clone(),
-                state: current.state,
-            });
-        }
-        debug_assert!(current.state.can_move_to(OperationState::Accepted));
+        rows::check_retryable(&current)?;
         let row = sqlx::query(
             "UPDATE oncely_operations SET state = 'ACCEPTED', attempt_floor = attempt_count, \
              next_retry_at = ?1, completed_at = NULL, outcome_data = NULL, error_code = NULL, \
@@ -566,19 +495,7 @@ impl Store for SqliteStore {
         let retried = operation(&row)?;
         append(
             &mut transaction,
-            Append {
-                operation_id: retried.id,
-                kind: WalKind::OperatorRetried,
-                attempt: retried.attempt_count,
-                owner: None,
-                state_after: OperationState::Accepted,
-                detail: serde_json::json!({
-                    "previousState": current.state,
-                    "previousError": current.error_message,
-                })
-                .to_string(),
-                now,
-            },
+            rows::Append::operator_retried(&current, &retried, now),
         )
         .await?;
         self.commit(transaction).await?;
@@ -629,11 +546,4 @@ impl Store for SqliteStore {
             .map_err(database)?;
         rows.iter().map(wal_entry).collect()
     }
-}
-
-fn oncely_lease_until(now: DateTime<Utc>, ttl: Duration) -> DateTime<Utc> {
-    chrono::Duration::from_std(ttl)
-        .ok()
-        .and_then(|ttl| now.checked_add_signed(ttl))
-        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }

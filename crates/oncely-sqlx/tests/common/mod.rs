@@ -8,6 +8,8 @@
     clippy::expect_used
 )]
 
+pub mod servers;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

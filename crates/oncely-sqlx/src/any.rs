@@ -1,0 +1,120 @@
+//! [`AnyStore`]: the store a `--db` URL names, chosen by its scheme.
+
+use chrono::{DateTime, Utc};
+use oncely::{
+    Accepted, ClaimRequest, DomainName, Fenced, ListFilter, NewOperation, Operation, Page,
+    PendingOutcome, RecordOutcome, Scope, Store, StoreError, Transition, WalEntry,
+};
+
+use crate::OpenError;
+#[cfg(feature = "postgres")]
+use crate::PgStore;
+#[cfg(feature = "sqlite")]
+use crate::SqliteStore;
+
+/// One of the stores, picked at run time from a URL: `sqlite:…` or `postgres://…`.
+#[derive(Debug, Clone)]
+pub enum AnyStore {
+    /// SQLite, one process per file.
+    #[cfg(feature = "sqlite")]
+    Sqlite(SqliteStore),
+    /// PostgreSQL, any number of nodes.
+    #[cfg(feature = "postgres")]
+    Postgres(PgStore),
+}
+
+impl AnyStore {
+    /// Opens the database `url` names and brings its schema up to date.
+    pub async fn open(url: &str) -> Result<Self, OpenError> {
+        #[cfg(feature = "sqlite")]
+        if url.starts_with("sqlite:") {
+            return Ok(Self::Sqlite(SqliteStore::open(url).await?));
+        }
+        #[cfg(feature = "postgres")]
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Self::Postgres(PgStore::open(url).await?));
+        }
+        Err(OpenError::Scheme {
+            url: url.to_owned(),
+            expected: "sqlite://PATH, sqlite::memory: or postgres://USER@HOST/DATABASE",
+        })
+    }
+
+    /// Closes the store's connections.
+    pub async fn close(&self) {
+        match self {
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(store) => store.close().await,
+            #[cfg(feature = "postgres")]
+            Self::Postgres(store) => store.close().await,
+        }
+    }
+}
+
+/// Calls the same method on whichever store this is.
+macro_rules! delegate {
+    ($self:ident, $store:ident => $call:expr) => {
+        match $self {
+            #[cfg(feature = "sqlite")]
+            AnyStore::Sqlite($store) => $call.await,
+            #[cfg(feature = "postgres")]
+            AnyStore::Postgres($store) => $call.await,
+        }
+    };
+}
+
+impl Store for AnyStore {
+    async fn accept(&self, batch: Vec<NewOperation>) -> Result<Vec<Accepted>, StoreError> {
+        delegate!(self, store => store.accept(batch))
+    }
+
+    async fn claim(&self, request: ClaimRequest) -> Result<Vec<Operation>, StoreError> {
+        delegate!(self, store => store.claim(request))
+    }
+
+    async fn record_outcomes(&self, batch: Vec<RecordOutcome>) -> Result<Vec<Fenced>, StoreError> {
+        delegate!(self, store => store.record_outcomes(batch))
+    }
+
+    async fn finalize(&self, batch: Vec<Transition>) -> Result<Vec<Fenced>, StoreError> {
+        delegate!(self, store => store.finalize(batch))
+    }
+
+    async fn expired_leases(
+        &self,
+        domain: &DomainName,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Operation>, StoreError> {
+        delegate!(self, store => store.expired_leases(domain, now, limit))
+    }
+
+    async fn reap(&self, batch: Vec<Transition>) -> Result<Vec<Fenced>, StoreError> {
+        delegate!(self, store => store.reap(batch))
+    }
+
+    async fn pending_outcomes(
+        &self,
+        domain: &DomainName,
+        recorded_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<PendingOutcome>, StoreError> {
+        delegate!(self, store => store.pending_outcomes(domain, recorded_before, limit))
+    }
+
+    async fn retry(&self, scope: &Scope, now: DateTime<Utc>) -> Result<Operation, StoreError> {
+        delegate!(self, store => store.retry(scope, now))
+    }
+
+    async fn get(&self, scope: &Scope) -> Result<Option<Operation>, StoreError> {
+        delegate!(self, store => store.get(scope))
+    }
+
+    async fn list(&self, filter: ListFilter) -> Result<Page, StoreError> {
+        delegate!(self, store => store.list(filter))
+    }
+
+    async fn history(&self, scope: &Scope) -> Result<Vec<WalEntry>, StoreError> {
+        delegate!(self, store => store.history(scope))
+    }
+}
