@@ -1,6 +1,7 @@
 //! The `oncely` command: wiring and commands only; the logic lives in the library crates.
 
 mod audit;
+mod chaos;
 mod duration;
 mod gateway_sim;
 mod serve;
@@ -38,6 +39,9 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Runs the simulated payment gateway, with faults by flag.
     GatewaySim(gateway_sim::GatewaySimArgs),
+    /// Several serve nodes on one database, a faulty gateway, random SIGKILLs; then
+    /// checks every payment ended and the audit is clean. Exits 1 otherwise.
+    Chaos(chaos::ChaosArgs),
     /// Reconciles payments with the gateway's ledger; exits 1 on any discrepancy, 2 when
     /// it cannot run.
     Audit(audit::AuditArgs),
@@ -78,6 +82,7 @@ async fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args).await.map(|()| true),
         Command::GatewaySim(args) => gateway_sim::run(args).await.map(|()| true),
         Command::Audit(args) => audit::run(args).await,
+        Command::Chaos(args) => chaos::run(args).await,
         Command::Migrate { db } => migrate(&db).await.map(|()| true),
     };
     match result {

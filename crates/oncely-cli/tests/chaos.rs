@@ -1,0 +1,119 @@
+//! `oncely chaos` on PostgreSQL: three nodes, random SIGKILLs, a clean audit.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stderr,
+    missing_docs
+)]
+
+use std::io::Write;
+use std::process::Command;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sqlx::ConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+fn oncely() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_oncely"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("ONCELY_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+/// A fresh database on the test server; `None` (a visible skip) when the server is
+/// unreachable outside CI.
+async fn postgres_database() -> Option<(String, String, String)> {
+    let admin = std::env::var("ONCELY_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let pool = match PgPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(3))
+        .connect(&admin)
+        .await
+    {
+        Ok(pool) => pool,
+        Err(error) => {
+            let in_ci = std::env::var("CI").is_ok_and(|value| value == "true" || value == "1");
+            assert!(
+                !in_ci,
+                "PostgreSQL at {admin} is unreachable under CI=true: {error}"
+            );
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: PostgreSQL at {admin} is unreachable ({error})"
+            );
+            return None;
+        }
+    };
+    let name = format!("oncely_chaos_{}", std::process::id());
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let url = PgConnectOptions::from_str(&admin)
+        .unwrap()
+        .database(&name)
+        .to_url_lossy()
+        .to_string();
+    Some((admin, name, url))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_on_postgres_survive_random_sigkills_with_a_clean_audit() {
+    let Some((admin, name, url)) = postgres_database().await else {
+        return;
+    };
+    let output = oncely()
+        .args([
+            "chaos",
+            "--db",
+            &url,
+            "--nodes",
+            "3",
+            "--payments",
+            "300",
+            "--kills",
+            "10",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let pool = PgPoolOptions::new().connect(&admin).await.unwrap();
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let report: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|_| panic!("no report: {}", String::from_utf8_lossy(&output.stderr)));
+    eprintln!("chaos: {report}");
+    assert!(output.status.success(), "{report:#}");
+    assert_eq!(
+        (
+            report["nodes"].clone(),
+            report["payments"].clone(),
+            report["kills"].clone()
+        ),
+        (json!(3), json!(300), json!(10))
+    );
+    assert_eq!(report["audit"]["discrepancies"], json!([]));
+    assert_eq!(report["audit"]["nonTerminal"], json!([]));
+    assert_eq!(report["unexpectedAnswers"], json!([]));
+}
+
+#[test]
+fn several_nodes_on_one_sqlite_file_are_refused() {
+    let output = oncely()
+        .args(["chaos", "--db", "sqlite::memory:", "--nodes", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("one process per file"));
+}
