@@ -263,15 +263,19 @@ fn plan(run: &str, payments: usize) -> (Vec<Request>, Vec<Request>) {
     (first, conflicts)
 }
 
+/// How long one request is retried across nodes before it counts as unanswered.
+const SEND_DEADLINE: Duration = Duration::from_secs(60);
+
 /// Sends one request to random nodes until one answers (a dead node is skipped, as a load
-/// balancer would). Returns the status.
+/// balancer would). Returns the status; 0 when no node answered within [`SEND_DEADLINE`].
 async fn send(
     client: &reqwest::Client,
     urls: &[String],
     rng: &Mutex<fastrand::Rng>,
     request: &Request,
 ) -> u16 {
-    loop {
+    let deadline = Instant::now() + SEND_DEADLINE;
+    while Instant::now() < deadline {
         let node = rng
             .lock()
             .map(|mut rng| rng.usize(..urls.len()))
@@ -287,6 +291,7 @@ async fn send(
             _ => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
+    0
 }
 
 async fn send_all(

@@ -6,13 +6,15 @@ use oncely::{
     PendingOutcome, RecordOutcome, Scope, Store, StoreError, Transition, WalEntry,
 };
 
+#[cfg(feature = "mysql")]
+use crate::MySqlStore;
 use crate::OpenError;
 #[cfg(feature = "postgres")]
 use crate::PgStore;
 #[cfg(feature = "sqlite")]
 use crate::SqliteStore;
 
-/// One of the stores, picked at run time from a URL: `sqlite:…` or `postgres://…`.
+/// One of the stores, picked at run time from a URL: `sqlite:…`, `postgres://…` or `mysql://…`.
 #[derive(Debug, Clone)]
 pub enum AnyStore {
     /// SQLite, one process per file.
@@ -21,6 +23,9 @@ pub enum AnyStore {
     /// PostgreSQL, any number of nodes.
     #[cfg(feature = "postgres")]
     Postgres(PgStore),
+    /// MySQL or MariaDB, any number of nodes.
+    #[cfg(feature = "mysql")]
+    MySql(MySqlStore),
 }
 
 impl AnyStore {
@@ -34,9 +39,14 @@ impl AnyStore {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             return Ok(Self::Postgres(PgStore::open(url).await?));
         }
+        #[cfg(feature = "mysql")]
+        if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+            let url = url.replacen("mariadb://", "mysql://", 1);
+            return Ok(Self::MySql(MySqlStore::open(&url).await?));
+        }
         Err(OpenError::Scheme {
             url: url.to_owned(),
-            expected: "sqlite://PATH, sqlite::memory: or postgres://USER@HOST/DATABASE",
+            expected: "sqlite://PATH, sqlite::memory:, postgres://USER@HOST/DATABASE or mysql://USER@HOST/DATABASE",
         })
     }
 
@@ -47,6 +57,8 @@ impl AnyStore {
             Self::Sqlite(store) => store.close().await,
             #[cfg(feature = "postgres")]
             Self::Postgres(store) => store.close().await,
+            #[cfg(feature = "mysql")]
+            Self::MySql(store) => store.close().await,
         }
     }
 }
@@ -59,6 +71,8 @@ macro_rules! delegate {
             AnyStore::Sqlite($store) => $call.await,
             #[cfg(feature = "postgres")]
             AnyStore::Postgres($store) => $call.await,
+            #[cfg(feature = "mysql")]
+            AnyStore::MySql($store) => $call.await,
         }
     };
 }

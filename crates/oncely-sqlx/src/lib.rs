@@ -4,6 +4,7 @@
 //!   nothing to install.
 //! - [`PgStore`] (feature `postgres`, on by default): several nodes on one PostgreSQL
 //!   database, claims with `FOR UPDATE SKIP LOCKED`.
+//! - [`MySqlStore`] (feature `mysql`, on by default): the same on MySQL or MariaDB ≥ 10.6.
 //!
 //! [`AnyStore`] picks one from a URL's scheme, for programs that take `--db`.
 //!
@@ -20,11 +21,14 @@
 //!
 //! - `sqlite`: the SQLite store.
 //! - `postgres`: the PostgreSQL store.
+//! - `mysql`: the MySQL / MariaDB store.
 //! - `rows`: turning stored columns into oncely's types, shared by every backend.
 
 #![forbid(unsafe_code)]
 
 mod any;
+#[cfg(feature = "mysql")]
+mod mysql;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod rows;
@@ -32,6 +36,8 @@ mod rows;
 mod sqlite;
 
 pub use any::AnyStore;
+#[cfg(feature = "mysql")]
+pub use mysql::MySqlStore;
 pub use oncely::store::LIST_LIMIT_MAX;
 #[cfg(feature = "postgres")]
 pub use postgres::PgStore;
