@@ -44,7 +44,7 @@ pub(crate) async fn run(args: AuditArgs) -> anyhow::Result<bool> {
     Ok(report.is_clean())
 }
 
-async fn all_payments(store: &AnyStore) -> anyhow::Result<Vec<oncely::Operation>> {
+pub(crate) async fn all_payments(store: &AnyStore) -> anyhow::Result<Vec<oncely::Operation>> {
     let domain = DomainName::new("PAYMENT")?;
     let mut operations = Vec::new();
     let mut before = None;

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use oncely::{DomainName, ListFilter, OperationState, Store};
+use oncely::{ListFilter, OperationState, Store};
 use oncely_payment::audit::{AuditReport, reconcile};
 use oncely_payment::{GatewayClient, GatewayTimeouts};
 use oncely_sqlx::AnyStore;
@@ -346,23 +346,7 @@ async fn in_flight(store: &AnyStore) -> anyhow::Result<usize> {
 }
 
 async fn audit(store: &AnyStore, gateway: &str) -> anyhow::Result<AuditReport> {
-    let domain = DomainName::new("PAYMENT")?;
-    let mut operations = Vec::new();
-    let mut before = None;
-    loop {
-        let filter = ListFilter {
-            domain: Some(domain.clone()),
-            before,
-            limit: oncely::store::LIST_LIMIT_MAX,
-            ..ListFilter::default()
-        };
-        let page = store.list(filter).await?;
-        operations.extend(page.items);
-        match page.next {
-            Some(next) => before = Some(next),
-            None => break,
-        }
-    }
+    let operations = crate::audit::all_payments(store).await?;
     let charges = GatewayClient::new(gateway, GatewayTimeouts::default())?
         .ledger()
         .await?;
