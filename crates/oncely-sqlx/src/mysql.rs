@@ -255,8 +255,10 @@ async fn accept_one(
             Ok(Accepted::New(created))
         }
         // I1: the scope is taken. In MySQL a failed statement leaves the transaction usable.
+        // A locking read: under REPEATABLE READ a plain one would read this transaction's
+        // snapshot, which may predate another node's commit of the key.
         Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
-            let existing = find(&mut **transaction, &new.scope, false)
+            let existing = find(&mut **transaction, &new.scope, true)
                 .await?
                 .ok_or_else(|| {
                     StoreError::Corrupt(format!("{} conflicted but cannot be read", new.scope))
