@@ -563,6 +563,48 @@ pub async fn concurrent_claimers_never_share_an_operation<S: Store + Clone>(stor
     assert_eq!(unique.len(), OPERATIONS, "none claimed twice");
 }
 
+pub async fn concurrent_overlapping_accepts_replay_or_insert_never_fail<S: Store + Clone>(
+    store: S,
+) {
+    // Two nodes accept the same keys in opposite orders, batch after batch: every item is
+    // new or a replay of the other's, never an error or a deadlock.
+    for round in 0..20 {
+        let keys: Vec<String> = (0..8).map(|i| format!("r{round}-k{i}")).collect();
+        let forward: Vec<_> = keys
+            .iter()
+            .map(|key| new_operation(key, 1, at(0)))
+            .collect();
+        // The second batch starts with a key of its own (it sorts first), so it has read
+        // before it meets the first batch's keys: a store must still see their commit.
+        let mut backward = vec![new_operation(&format!("a{round}-own"), 1, at(0))];
+        backward.extend(keys.iter().rev().map(|key| new_operation(key, 1, at(0))));
+        let (a, b) = (store.clone(), store.clone());
+        let first = tokio::spawn(async move { a.accept(forward).await });
+        let second = tokio::spawn(async move { b.accept(backward).await });
+        let (first, second) = (
+            first.await.unwrap().unwrap(),
+            second.await.unwrap().unwrap(),
+        );
+        let new = first
+            .iter()
+            .chain(&second)
+            .filter(|accepted| matches!(accepted, Accepted::New(_)))
+            .count();
+        assert_eq!(
+            new,
+            keys.len() + 1,
+            "round {round}: each key inserted exactly once"
+        );
+        assert!(
+            first
+                .iter()
+                .chain(&second)
+                .all(|a| !matches!(a, Accepted::Conflict(_))),
+            "round {round}: the same request is never a conflict"
+        );
+    }
+}
+
 /// Instantiates every conformance test for one backend. `$open` is an async fn returning
 /// `(guard, store)`; the guard keeps the database alive for the test.
 #[macro_export]
@@ -583,6 +625,7 @@ macro_rules! conformance_suite {
             list_filters_and_pages_newest_first,
             history_is_in_order_and_unknown_operations_are_not_found,
             concurrent_claimers_never_share_an_operation,
+            concurrent_overlapping_accepts_replay_or_insert_never_fail,
         );
     };
     (@tests $open:path; $($name:ident),* $(,)?) => {
