@@ -57,6 +57,10 @@ pub(crate) struct ServeArgs {
     /// How often idle workers look for due retries.
     #[arg(long, env = "ONCELY_POLL_INTERVAL", default_value = "500ms", value_parser = duration::parse)]
     poll_interval: Duration,
+    /// How long finished payments are kept; older ones are purged with their log and their
+    /// keys can be used again. `off` keeps them for ever.
+    #[arg(long, env = "ONCELY_RETENTION", default_value = "7d", value_parser = duration::parse_optional)]
+    retention: Option<Duration>,
     /// How long running calls may finish after SIGTERM or SIGINT.
     #[arg(long, env = "ONCELY_SHUTDOWN_GRACE", default_value = "10s", value_parser = duration::parse)]
     shutdown_grace: Duration,
@@ -71,6 +75,7 @@ impl ServeArgs {
             poll_interval: self.poll_interval,
             maintenance_interval: self.poll_interval.max(Duration::from_millis(100)) * 4,
             finalize_grace: self.lease_ttl / 10,
+            retention: self.retention,
             ..EngineConfig::default()
         };
         config.validate()?;

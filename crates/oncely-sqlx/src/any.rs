@@ -120,6 +120,15 @@ impl Store for AnyStore {
         delegate!(self, store => store.retry(scope, now))
     }
 
+    async fn purge(
+        &self,
+        domain: &DomainName,
+        completed_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        delegate!(self, store => store.purge(domain, completed_before, limit))
+    }
+
     async fn get(&self, scope: &Scope) -> Result<Option<Operation>, StoreError> {
         delegate!(self, store => store.get(scope))
     }

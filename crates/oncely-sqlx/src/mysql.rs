@@ -546,6 +546,29 @@ impl Store for MySqlStore {
         Ok(retried)
     }
 
+    async fn purge(
+        &self,
+        domain: &DomainName,
+        completed_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        let mut transaction = self.begin().await?;
+        // The log goes with its operation (ON DELETE CASCADE).
+        let purged = sqlx::query(
+            "DELETE FROM oncely_operations \
+             WHERE domain = ? AND state IN ('COMPLETED', 'FAILED', 'TIMEOUT') AND completed_at < ? \
+             ORDER BY completed_at, id LIMIT ?",
+        )
+        .bind(domain.as_str())
+        .bind(millis(completed_before))
+        .bind(i64::from(limit))
+        .execute(&mut *transaction)
+        .await
+        .map_err(database)?;
+        self.commit(transaction).await?;
+        Ok(purged.rows_affected())
+    }
+
     async fn get(&self, scope: &Scope) -> Result<Option<Operation>, StoreError> {
         find(&self.pool, scope, false).await
     }

@@ -399,3 +399,48 @@ async fn shutdown_abandons_a_call_that_outlives_its_grace_to_the_reaper() {
         "with the same key: charged once"
     );
 }
+
+#[tokio::test]
+async fn retention_purges_terminal_operations_and_frees_their_keys() {
+    let db = TestDb::new();
+    let api = FakeApi::default();
+    let clock = ManualClock::starting_now();
+    let config = oncely::EngineConfig {
+        retention: Some(Duration::from_secs(3_600)),
+        ..common::test_config()
+    };
+    let engine = engine(db.open().await, &api, &clock)
+        .config(config)
+        .start()
+        .unwrap();
+    let scope = engine
+        .submit(key("kept-an-hour"), Charge::new("r", 1))
+        .await
+        .unwrap()
+        .operation
+        .scope;
+    assert_eq!(
+        engine
+            .wait(&scope, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .state,
+        OperationState::Completed
+    );
+    assert_eq!(
+        engine.purge_expired().await.unwrap(),
+        0,
+        "younger than the retention"
+    );
+    clock.advance(Duration::from_secs(3_601));
+    assert_eq!(engine.purge_expired().await.unwrap(), 1);
+    assert!(matches!(
+        engine.get(&scope).await,
+        Err(Error::NotFound { .. })
+    ));
+    let again = engine
+        .submit(key("kept-an-hour"), Charge::new("r", 2))
+        .await
+        .unwrap();
+    assert!(!again.replayed, "after retention the key is new again");
+}

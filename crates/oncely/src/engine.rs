@@ -58,6 +58,9 @@ pub struct EngineConfig {
     pub finalize_grace: Duration,
     /// The most operations one store transaction carries (1 to 10,000).
     pub batch_size_max: usize,
+    /// How long terminal operations are kept before the maintenance task purges them with
+    /// their log (and their keys become usable again); `None` keeps them for ever.
+    pub retention: Option<Duration>,
 }
 
 impl Default for EngineConfig {
@@ -70,6 +73,7 @@ impl Default for EngineConfig {
             maintenance_interval: Duration::from_secs(5),
             finalize_grace: Duration::from_secs(5),
             batch_size_max: 256,
+            retention: Some(Duration::from_secs(7 * 24 * 3_600)),
         }
     }
 }
@@ -415,6 +419,12 @@ impl<S: Store, O: Orchestrator> Engine<S, O> {
     /// `maintenance_interval` by itself.
     pub async fn finalize_pending(&self) -> Result<usize, Error> {
         Ok(finalize_pending(&self.shared).await?)
+    }
+
+    /// Purges terminal operations older than the retention, in batches, and returns how
+    /// many. The engine runs it every `maintenance_interval` by itself.
+    pub async fn purge_expired(&self) -> Result<u64, Error> {
+        Ok(purge_expired(&self.shared).await?)
     }
 
     /// Stops taking work, lets running calls finish for up to `grace`, records and
@@ -899,6 +909,9 @@ async fn maintenance_loop<S: Store, O: Orchestrator>(
         if let Err(error) = reap_expired(&shared).await {
             tracing::warn!(%error, "reaper run failed");
         }
+        if let Err(error) = purge_expired(&shared).await {
+            tracing::warn!(%error, "retention purge failed");
+        }
         tokio::select! {
             () = tokio::time::sleep(shared.config.maintenance_interval) => {}
             _ = stop.changed() => return,
@@ -973,6 +986,30 @@ async fn reap_expired<S: Store, O: Orchestrator>(
     }
     shared.wake.notify_one();
     Ok(count)
+}
+
+/// Retention: at most ten batches a run, so a large backlog never starves the other tasks.
+async fn purge_expired<S: Store, O: Orchestrator>(
+    shared: &Shared<S, O>,
+) -> Result<u64, StoreError> {
+    let Some(retention) = shared.config.retention else {
+        return Ok(0);
+    };
+    let before =
+        shared.now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    let limit = u32::try_from(shared.config.batch_size_max).unwrap_or(u32::MAX);
+    let mut total = 0;
+    for _batch in 0..10 {
+        let purged = shared.store.purge(&shared.domain, before, limit).await?;
+        total += purged;
+        if purged < u64::from(limit) {
+            break;
+        }
+    }
+    if total > 0 {
+        tracing::info!(purged = total, "retention: purged terminal operations");
+    }
+    Ok(total)
 }
 
 /// What the Reaper does with an operation whose lease expired with no recorded outcome:

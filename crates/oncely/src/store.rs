@@ -290,6 +290,16 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Operation, StoreError>> + Send;
 
+    /// Deletes up to `limit` terminal operations of the domain that ended before
+    /// `completed_before`, with their write-ahead log, oldest first; returns how many. After
+    /// that their keys can be accepted again.
+    fn purge(
+        &self,
+        domain: &DomainName,
+        completed_before: DateTime<Utc>,
+        limit: u32,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
     /// The operation with this scope, if any.
     fn get(
         &self,

@@ -263,6 +263,7 @@ pub fn test_config() -> EngineConfig {
         maintenance_interval: Duration::from_millis(50),
         finalize_grace: Duration::from_secs(1),
         batch_size_max: 16,
+        retention: None,
     }
 }
 

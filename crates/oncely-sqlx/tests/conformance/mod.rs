@@ -605,6 +605,49 @@ pub async fn concurrent_overlapping_accepts_replay_or_insert_never_fail<S: Store
     }
 }
 
+pub async fn purge_removes_old_terminal_operations_with_their_log_and_frees_the_key<S: Store>(
+    store: S,
+) {
+    for key in ["old", "young", "open"] {
+        accept(&store, key, at(0)).await;
+    }
+    let claimed = claim(&store, "w", at(1), 2).await; // old, young
+    for (operation, ends_at) in claimed.iter().zip([10, 500]) {
+        let fence = operation.fence().unwrap();
+        let (_, decision) = record(&store, operation, &fence, ok_outcome("t"), at(ends_at)).await;
+        assert_eq!(
+            finalize(&store, &fence, decision, at(ends_at)).await,
+            Fenced::Applied
+        );
+    }
+    assert_eq!(
+        store.purge(&domain(), at(10), 100).await.unwrap(),
+        0,
+        "strictly older only"
+    );
+    assert_eq!(
+        store
+            .purge(&DomainName::new("OTHER").unwrap(), at(1_000), 100)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(store.purge(&domain(), at(100), 100).await.unwrap(), 1);
+    assert!(store.get(&scope("old")).await.unwrap().is_none());
+    assert!(matches!(
+        store.history(&scope("old")).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(store.get(&scope("young")).await.unwrap().is_some());
+    // A non-terminal operation is never purged, however old.
+    assert_eq!(store.purge(&domain(), at(1_000_000), 100).await.unwrap(), 1);
+    assert_eq!(get(&store, "open").await.state, OperationState::Accepted);
+    // The key is free again: a new operation, with a log of its own.
+    let again = accept(&store, "old", at(2_000)).await;
+    assert_eq!(kinds(&store, "old").await, [WalKind::Accepted]);
+    assert_eq!(again.attempt_count, 0);
+}
+
 /// Instantiates every conformance test for one backend. `$open` is an async fn returning
 /// `(guard, store)`; the guard keeps the database alive for the test.
 #[macro_export]
@@ -626,6 +669,7 @@ macro_rules! conformance_suite {
             history_is_in_order_and_unknown_operations_are_not_found,
             concurrent_claimers_never_share_an_operation,
             concurrent_overlapping_accepts_replay_or_insert_never_fail,
+            purge_removes_old_terminal_operations_with_their_log_and_frees_the_key,
         );
     };
     (@tests $open:path; $($name:ident),* $(,)?) => {
