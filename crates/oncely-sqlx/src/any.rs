@@ -129,6 +129,10 @@ impl Store for AnyStore {
         delegate!(self, store => store.purge(domain, completed_before, limit))
     }
 
+    async fn work_signal(&self, domain: &DomainName) {
+        delegate!(self, store => store.work_signal(domain))
+    }
+
     async fn get(&self, scope: &Scope) -> Result<Option<Operation>, StoreError> {
         delegate!(self, store => store.get(scope))
     }

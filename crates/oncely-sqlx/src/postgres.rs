@@ -7,7 +7,9 @@
 //! `READ COMMITTED` isolation. Batches touch their rows in a fixed order (by scope, by id),
 //! so two nodes' batches cannot deadlock on each other.
 
+use std::future::Future;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -16,19 +18,67 @@ use oncely::{
     NewOperation, Operation, OperationState, Page, PendingOutcome, RecordOutcome, Scope, Store,
     StoreError, Transition, WalEntry, WalKind,
 };
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row, Transaction};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 
 use crate::rows::{self, Guard, OperationColumns, WalColumns, database, millis};
 use crate::{LIST_LIMIT_MAX, OpenError, decision_columns};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
-/// The PostgreSQL store. Cheap to clone: clones share the pool.
+/// The channel accepts notify on (payload: the domain).
+const WORK_CHANNEL: &str = "oncely_work";
+
+/// The PostgreSQL store. Cheap to clone: clones share the pool and the listener.
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
     failpoints: Failpoints,
+    signal: Arc<WorkSignal>,
+}
+
+/// Wakes idle engines when any node accepts work: a `LISTEN` connection of its own,
+/// re-established when it drops. Stopped with the last clone of the store.
+#[derive(Debug)]
+struct WorkSignal {
+    notify: Notify,
+    listener: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for WorkSignal {
+    fn drop(&mut self) {
+        if let Ok(mut listener) = self.listener.lock()
+            && let Some(task) = listener.take()
+        {
+            task.abort();
+        }
+    }
+}
+
+async fn listen(pool: PgPool, signal: std::sync::Weak<WorkSignal>) {
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::warn!(%error, "LISTEN connection failed; idle nodes fall back to polling");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if let Err(error) = listener.listen(WORK_CHANNEL).await {
+            tracing::warn!(%error, "LISTEN failed; idle nodes fall back to polling");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        while listener.recv().await.is_ok() {
+            let Some(signal) = signal.upgrade() else {
+                return;
+            };
+            signal.notify.notify_waiters();
+        }
+    }
 }
 
 /// The operation columns, with JSON as text and counters as BIGINT, prefixed by `table.`.
@@ -70,9 +120,18 @@ impl PgStore {
                 url: "postgres".to_owned(),
                 source,
             })?;
+        let signal = Arc::new(WorkSignal {
+            notify: Notify::new(),
+            listener: std::sync::Mutex::new(None),
+        });
+        let task = tokio::spawn(listen(pool.clone(), Arc::downgrade(&signal)));
+        if let Ok(mut listener) = signal.listener.lock() {
+            *listener = Some(task);
+        }
         Ok(Self {
             pool,
             failpoints: Failpoints::default(),
+            signal,
         })
     }
 
@@ -334,6 +393,21 @@ impl Store for PgStore {
         for index in rows::order_by(&batch, |new| new.scope.to_string()) {
             results[index] = Some(accept_one(&mut transaction, &batch[index]).await?);
         }
+        // Delivered on commit: idle nodes start at once instead of at their next poll.
+        let domains: std::collections::BTreeSet<&str> = batch
+            .iter()
+            .zip(&results)
+            .filter(|(_, result)| matches!(result, Some(Accepted::New(_))))
+            .map(|(new, _)| new.scope.domain.as_str())
+            .collect();
+        for domain in domains {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(WORK_CHANNEL)
+                .bind(domain)
+                .execute(&mut *transaction)
+                .await
+                .map_err(database)?;
+        }
         self.commit(transaction).await?;
         results
             .into_iter()
@@ -505,6 +579,11 @@ impl Store for PgStore {
         .map_err(database)?;
         self.commit(transaction).await?;
         Ok(purged.rows_affected())
+    }
+
+    fn work_signal(&self, _domain: &DomainName) -> impl Future<Output = ()> + Send {
+        let signal = self.signal.clone();
+        async move { signal.notify.notified().await }
     }
 
     async fn get(&self, scope: &Scope) -> Result<Option<Operation>, StoreError> {

@@ -608,6 +608,7 @@ async fn dispatch_loop<S: Store, O: Orchestrator>(
         if idle {
             tokio::select! {
                 () = shared.wake.notified() => {}
+                () = shared.store.work_signal(&shared.domain) => {}
                 () = tokio::time::sleep(shared.config.poll_interval) => {}
                 _ = stop.changed() => {}
             }

@@ -300,6 +300,14 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
+    /// Resolves when another process may have accepted work for `domain` (PostgreSQL's
+    /// `LISTEN/NOTIFY`), so idle engines start at once instead of at their next poll. Stores
+    /// without such a signal never resolve; polling covers them.
+    fn work_signal(&self, domain: &DomainName) -> impl Future<Output = ()> + Send {
+        let _ = domain;
+        std::future::pending()
+    }
+
     /// The operation with this scope, if any.
     fn get(
         &self,
