@@ -60,7 +60,11 @@ pub(crate) struct ServeArgs {
     /// How long finished payments are kept; older ones are purged with their log and their
     /// keys can be used again. `off` keeps them for ever.
     #[arg(long, env = "ONCELY_RETENTION", default_value = "7d", value_parser = duration::parse_optional)]
-    retention: Option<Duration>,
+    retention: std::option::Option<Duration>, // spelled out: clap would parse the inner type
+    /// Do not migrate the database at start (run `oncely migrate` as a deploy step
+    /// instead); /readyz answers 503 until the schema is there.
+    #[arg(long, env = "ONCELY_NO_MIGRATE")]
+    no_migrate: bool,
     /// How long running calls may finish after SIGTERM or SIGINT.
     #[arg(long, env = "ONCELY_SHUTDOWN_GRACE", default_value = "10s", value_parser = duration::parse)]
     shutdown_grace: Duration,
@@ -115,9 +119,12 @@ async fn gateway_url(args: &ServeArgs) -> anyhow::Result<String> {
 
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.engine_config()?;
-    let store = AnyStore::open(&args.db)
-        .await
-        .with_context(|| format!("opening the database at {}", args.db))?;
+    let store = if args.no_migrate {
+        AnyStore::open_without_migrating(&args.db).await
+    } else {
+        AnyStore::open(&args.db).await
+    }
+    .with_context(|| format!("opening the database at {}", args.db))?;
     let gateway = gateway_url(&args).await?;
     let timeouts = GatewayTimeouts {
         connect: Duration::from_secs(3).min(args.gateway_timeout),
@@ -189,4 +196,41 @@ fn payment_request_schema() -> serde_json::Value {
             "currency": { "type": "string", "pattern": "^[A-Z]{3}$", "default": "USD" }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> ServeArgs {
+        Wrapper::try_parse_from([&["serve"], args].concat())
+            .unwrap()
+            .serve
+    }
+
+    #[test]
+    fn retention_defaults_to_seven_days_and_can_be_turned_off() {
+        assert_eq!(parse(&[]).retention, Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse(&["--retention", "off"]).retention, None);
+        assert_eq!(
+            parse(&["--retention", "12h"]).retention,
+            Some(Duration::from_secs(43_200))
+        );
+        assert!(Wrapper::try_parse_from(["serve", "--retention", "soon"]).is_err());
+    }
+
+    #[test]
+    fn a_gateway_timeout_beyond_the_lease_is_refused() {
+        let args = parse(&["--lease-ttl", "5s", "--gateway-timeout", "10s"]);
+        assert!(args.engine_config().is_err());
+        assert!(parse(&[]).engine_config().is_ok());
+    }
 }

@@ -131,3 +131,34 @@ async fn audit_exits_1_on_a_charge_no_payment_explains() {
     );
     assert!(String::from_utf8_lossy(&unreachable.stderr).contains("reading the ledger"));
 }
+
+#[tokio::test]
+async fn serve_without_migrating_is_not_ready_until_the_schema_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("later.db").display());
+    let (port, sim_port) = (free_port(), free_port());
+    let mut child = oncely()
+        .args([
+            "serve",
+            "--no-migrate",
+            "--db",
+            &db,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args(["--sim-listen", &format!("127.0.0.1:{sim_port}")])
+        .current_dir(dir.path())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_healthy(&base).await;
+    let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 503, "no schema yet");
+    let migrated = oncely().args(["migrate", "--db", &db]).output().unwrap();
+    assert!(migrated.status.success());
+    let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(ready.status(), 200, "ready once `oncely migrate` ran");
+}

@@ -31,18 +31,44 @@ pub enum AnyStore {
 impl AnyStore {
     /// Opens the database `url` names and brings its schema up to date.
     pub async fn open(url: &str) -> Result<Self, OpenError> {
+        Self::open_with(url, true).await
+    }
+
+    /// Opens the database `url` names without touching its schema.
+    pub async fn open_without_migrating(url: &str) -> Result<Self, OpenError> {
+        Self::open_with(url, false).await
+    }
+
+    async fn open_with(url: &str, migrate: bool) -> Result<Self, OpenError> {
+        let store = Self::connect(url).await?;
+        if migrate {
+            match &store {
+                #[cfg(feature = "sqlite")]
+                Self::Sqlite(store) => store.migrate().await?,
+                #[cfg(feature = "postgres")]
+                Self::Postgres(store) => store.migrate().await?,
+                #[cfg(feature = "mysql")]
+                Self::MySql(store) => store.migrate().await?,
+            }
+        }
+        Ok(store)
+    }
+
+    async fn connect(url: &str) -> Result<Self, OpenError> {
         #[cfg(feature = "sqlite")]
         if url.starts_with("sqlite:") {
-            return Ok(Self::Sqlite(SqliteStore::open(url).await?));
+            return Ok(Self::Sqlite(
+                SqliteStore::open_without_migrating(url).await?,
+            ));
         }
         #[cfg(feature = "postgres")]
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Ok(Self::Postgres(PgStore::open(url).await?));
+            return Ok(Self::Postgres(PgStore::open_without_migrating(url).await?));
         }
         #[cfg(feature = "mysql")]
         if url.starts_with("mysql://") || url.starts_with("mariadb://") {
             let url = url.replacen("mariadb://", "mysql://", 1);
-            return Ok(Self::MySql(MySqlStore::open(&url).await?));
+            return Ok(Self::MySql(MySqlStore::open_without_migrating(&url).await?));
         }
         Err(OpenError::Scheme {
             url: url.to_owned(),

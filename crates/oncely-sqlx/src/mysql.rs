@@ -43,6 +43,15 @@ impl MySqlStore {
         Ok(store)
     }
 
+    /// Connects to `url` without touching the schema (it must be migrated already).
+    pub async fn open_without_migrating(url: &str) -> Result<Self, OpenError> {
+        let options = MySqlConnectOptions::from_str(url).map_err(|source| OpenError::Url {
+            url: url.to_owned(),
+            source,
+        })?;
+        Self::connect_with(options, 16).await
+    }
+
     /// Connects with explicit options and pool size, without touching the schema.
     pub async fn connect_with(
         options: MySqlConnectOptions,
