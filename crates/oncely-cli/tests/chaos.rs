@@ -6,8 +6,11 @@
     missing_docs
 )]
 
+mod common;
+
+use common::oncely;
+
 use std::io::Write;
-use std::process::Command;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -15,16 +18,6 @@ use serde_json::{Value, json};
 use sqlx::ConnectOptions;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-
-fn oncely() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_oncely"));
-    for (name, _) in std::env::vars() {
-        if name.starts_with("ONCELY_") {
-            command.env_remove(name);
-        }
-    }
-    command
-}
 
 /// A fresh database on the test server; `None` (a visible skip) when the server is
 /// unreachable outside CI.

@@ -1,13 +1,9 @@
 //! The `oncely` binary, run as a user would.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::process::Command;
+mod common;
 
-fn oncely() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_oncely"));
-    command.env_remove("ONCELY_DB");
-    command
-}
+use common::oncely;
 
 #[test]
 fn version_prints_the_crate_version() {

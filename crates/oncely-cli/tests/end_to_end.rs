@@ -9,22 +9,14 @@
     missing_docs
 )]
 
-use std::net::TcpListener;
+mod common;
+
+use common::{free_port, oncely, wait_healthy};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
 
 use serde_json::{Value, json};
-
-fn oncely() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_oncely"));
-    for (name, _) in std::env::vars() {
-        if name.starts_with("ONCELY_") {
-            command.env_remove(name);
-        }
-    }
-    command
-}
 
 fn find_ledger(dir: &Path) -> PathBuf {
     for entry in std::fs::read_dir(dir).unwrap() {
@@ -70,11 +62,7 @@ async fn payments_survive_repeated_sigkill_and_the_audit_is_clean() {
     assert_eq!(report["unexpectedAnswers"], json!([]));
 
     // The gateway again, on the same ledger file: it survived, and `oncely audit` agrees.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let gateway_url = format!("http://127.0.0.1:{port}");
     let mut gateway = oncely()
         .args([
@@ -87,14 +75,7 @@ async fn payments_survive_repeated_sigkill_and_the_audit_is_clean() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while reqwest::get(format!("{gateway_url}/healthz"))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "the gateway did not restart");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_healthy(&gateway_url).await;
     let audit = oncely()
         .args(["audit", "--json", "--db", &db, "--gateway", &gateway_url])
         .output()

@@ -1,40 +1,13 @@
 //! `serve` and `audit` as processes: signals and exit codes.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::net::TcpListener;
+mod common;
+
+use common::{free_port, oncely, wait_healthy};
+
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use serde_json::json;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn oncely() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_oncely"));
-    command
-        .env_remove("ONCELY_DB")
-        .env_remove("ONCELY_GATEWAY_URL");
-    command
-}
-
-async fn wait_healthy(base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(response) = reqwest::get(format!("{base}/healthz")).await
-            && response.status().is_success()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{base} never became healthy");
-}
 
 #[tokio::test]
 async fn sigterm_stops_serve_cleanly_with_the_in_process_simulator() {

@@ -398,7 +398,7 @@ impl Store for MySqlStore {
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<Operation>, StoreError> {
         let mut transaction = self.begin().await?;
         let now = millis(request.now);
-        let lease_until = millis(rows::lease_until(request.now, request.lease_ttl));
+        let lease_until = millis(request.lease_until());
         // SKIP LOCKED: rows another node is claiming right now are passed over, not waited for.
         let ids: Vec<i64> = sqlx::query_scalar(
             "SELECT id FROM oncely_operations WHERE domain = ? AND state = 'ACCEPTED' AND next_retry_at <= ? \

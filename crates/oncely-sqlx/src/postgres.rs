@@ -429,7 +429,7 @@ impl Store for PgStore {
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<Operation>, StoreError> {
         let mut transaction = self.begin().await?;
         let now = millis(request.now);
-        let lease_until = millis(rows::lease_until(request.now, request.lease_ttl));
+        let lease_until = millis(request.lease_until());
         // SKIP LOCKED: rows another node is claiming right now are passed over, not waited for.
         let rows = sqlx::query(&format!(
             "WITH due AS (SELECT id FROM oncely_operations \

@@ -362,13 +362,6 @@ pub(crate) fn record_detail(record: &RecordOutcome) -> String {
     serde_json::json!({ "outcome": record.outcome, "decision": record.decision }).to_string()
 }
 
-pub(crate) fn lease_until(now: DateTime<Utc>, ttl: std::time::Duration) -> DateTime<Utc> {
-    chrono::Duration::from_std(ttl)
-        .ok()
-        .and_then(|ttl| now.checked_add_signed(ttl))
-        .unwrap_or(DateTime::<Utc>::MAX_UTC)
-}
-
 /// What else a fenced move out of `PROCESSING` requires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Guard {

@@ -113,15 +113,6 @@ impl SqliteStore {
         self.reader.close().await;
     }
 
-    /// Whether the database answers.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.reader)
-            .await
-            .map_err(database)?;
-        Ok(())
-    }
-
     async fn begin(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
         if self.failpoints.is_crashed() {
             return Err(StoreError::Crashed);
@@ -368,7 +359,7 @@ impl Store for SqliteStore {
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<Operation>, StoreError> {
         let mut transaction = self.begin().await?;
         let now = millis(request.now);
-        let lease_until = millis(rows::lease_until(request.now, request.lease_ttl));
+        let lease_until = millis(request.lease_until());
         // One writer at a time: the subquery's rows cannot be claimed by anyone else
         // before this UPDATE commits.
         let rows = sqlx::query(

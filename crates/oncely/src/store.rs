@@ -59,6 +59,13 @@ pub struct ClaimRequest {
     pub limit: u32,
 }
 
+impl ClaimRequest {
+    /// When the leases this claim takes end: `now + lease_ttl`, saturating.
+    pub fn lease_until(&self) -> DateTime<Utc> {
+        crate::clock::add(self.now, self.lease_ttl)
+    }
+}
+
 /// An outcome to append to the write-ahead log, fenced by its attempt, with the decision
 /// the engine made of it. The decision is logged too, so that the Finalizer applies
 /// exactly what the worker would have, whatever the policy is when it runs.
