@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use common::{Behaviour, Charge, FakeApi, TestDb, drive_until_terminal, engine, key};
 use oncely::{
-    Error, IdempotencyKey, ListFilter, ManualClock, OperationState, RetryPolicy, TenantId, WalKind,
+    Error, IdempotencyKey, ListFilter, ManualClock, OperationState, RetryPolicy, Store, TenantId,
+    WalKind,
 };
 
 #[tokio::test]
@@ -464,4 +465,54 @@ async fn wait_until_processing<S: oncely::Store>(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("{scope} was never claimed");
+}
+
+#[tokio::test]
+async fn on_terminal_reports_each_terminal_operation_once_after_it_is_committed() {
+    let db = TestDb::new();
+    let api = FakeApi::default();
+    let clock = ManualClock::starting_now();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let engine = engine(db.open().await, &api, &clock)
+        .on_terminal(move |id, state| {
+            let _ = seen_tx.send((id, state));
+        })
+        .start()
+        .unwrap();
+
+    let paid = engine
+        .submit(key("paid"), Charge::new("ada", 5))
+        .await
+        .unwrap();
+    let declined = engine
+        .submit(
+            key("declined"),
+            Charge::new("bob", 5).behaving(Behaviour::Decline),
+        )
+        .await
+        .unwrap();
+    let mut reported = std::collections::HashMap::new();
+    while reported.len() < 2 {
+        let (id, state) = tokio::time::timeout(Duration::from_secs(10), seen.recv())
+            .await
+            .expect("both operations reported")
+            .unwrap();
+        // Committed before it is reported: a read now sees the same state.
+        let stored = engine
+            .store()
+            .get(&if id == paid.operation.id {
+                paid.operation.scope.clone()
+            } else {
+                declined.operation.scope.clone()
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.state, state);
+        assert!(reported.insert(id, state).is_none(), "{id} reported twice");
+    }
+    assert_eq!(reported[&paid.operation.id], OperationState::Completed);
+    assert_eq!(reported[&declined.operation.id], OperationState::Failed);
+    engine.shutdown(Duration::from_secs(5)).await;
+    assert!(seen.try_recv().is_err(), "nothing else was reported");
 }

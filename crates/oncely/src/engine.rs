@@ -33,6 +33,7 @@ use crate::operation::{Fence, Fingerprint, LeaseOwner, Operation, OperationId, W
 use crate::orchestrator::{Attempt, Orchestrator};
 use crate::outcome::Outcome;
 use crate::retry::RetryPolicy;
+use crate::state::OperationState;
 use crate::store::{
     Accepted, ClaimRequest, Decision, Fenced, ListFilter, NewOperation, Page, RecordOutcome, Store,
     StoreError, Transition,
@@ -122,7 +123,12 @@ pub struct EngineBuilder<S, O> {
     clock: Arc<dyn Clock>,
     owner: Option<LeaseOwner>,
     failpoints: Failpoints,
+    on_terminal: Option<TerminalObserver>,
 }
+
+/// Called with each operation this engine moves to a terminal state; see
+/// [`EngineBuilder::on_terminal`].
+type TerminalObserver = Arc<dyn Fn(OperationId, OperationState) + Send + Sync>;
 
 impl<S: Store, O: Orchestrator> EngineBuilder<S, O> {
     /// Replaces the whole configuration.
@@ -162,6 +168,18 @@ impl<S: Store, O: Orchestrator> EngineBuilder<S, O> {
         self
     }
 
+    /// Calls `observer` with each operation this engine moves to a terminal state (by its
+    /// workers, its Finalizer or its Reaper), right after that state is committed. For
+    /// metrics and for callers that track many operations without polling; it runs on the
+    /// engine's own task, so it must be quick and must not block.
+    pub fn on_terminal(
+        mut self,
+        observer: impl Fn(OperationId, OperationState) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_terminal = Some(Arc::new(observer));
+        self
+    }
+
     /// Checks the configuration and starts the engine's tasks on the current tokio runtime.
     pub fn start(self) -> Result<Engine<S, O>, Error> {
         self.config.validate()?;
@@ -181,6 +199,7 @@ impl<S: Store, O: Orchestrator> EngineBuilder<S, O> {
             wake: Notify::new(),
             waiters: Mutex::new(HashMap::new()),
             failpoints: self.failpoints,
+            on_terminal: self.on_terminal,
         });
         tracing::info!(domain = %shared.domain, owner = %shared.owner, workers = shared.config.workers, "engine starting");
         let tasks = vec![
@@ -228,6 +247,7 @@ struct Shared<S, O> {
     /// Callers of `wait`, by operation, woken when it reaches a terminal state here.
     waiters: Mutex<HashMap<OperationId, Arc<Notify>>>,
     failpoints: Failpoints,
+    on_terminal: Option<TerminalObserver>,
 }
 
 struct AcceptRequest {
@@ -256,6 +276,7 @@ impl<S: Store, O: Orchestrator> Engine<S, O> {
             clock: Arc::new(SystemClock),
             owner: None,
             failpoints: Failpoints::default(),
+            on_terminal: None,
         }
     }
 
@@ -481,7 +502,11 @@ impl<S: Store, O: Orchestrator> Shared<S, O> {
         }
     }
 
-    fn wake_waiters(&self, id: OperationId) {
+    /// `id` reached `state`, a terminal state, and it is committed.
+    fn terminal(&self, id: OperationId, state: OperationState) {
+        if let Some(observer) = &self.on_terminal {
+            observer(id, state);
+        }
         let notify = self
             .waiters
             .lock()
@@ -826,8 +851,9 @@ async fn finalize<S: Store, O: Orchestrator>(
     for (transition, fenced) in transitions.iter().zip(finalized) {
         match fenced {
             Fenced::Applied => {
-                if transition.decision.target_state().is_terminal() {
-                    shared.wake_waiters(transition.fence.id);
+                let state = transition.decision.target_state();
+                if state.is_terminal() {
+                    shared.terminal(transition.fence.id, state);
                 }
             }
             Fenced::Rejected => tracing::debug!(
@@ -980,8 +1006,9 @@ async fn reap_expired<S: Store, O: Orchestrator>(
         if fenced == Fenced::Applied {
             count += 1;
             tracing::warn!(id = %transition.fence.id, attempt = transition.fence.attempt, owner = %transition.fence.owner, state = %transition.decision.target_state(), "reaper: lease expired");
-            if transition.decision.target_state().is_terminal() {
-                shared.wake_waiters(transition.fence.id);
+            let state = transition.decision.target_state();
+            if state.is_terminal() {
+                shared.terminal(transition.fence.id, state);
             }
         }
     }
