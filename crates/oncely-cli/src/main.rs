@@ -1,6 +1,7 @@
 //! The `oncely` command: wiring and commands only; the logic lives in the library crates.
 
 mod audit;
+mod bench;
 mod chaos;
 mod duration;
 mod gateway_sim;
@@ -45,6 +46,10 @@ enum Command {
     /// Reconciles payments with the gateway's ledger; exits 1 on any discrepancy, 2 when
     /// it cannot run.
     Audit(audit::AuditArgs),
+    /// Measures oncely side by side with its peers and the database's own limit; writes
+    /// JSON, a markdown table and a PNG chart. Exits 1 if a workload errors or loses a
+    /// payment.
+    Bench(bench::BenchArgs),
     /// Creates the database if needed and brings its schema up to date.
     Migrate {
         /// The database: `sqlite://PATH` (created if missing), `sqlite::memory:` or
@@ -83,6 +88,7 @@ async fn main() -> ExitCode {
         Command::GatewaySim(args) => gateway_sim::run(args).await.map(|()| true),
         Command::Audit(args) => audit::run(args).await,
         Command::Chaos(args) => chaos::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
         Command::Migrate { db } => migrate(&db).await.map(|()| true),
     };
     match result {

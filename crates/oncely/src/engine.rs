@@ -519,7 +519,24 @@ impl<S: Store, O: Orchestrator> Shared<S, O> {
 
     /// Runs a store write until it succeeds, the crash switch trips, or `lease_ttl` has
     /// passed (after which another worker owns the attempt anyway).
-    async fn persist<T, F, Fut>(&self, what: &str, mut write: F) -> Option<T>
+    async fn persist<T, F, Fut>(&self, what: &str, write: F) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        match self.persist_or_error(what, write).await {
+            Ok(value) => Some(value),
+            Err(error) => {
+                if !matches!(error, StoreError::Crashed) {
+                    tracing::error!(%error, what, "store write failed; giving up, the Finalizer or the Reaper will recover");
+                }
+                None
+            }
+        }
+    }
+
+    /// [`Shared::persist`], returning the last error.
+    async fn persist_or_error<T, F, Fut>(&self, what: &str, mut write: F) -> Result<T, StoreError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
@@ -528,19 +545,16 @@ impl<S: Store, O: Orchestrator> Shared<S, O> {
         let mut pause = Duration::from_millis(50);
         loop {
             if self.failpoints.is_crashed() {
-                return None;
+                return Err(StoreError::Crashed);
             }
             match write().await {
-                Ok(value) => return Some(value),
+                Ok(value) => return Ok(value),
                 Err(error) if error.is_retryable() && tokio::time::Instant::now() < deadline => {
                     tracing::warn!(%error, what, "store write failed; trying again");
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(2));
                 }
-                Err(error) => {
-                    tracing::error!(%error, what, "store write failed; giving up, the reaper will recover");
-                    return None;
-                }
+                Err(error) => return Err(error),
             }
         }
     }
@@ -567,7 +581,12 @@ async fn accept_loop<S: Store, O: Orchestrator>(
             .drain(..)
             .map(|request| (request.operation, request.reply))
             .unzip();
-        match shared.store.accept(operations).await {
+        // A batch that failed (a deadlock, a dropped connection) was rolled back whole,
+        // so it is tried again as it is; callers wait meanwhile.
+        let accepted = shared
+            .persist_or_error("accept", || shared.store.accept(operations.clone()))
+            .await;
+        match accepted {
             Ok(accepted) => {
                 if shared.failpoints.hit(CrashPoint::AfterAccept) {
                     return;
@@ -580,6 +599,7 @@ async fn accept_loop<S: Store, O: Orchestrator>(
                     let _ = reply.send(Ok(accepted));
                 }
             }
+            Err(StoreError::Crashed) => return,
             Err(error) => {
                 tracing::warn!(%error, "accept failed");
                 let message = error.to_string();
