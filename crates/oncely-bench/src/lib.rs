@@ -56,3 +56,8 @@ pub enum BenchError {
         message: String,
     },
 }
+
+/// Re-exported for the peers crate, which calls the gateway the same way.
+pub use oncely::Outcome;
+/// Re-exported for the peers crate, which calls the gateway the same way.
+pub use oncely_payment::GatewayClient;
