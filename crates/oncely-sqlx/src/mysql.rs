@@ -58,6 +58,9 @@ impl MySqlStore {
         connections_max: u32,
     ) -> Result<Self, OpenError> {
         let pool = MySqlPoolOptions::new()
+            // No ping per checkout: a dead connection fails its statement, and every
+            // write is retried. The ping was a round trip per transaction.
+            .test_before_acquire(false)
             .max_connections(connections_max.max(1))
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options)

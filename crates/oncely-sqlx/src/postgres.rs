@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use oncely::{
-    Accepted, ClaimRequest, CrashPoint, DomainName, Failpoints, Fence, Fenced, ListFilter,
-    NewOperation, Operation, OperationState, Page, PendingOutcome, RecordOutcome, Scope, Store,
-    StoreError, Transition, WalEntry, WalKind,
+    Accepted, ClaimRequest, CrashPoint, DomainName, Failpoints, Fenced, ListFilter, NewOperation,
+    Operation, OperationState, Page, PendingOutcome, RecordOutcome, Scope, Store, StoreError,
+    Transition, WalEntry, WalKind,
 };
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row, Transaction};
@@ -121,6 +121,9 @@ impl PgStore {
         connections_max: u32,
     ) -> Result<Self, OpenError> {
         let pool = PgPoolOptions::new()
+            // No ping per checkout: a dead connection fails its statement, and every
+            // write is retried. The ping was a round trip per transaction.
+            .test_before_acquire(false)
             .max_connections(connections_max.max(1))
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options)
@@ -215,21 +218,44 @@ fn wal_entry(row: &PgRow) -> Result<WalEntry, StoreError> {
     })
 }
 
-async fn append(
+/// Appends `entries` to the log in one statement, in their order.
+async fn append_many(
     transaction: &mut Transaction<'static, Postgres>,
-    entry: rows::Append<'_>,
+    entries: &[rows::Append<'_>],
 ) -> Result<(), StoreError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(entries.len());
+    let mut kinds = Vec::with_capacity(entries.len());
+    let mut attempts = Vec::with_capacity(entries.len());
+    let mut owners = Vec::with_capacity(entries.len());
+    let mut states = Vec::with_capacity(entries.len());
+    let mut details = Vec::with_capacity(entries.len());
+    let mut times = Vec::with_capacity(entries.len());
+    for entry in entries {
+        ids.push(entry.operation_id.0);
+        kinds.push(entry.kind.as_str());
+        attempts.push(i64::from(entry.attempt));
+        owners.push(entry.owner);
+        states.push(entry.state_after.as_str());
+        details.push(entry.detail.as_str());
+        times.push(millis(entry.now));
+    }
     sqlx::query(
         "INSERT INTO oncely_wal (operation_id, kind, attempt, lease_owner, state_after, detail, recorded_at) \
-         VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7)",
+         SELECT id, kind, attempt, owner, state, detail::jsonb, at \
+         FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::bigint[]) \
+             WITH ORDINALITY AS e(id, kind, attempt, owner, state, detail, at, n) \
+         ORDER BY n",
     )
-    .bind(entry.operation_id.0)
-    .bind(entry.kind.as_str())
-    .bind(i64::from(entry.attempt))
-    .bind(entry.owner)
-    .bind(entry.state_after.as_str())
-    .bind(entry.detail)
-    .bind(millis(entry.now))
+    .bind(ids)
+    .bind(kinds)
+    .bind(attempts)
+    .bind(owners)
+    .bind(states)
+    .bind(details)
+    .bind(times)
     .execute(&mut **transaction)
     .await
     .map_err(database)?;
@@ -255,83 +281,112 @@ async fn find(
     row.as_ref().map(operation).transpose()
 }
 
-async fn accept_one(
+/// Inserts a batch in one statement (scope order, so two nodes' batches cannot
+/// deadlock), then reads every scope that was already taken in one more.
+async fn accept_many(
     transaction: &mut Transaction<'static, Postgres>,
-    new: &NewOperation,
-) -> Result<Accepted, StoreError> {
-    let now = millis(new.now);
+    batch: &[NewOperation],
+) -> Result<Vec<Accepted>, StoreError> {
+    let order = rows::order_by(batch, |new| new.scope.to_string());
+    let pick = |f: &dyn Fn(&NewOperation) -> String| -> Vec<String> {
+        order.iter().map(|&i| f(&batch[i])).collect()
+    };
+    let tenants = pick(&|new| new.scope.tenant.as_str().to_owned());
+    let domains = pick(&|new| new.scope.domain.as_str().to_owned());
+    let keys = pick(&|new| new.scope.key.as_str().to_owned());
+    // One statement: the new operations, and an ACCEPTED entry for each one inserted.
     let inserted = sqlx::query(&format!(
-        "INSERT INTO oncely_operations \
-         (tenant, domain, idem_key, event_type, state, payload, fingerprint, next_retry_at, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, 'ACCEPTED', $5::jsonb, $6, $7, $7, $7) \
-         ON CONFLICT (tenant, domain, idem_key) DO NOTHING RETURNING {}",
+        "WITH inserted AS (INSERT INTO oncely_operations \
+             (tenant, domain, idem_key, event_type, state, payload, fingerprint, next_retry_at, created_at, updated_at) \
+             SELECT tenant, domain, idem_key, event_type, 'ACCEPTED', payload::jsonb, fingerprint, at, at, at \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[]) \
+                 WITH ORDINALITY AS n(tenant, domain, idem_key, event_type, payload, fingerprint, at, ord) \
+             ORDER BY ord \
+             ON CONFLICT (tenant, domain, idem_key) DO NOTHING RETURNING {}), \
+         logged AS (INSERT INTO oncely_wal \
+                 (operation_id, kind, attempt, lease_owner, state_after, detail, recorded_at) \
+             SELECT id, $8, 0, NULL, 'ACCEPTED', jsonb_build_object('eventType', event_type), created_at \
+             FROM inserted ORDER BY id) \
+         SELECT * FROM inserted",
         columns("")
     ))
-    .bind(new.scope.tenant.as_str())
-    .bind(new.scope.domain.as_str())
-    .bind(new.scope.key.as_str())
-    .bind(&new.event_type)
-    .bind(new.payload.to_string())
-    .bind(new.fingerprint.as_str())
-    .bind(now)
-    .fetch_optional(&mut **transaction)
+    .bind(&tenants)
+    .bind(&domains)
+    .bind(&keys)
+    .bind(pick(&|new| new.event_type.clone()))
+    .bind(pick(&|new| new.payload.to_string()))
+    .bind(pick(&|new| new.fingerprint.as_str().to_owned()))
+    .bind(order.iter().map(|&i| millis(batch[i].now)).collect::<Vec<_>>())
+    .bind(WalKind::Accepted.as_str())
+    .fetch_all(&mut **transaction)
     .await
     .map_err(database)?;
-    if let Some(row) = inserted {
-        let created = operation(&row)?;
-        append(
-            transaction,
-            rows::Append::accepted(&created, &new.event_type, new.now),
-        )
-        .await?;
-        return Ok(Accepted::New(created));
-    }
-    // I1: the scope is taken (committed: ON CONFLICT waited for any writer of it).
-    let existing = find(&mut **transaction, &new.scope, false)
-        .await?
-        .ok_or_else(|| {
-            StoreError::Corrupt(format!("{} conflicted but cannot be read", new.scope))
-        })?;
-    Ok(rows::replay_or_conflict(existing, &new.fingerprint))
-}
-
-async fn transition_one(
-    transaction: &mut Transaction<'static, Postgres>,
-    transition: &Transition,
-    guard: Guard,
-) -> Result<bool, StoreError> {
-    let columns = decision_columns(&transition.decision, transition.now);
-    debug_assert!(OperationState::Processing.can_move_to(columns.state));
-    let Fence { id, attempt, owner } = &transition.fence;
-    let guard = match guard {
-        Guard::Recorded => "AND recorded_attempt = attempt_count",
-        Guard::Reapable => {
-            "AND lease_until <= $7 AND (recorded_attempt IS NULL OR recorded_attempt <> attempt_count)"
+    let mut created: std::collections::HashMap<String, Operation> = inserted
+        .iter()
+        .map(|row| operation(row).map(|op| (op.scope.to_string(), op)))
+        .collect::<Result<_, _>>()?;
+    let mut results: Vec<Option<Accepted>> = vec![None; batch.len()];
+    let mut taken = Vec::new();
+    for &index in &order {
+        let new = &batch[index];
+        match created.remove(&new.scope.to_string()) {
+            Some(op) => results[index] = Some(Accepted::New(op)),
+            None => taken.push(index),
         }
-    };
-    // I4: fenced by attempt and owner, a zombie's write matches no row.
-    let sql = format!(
-        "UPDATE oncely_operations SET state = $1, outcome_data = $2::jsonb, error_code = $3, error_message = $4, \
-         next_retry_at = $5, completed_at = $6, updated_at = $7, lease_owner = NULL, lease_until = NULL \
-         WHERE id = $8 AND state = 'PROCESSING' AND attempt_count = $9 AND lease_owner = $10 {guard}"
-    );
-    let result = sqlx::query(&sql)
-        .bind(columns.state.as_str())
-        .bind(columns.outcome_data)
-        .bind(columns.error_code)
-        .bind(columns.error_message)
-        .bind(columns.next_retry_at)
-        .bind(columns.completed_at)
-        .bind(millis(transition.now))
-        .bind(id.0)
-        .bind(i64::from(*attempt))
-        .bind(owner.as_str())
-        .execute(&mut **transaction)
+    }
+    if !taken.is_empty() {
+        // I1: these scopes are taken (committed: ON CONFLICT waited for any writer of
+        // them), or were inserted by an earlier item of this very batch.
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM oncely_operations \
+             WHERE (tenant, domain, idem_key) IN \
+                 (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[]))",
+            columns("")
+        ))
+        .bind(
+            taken
+                .iter()
+                .map(|&i| batch[i].scope.tenant.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            taken
+                .iter()
+                .map(|&i| batch[i].scope.domain.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            taken
+                .iter()
+                .map(|&i| batch[i].scope.key.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(&mut **transaction)
         .await
         .map_err(database)?;
-    Ok(result.rows_affected() == 1)
+        let existing: std::collections::HashMap<String, Operation> = rows
+            .iter()
+            .map(|row| operation(row).map(|op| (op.scope.to_string(), op)))
+            .collect::<Result<_, _>>()?;
+        for index in taken {
+            let new = &batch[index];
+            let found = existing
+                .get(&new.scope.to_string())
+                .cloned()
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!("{} conflicted but cannot be read", new.scope))
+                })?;
+            results[index] = Some(rows::replay_or_conflict(found, &new.fingerprint));
+        }
+    }
+    results
+        .into_iter()
+        .map(|result| result.ok_or_else(|| StoreError::Corrupt("accept skipped an item".into())))
+        .collect()
 }
 
+/// Applies a batch of fenced transitions in one statement and logs the applied ones in
+/// one more. I4: fenced by attempt and owner, a zombie's write matches no row.
 async fn transition_batch(
     store: &PgStore,
     batch: Vec<Transition>,
@@ -339,19 +394,83 @@ async fn transition_batch(
     guard: Guard,
     crash_point: Option<CrashPoint>,
 ) -> Result<Vec<Fenced>, StoreError> {
-    let mut transaction = store.begin().await?;
-    let mut results = vec![Fenced::Rejected; batch.len()];
+    let guard = match guard {
+        Guard::Recorded => "AND o.recorded_attempt = o.attempt_count",
+        Guard::Reapable => {
+            "AND o.lease_until <= t.at AND (o.recorded_attempt IS NULL OR o.recorded_attempt <> o.attempt_count)"
+        }
+    };
+    let mut ids = Vec::with_capacity(batch.len());
+    let mut attempts = Vec::with_capacity(batch.len());
+    let mut owners = Vec::with_capacity(batch.len());
+    let mut states = Vec::with_capacity(batch.len());
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut codes = Vec::with_capacity(batch.len());
+    let mut messages = Vec::with_capacity(batch.len());
+    let mut next_retries = Vec::with_capacity(batch.len());
+    let mut completions = Vec::with_capacity(batch.len());
+    let mut times = Vec::with_capacity(batch.len());
     for index in rows::order_by(&batch, |transition| transition.fence.id) {
         let transition = &batch[index];
-        if transition_one(&mut transaction, transition, guard).await? {
-            append(
-                &mut transaction,
-                rows::Append::transition(transition, kind)?,
-            )
-            .await?;
-            results[index] = Fenced::Applied;
-        }
+        let columns = decision_columns(&transition.decision, transition.now);
+        debug_assert!(OperationState::Processing.can_move_to(columns.state));
+        ids.push(transition.fence.id.0);
+        attempts.push(i64::from(transition.fence.attempt));
+        owners.push(transition.fence.owner.as_str().to_owned());
+        states.push(columns.state.as_str());
+        outcomes.push(columns.outcome_data);
+        codes.push(columns.error_code);
+        messages.push(columns.error_message);
+        next_retries.push(columns.next_retry_at);
+        completions.push(columns.completed_at);
+        times.push(millis(transition.now));
     }
+    let mut details = Vec::with_capacity(batch.len());
+    for index in rows::order_by(&batch, |transition| transition.fence.id) {
+        details.push(rows::Append::transition(&batch[index], kind)?.detail);
+    }
+    let mut transaction = store.begin().await?;
+    // One statement: the fenced update, and the log entry of each row it changed.
+    let sql = format!(
+        "WITH t AS (SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], \
+                        $5::text[], $6::text[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], \
+                        $11::text[]) \
+                    AS t(id, attempt, owner, state, outcome, code, message, next_retry, completed, at, detail)), \
+         changed AS (UPDATE oncely_operations o SET state = t.state, outcome_data = t.outcome::jsonb, \
+                 error_code = t.code, error_message = t.message, next_retry_at = t.next_retry, \
+                 completed_at = t.completed, updated_at = t.at, lease_owner = NULL, lease_until = NULL \
+             FROM t \
+             WHERE o.id = t.id AND o.state = 'PROCESSING' AND o.attempt_count = t.attempt \
+                 AND o.lease_owner = t.owner {guard} \
+             RETURNING o.id), \
+         logged AS (INSERT INTO oncely_wal \
+                 (operation_id, kind, attempt, lease_owner, state_after, detail, recorded_at) \
+             SELECT t.id, $12, t.attempt, t.owner, t.state, t.detail::jsonb, t.at \
+             FROM t JOIN changed ON changed.id = t.id ORDER BY t.id) \
+         SELECT id FROM changed"
+    );
+    let applied: std::collections::HashSet<i64> = sqlx::query_scalar(&sql)
+        .bind(ids)
+        .bind(attempts)
+        .bind(owners)
+        .bind(states)
+        .bind(outcomes)
+        .bind(codes)
+        .bind(messages)
+        .bind(next_retries)
+        .bind(completions)
+        .bind(times)
+        .bind(details)
+        .bind(kind.as_str())
+        .fetch_all(&mut *transaction)
+        .await
+        .map_err(database)?
+        .into_iter()
+        .collect();
+    let results: Vec<Fenced> = batch
+        .iter()
+        .map(|transition| rows::fenced(u64::from(applied.contains(&transition.fence.id.0))))
+        .collect();
     if let Some(point) = crash_point
         && store.failpoints.hit(point)
     {
@@ -361,52 +480,58 @@ async fn transition_batch(
     Ok(results)
 }
 
-async fn record_one(
+/// Marks the fenced attempts recorded in one statement, then logs every outcome (applied
+/// or rejected) in one more.
+async fn record_many(
     transaction: &mut Transaction<'static, Postgres>,
-    record: &RecordOutcome,
-) -> Result<Fenced, StoreError> {
-    let Fence { id, attempt, owner } = &record.fence;
-    let updated = sqlx::query(
-        "UPDATE oncely_operations SET recorded_attempt = attempt_count, updated_at = $1 \
-         WHERE id = $2 AND state = 'PROCESSING' AND attempt_count = $3 AND lease_owner = $4",
+    batch: &[RecordOutcome],
+) -> Result<Vec<Fenced>, StoreError> {
+    let order = rows::order_by(batch, |record| record.fence.id);
+    // One statement: the fenced mark, and a log entry for every outcome, applied or not.
+    let recorded: std::collections::HashSet<i64> = sqlx::query_scalar(
+        "WITH r AS (SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::text[]) \
+                    WITH ORDINALITY AS r(id, attempt, owner, at, detail, n)), \
+         marked AS (UPDATE oncely_operations o SET recorded_attempt = o.attempt_count, updated_at = r.at \
+             FROM r \
+             WHERE o.id = r.id AND o.state = 'PROCESSING' AND o.attempt_count = r.attempt \
+                 AND o.lease_owner = r.owner \
+             RETURNING o.id), \
+         logged AS (INSERT INTO oncely_wal \
+                 (operation_id, kind, attempt, lease_owner, state_after, detail, recorded_at) \
+             SELECT o.id, CASE WHEN EXISTS (SELECT 1 FROM marked WHERE marked.id = r.id) \
+                               THEN $6 ELSE $7 END, \
+                    r.attempt, r.owner, o.state, r.detail::jsonb, r.at \
+             FROM r JOIN oncely_operations o ON o.id = r.id ORDER BY r.n) \
+         SELECT id FROM marked",
     )
-    .bind(millis(record.now))
-    .bind(id.0)
-    .bind(i64::from(*attempt))
-    .bind(owner.as_str())
-    .execute(&mut **transaction)
+    .bind(order.iter().map(|&i| batch[i].fence.id.0).collect::<Vec<_>>())
+    .bind(order.iter().map(|&i| i64::from(batch[i].fence.attempt)).collect::<Vec<_>>())
+    .bind(order.iter().map(|&i| batch[i].fence.owner.as_str()).collect::<Vec<_>>())
+    .bind(order.iter().map(|&i| millis(batch[i].now)).collect::<Vec<_>>())
+    .bind(order.iter().map(|&i| rows::record_detail(&batch[i])).collect::<Vec<_>>())
+    .bind(rows::record_kind(Fenced::Applied).as_str())
+    .bind(rows::record_kind(Fenced::Rejected).as_str())
+    .fetch_all(&mut **transaction)
     .await
-    .map_err(database)?;
-    let fenced = rows::fenced(updated.rows_affected());
-    sqlx::query(
-        "INSERT INTO oncely_wal (operation_id, kind, attempt, lease_owner, state_after, detail, recorded_at) \
-         SELECT id, $1, $2, $3, state, $4::jsonb, $5 FROM oncely_operations WHERE id = $6",
-    )
-    .bind(rows::record_kind(fenced).as_str())
-    .bind(i64::from(*attempt))
-    .bind(owner.as_str())
-    .bind(rows::record_detail(record))
-    .bind(millis(record.now))
-    .bind(id.0)
-    .execute(&mut **transaction)
-    .await
-    .map_err(database)?;
+    .map_err(database)?
+    .into_iter()
+    .collect();
+    let fenced: Vec<Fenced> = batch
+        .iter()
+        .map(|record| rows::fenced(u64::from(recorded.contains(&record.fence.id.0))))
+        .collect();
     Ok(fenced)
 }
 
 impl Store for PgStore {
     async fn accept(&self, batch: Vec<NewOperation>) -> Result<Vec<Accepted>, StoreError> {
         let mut transaction = self.begin().await?;
-        let mut results = vec![None; batch.len()];
-        // Inserting in scope order keeps two nodes' batches from deadlocking.
-        for index in rows::order_by(&batch, |new| new.scope.to_string()) {
-            results[index] = Some(accept_one(&mut transaction, &batch[index]).await?);
-        }
+        let results = accept_many(&mut transaction, &batch).await?;
         // Delivered on commit: idle nodes start at once instead of at their next poll.
         let domains: std::collections::BTreeSet<&str> = batch
             .iter()
             .zip(&results)
-            .filter(|(_, result)| matches!(result, Some(Accepted::New(_))))
+            .filter(|(_, result)| matches!(result, Accepted::New(_)))
             .map(|(new, _)| new.scope.domain.as_str())
             .collect();
         for domain in domains {
@@ -418,26 +543,29 @@ impl Store for PgStore {
                 .map_err(database)?;
         }
         self.commit(transaction).await?;
-        results
-            .into_iter()
-            .map(|result| {
-                result.ok_or_else(|| StoreError::Corrupt("accept skipped an item".into()))
-            })
-            .collect()
+        Ok(results)
     }
 
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<Operation>, StoreError> {
         let mut transaction = self.begin().await?;
         let now = millis(request.now);
         let lease_until = millis(request.lease_until());
-        // SKIP LOCKED: rows another node is claiming right now are passed over, not waited for.
+        let detail = rows::Append::executing_detail(lease_until)?;
+        // SKIP LOCKED: rows another node is claiming right now are passed over, not waited
+        // for. One statement: the claim, and an EXECUTING entry for each row claimed.
         let rows = sqlx::query(&format!(
             "WITH due AS (SELECT id FROM oncely_operations \
                           WHERE domain = $1 AND state = 'ACCEPTED' AND next_retry_at <= $2 \
-                          ORDER BY next_retry_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) \
-             UPDATE oncely_operations o SET state = 'PROCESSING', attempt_count = o.attempt_count + 1, \
-                 lease_owner = $4, lease_until = $5, last_attempt_at = $2, updated_at = $2 \
-             FROM due WHERE o.id = due.id RETURNING {}",
+                          ORDER BY next_retry_at, id LIMIT $3 FOR UPDATE SKIP LOCKED), \
+             claimed AS (UPDATE oncely_operations o SET state = 'PROCESSING', \
+                     attempt_count = o.attempt_count + 1, lease_owner = $4, lease_until = $5, \
+                     last_attempt_at = $2, updated_at = $2 \
+                 FROM due WHERE o.id = due.id RETURNING {}), \
+             logged AS (INSERT INTO oncely_wal \
+                     (operation_id, kind, attempt, lease_owner, state_after, detail, recorded_at) \
+                 SELECT id, $6, attempt_count, $4, 'PROCESSING', $7::jsonb, $2 \
+                 FROM claimed ORDER BY next_retry_at, id) \
+             SELECT * FROM claimed",
             columns("o.")
         ))
         .bind(request.domain.as_str())
@@ -445,28 +573,20 @@ impl Store for PgStore {
         .bind(i64::from(request.limit))
         .bind(request.owner.as_str())
         .bind(lease_until)
+        .bind(WalKind::Executing.as_str())
+        .bind(detail)
         .fetch_all(&mut *transaction)
         .await
         .map_err(database)?;
         let mut claimed = rows.iter().map(operation).collect::<Result<Vec<_>, _>>()?;
         claimed.sort_by_key(|operation| (operation.next_retry_at, operation.id));
-        for operation in &claimed {
-            append(
-                &mut transaction,
-                rows::Append::executing(operation, &request.owner, lease_until)?,
-            )
-            .await?;
-        }
         self.commit(transaction).await?;
         Ok(claimed)
     }
 
     async fn record_outcomes(&self, batch: Vec<RecordOutcome>) -> Result<Vec<Fenced>, StoreError> {
         let mut transaction = self.begin().await?;
-        let mut results = vec![Fenced::Rejected; batch.len()];
-        for index in rows::order_by(&batch, |record| record.fence.id) {
-            results[index] = record_one(&mut transaction, &batch[index]).await?;
-        }
+        let results = record_many(&mut transaction, &batch).await?;
         self.commit(transaction).await?;
         Ok(results)
     }
@@ -558,9 +678,9 @@ impl Store for PgStore {
         .await
         .map_err(database)?;
         let retried = operation(&row)?;
-        append(
+        append_many(
             &mut transaction,
-            rows::Append::operator_retried(&current, &retried, now),
+            &[rows::Append::operator_retried(&current, &retried, now)],
         )
         .await?;
         self.commit(transaction).await?;

@@ -256,6 +256,11 @@ impl<'a> Append<'a> {
         }
     }
 
+    /// The detail of an `EXECUTING` entry: when its lease ends.
+    pub(crate) fn executing_detail(lease_until: i64) -> Result<String, StoreError> {
+        Ok(serde_json::json!({ "leaseUntil": time(lease_until)?.to_rfc3339() }).to_string())
+    }
+
     pub(crate) fn executing(
         claimed: &Operation,
         owner: &'a LeaseOwner,
@@ -267,8 +272,7 @@ impl<'a> Append<'a> {
             attempt: claimed.attempt_count,
             owner: Some(owner.as_str()),
             state_after: OperationState::Processing,
-            detail: serde_json::json!({ "leaseUntil": time(lease_until)?.to_rfc3339() })
-                .to_string(),
+            detail: Self::executing_detail(lease_until)?,
             now: claimed.updated_at,
         })
     }

@@ -64,6 +64,9 @@ impl SqliteStore {
             .foreign_keys(true);
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         let writer = SqlitePoolOptions::new()
+            // No ping per checkout: a dead connection fails its statement, and every
+            // write is retried. The ping was a round trip per transaction.
+            .test_before_acquire(false)
             .max_connections(1)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(30))
@@ -78,6 +81,9 @@ impl SqliteStore {
             writer.clone()
         } else {
             SqlitePoolOptions::new()
+                // No ping per checkout: a dead connection fails its statement, and every
+                // write is retried. The ping was a round trip per transaction.
+                .test_before_acquire(false)
                 .max_connections(4)
                 .acquire_timeout(Duration::from_secs(30))
                 .connect_with(options.read_only(true))
