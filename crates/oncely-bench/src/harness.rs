@@ -119,15 +119,19 @@ impl Plan {
                 }
             }
         }
-        // Moderate load: 8 clients, one payment in flight each.
-        let overhead_n = small(self.n / 4).max(100);
-        jobs.push(Job::Child(Spec::Direct(load(
-            "overhead", "-", overhead_n, 8, 64, 0,
-        ))));
-        for db in &self.databases {
-            jobs.push(Job::Child(Spec::Oncely(load(
-                "overhead", db, overhead_n, 8, 64, 0,
+        // What oncely adds to one call: alone (1 client), and at a moderate load (8
+        // clients, one payment in flight each), beside the direct call at the same load.
+        let overhead_n = small(self.n / 10).max(100);
+        for clients in [1, 8] {
+            let workload = format!("overhead-{clients}");
+            jobs.push(Job::Child(Spec::Direct(load(
+                &workload, "-", overhead_n, clients, 64, 0,
             ))));
+            for db in &self.databases {
+                jobs.push(Job::Child(Spec::Oncely(load(
+                    &workload, db, overhead_n, clients, 64, 0,
+                ))));
+            }
         }
         if let Some(pg) = self.postgres() {
             for (batch, writers) in [(1, 16), (256, 4)] {

@@ -8,7 +8,7 @@
 //! - **e2e**: payments submitted through the library and awaited until finalized, by a
 //!   fixed number of concurrent clients (closed loop), with a gateway latency of 0 ms
 //!   (engine-bound) and 20 ms (concurrency-bound), on SQLite, PostgreSQL and MySQL;
-//! - **overhead**: the same, at a moderate load, beside the same client calling the same
+//! - **overhead-1 / overhead-8**: the same with 1 and 8 clients, beside the same client calling the same
 //!   gateway directly: what oncely adds per payment;
 //! - **http-accept**: `POST /v1/payments` on `oncely serve`, driven by `wrk`;
 //! - **peers**: the same job on underway and apalis (a separate crate, `bench/peers`) and

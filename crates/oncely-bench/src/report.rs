@@ -121,15 +121,18 @@ impl Report {
                 met: share >= 0.25,
             });
         }
-        if let Some(direct) = self.find("overhead", "direct call", "-") {
+        for workload in ["overhead-1", "overhead-8"] {
+            let Some(direct) = self.find(workload, "direct call", "-") else {
+                continue;
+            };
             for backend in ["sqlite", "postgres", "mysql"] {
-                let Some(oncely) = self.find("overhead", "oncely", backend) else {
+                let Some(oncely) = self.find(workload, "oncely", backend) else {
                     continue;
                 };
                 let p50 = oncely.latency.p50_ms - direct.latency.p50_ms;
                 let p99 = oncely.latency.p99_ms - direct.latency.p99_ms;
                 findings.push(Finding {
-                    name: format!("overhead per payment on {backend} (p50 / p99)"),
+                    name: format!("{workload}: added per payment on {backend} (p50 / p99)"),
                     value: format!("{p50:.2} ms / {p99:.2} ms"),
                     target: "p99 ≤ 2 ms".to_owned(),
                     met: p99 <= 2.0,
@@ -373,8 +376,8 @@ mod tests {
             result("e2e-0ms", "underway", "postgres", 500.0, 50.0),
             result("e2e-0ms", "apalis", "postgres", 1000.0, 40.0),
             result("limit", "raw sqlx, batched", "postgres", 20000.0, 5.0),
-            result("overhead", "direct call", "-", 2000.0, 1.0),
-            result("overhead", "oncely", "postgres", 500.0, 4.0),
+            result("overhead-8", "direct call", "-", 2000.0, 1.0),
+            result("overhead-8", "oncely", "postgres", 500.0, 4.0),
             result("queued", "oncely", "postgres", 1000.0, 1.0),
         ]);
         let value = |prefix: &str| {
@@ -394,7 +397,7 @@ mod tests {
             ("15.0 %".into(), false)
         );
         assert_eq!(
-            value("overhead per payment on postgres"),
+            value("overhead-8: added per payment on postgres"),
             ("1.50 ms / 3.00 ms".into(), false)
         );
         assert_eq!(value("peak RSS"), ("30.0 MiB".into(), true));

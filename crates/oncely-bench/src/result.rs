@@ -11,7 +11,7 @@ use crate::stats::LatencySummary;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadResult {
-    /// What was measured: `e2e-0ms`, `e2e-20ms`, `overhead`, `http-accept`, `limit`,
+    /// What was measured: `e2e-0ms`, `e2e-20ms`, `overhead-1`, `overhead-8`, `http-accept`, `limit`,
     /// `queued`.
     pub workload: String,
     /// Who did it: `oncely`, `underway`, `apalis`, `naive`, `raw sqlx (commit each)`, …

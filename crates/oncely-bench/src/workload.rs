@@ -25,7 +25,7 @@ pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(120);
 pub enum Spec {
     /// oncely: submit through the library, wait until finalized.
     Oncely(Load),
-    /// The gateway called directly with the same client: the baseline of `overhead`.
+    /// The gateway called directly with the same client: the baseline of `overhead-*`.
     Direct(Load),
     /// `n` operations submitted while every worker is stuck on a call: memory with a
     /// backlog.
@@ -50,7 +50,7 @@ pub enum Spec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Load {
-    /// The name in reports (`e2e-0ms`, `overhead`, …).
+    /// The name in reports (`e2e-0ms`, `overhead-1`, …).
     pub workload: String,
     /// Database server URL, or `sqlite`.
     pub db: String,
@@ -158,7 +158,7 @@ async fn oncely_e2e(load: &Load) -> Result<WorkloadResult, BenchError> {
     Ok(with_load(result, load))
 }
 
-/// The baseline of `overhead`: the same client calling the same gateway, no oncely.
+/// The baseline of `overhead-*`: the same client calling the same gateway, no oncely.
 async fn direct(load: &Load) -> Result<WorkloadResult, BenchError> {
     let gateway = Gateway::start(Duration::from_millis(load.latency_ms)).await?;
     let client = gateway.client.clone();

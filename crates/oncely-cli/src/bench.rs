@@ -18,7 +18,8 @@ latency, no faults). Each PostgreSQL/MySQL workload creates a scratch database a
 
 Workloads: e2e-0ms and e2e-20ms (library, closed loop, gateway latency 0 / 20 ms, on every
 backend, beside the naive lifecycle and, with --peers, underway and apalis on PostgreSQL),
-overhead (8 clients, beside a direct call of the gateway), limit (the same rows written
+overhead-1 and overhead-8 (1 and 8 clients, beside a direct call of the gateway at the same
+load), limit (the same rows written
 straight with sqlx), http-accept (wrk against `oncely serve`), queued (peak memory with a
 backlog).
 
@@ -67,7 +68,7 @@ pub(crate) struct BenchArgs {
     peers_manifest: PathBuf,
 
     /// Only workloads whose name starts with one of these, comma-separated
-    /// (e2e-0ms, e2e-20ms, overhead, limit, http-accept, queued).
+    /// (e2e-0ms, e2e-20ms, overhead-1, overhead-8, limit, http-accept, queued).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 
