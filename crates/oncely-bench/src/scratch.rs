@@ -76,21 +76,8 @@ impl Scratch {
                     _dir: Some(dir),
                 });
             }
-            Backend::Postgres => {
-                let mut admin = sqlx::PgConnection::connect(server_url)
-                    .await
-                    .map_err(setup)?;
-                admin
-                    .execute(format!("CREATE DATABASE {name}").as_str())
-                    .await
-                    .map_err(setup)?;
-            }
-            Backend::MySql => {
-                let mut admin = sqlx::MySqlConnection::connect(server_url)
-                    .await
-                    .map_err(setup)?;
-                admin
-                    .execute(format!("CREATE DATABASE {name}").as_str())
+            Backend::Postgres | Backend::MySql => {
+                admin(backend, server_url, &format!("CREATE DATABASE {name}"))
                     .await
                     .map_err(setup)?;
             }
@@ -107,29 +94,31 @@ impl Scratch {
     /// Drops it (SQLite: the directory goes when this is dropped).
     pub async fn drop_database(self) -> Result<(), BenchError> {
         let setup = |e: sqlx::Error| BenchError::Setup(format!("dropping {}: {e}", self.name));
-        match self.backend {
-            Backend::Sqlite => {}
-            Backend::Postgres => {
-                let mut admin = sqlx::PgConnection::connect(&self.server_url)
-                    .await
-                    .map_err(setup)?;
-                admin
-                    .execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name).as_str())
-                    .await
-                    .map_err(setup)?;
-            }
-            Backend::MySql => {
-                let mut admin = sqlx::MySqlConnection::connect(&self.server_url)
-                    .await
-                    .map_err(setup)?;
-                admin
-                    .execute(format!("DROP DATABASE IF EXISTS {}", self.name).as_str())
-                    .await
-                    .map_err(setup)?;
-            }
-        }
-        Ok(())
+        let sql = match self.backend {
+            Backend::Sqlite => return Ok(()),
+            Backend::Postgres => format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            Backend::MySql => format!("DROP DATABASE IF EXISTS {}", self.name),
+        };
+        admin(self.backend, &self.server_url, &sql)
+            .await
+            .map_err(setup)
     }
+}
+
+/// Runs one statement on a connection of its own to a PostgreSQL or MySQL server.
+async fn admin(backend: Backend, url: &str, sql: &str) -> Result<(), sqlx::Error> {
+    match backend {
+        Backend::Postgres => {
+            let mut connection = sqlx::PgConnection::connect(url).await?;
+            connection.execute(sql).await?;
+        }
+        Backend::MySql => {
+            let mut connection = sqlx::MySqlConnection::connect(url).await?;
+            connection.execute(sql).await?;
+        }
+        Backend::Sqlite => {}
+    }
+    Ok(())
 }
 
 /// `url` with its database (path) replaced by `name`, query kept.
