@@ -3,7 +3,7 @@
 //! database's raw write limit, and the naive hand-written lifecycle.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use oncely::{Engine, EngineConfig, OperationId, OperationState, Outcome};
 use oncely_payment::PaymentOrchestrator;
@@ -248,9 +248,4 @@ pub async fn scratch_done(scratch: Scratch) {
     if let Err(error) = scratch.drop_database().await {
         tracing::warn!(%error, "could not drop the scratch database");
     }
-}
-
-/// Seconds since `start`, for results measured by hand.
-pub fn seconds_since(start: Instant) -> f64 {
-    start.elapsed().as_secs_f64()
 }
