@@ -2,8 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use oncely::{
-    Accepted, ClaimRequest, DomainName, Fenced, ListFilter, NewOperation, Operation, Page,
-    PendingOutcome, RecordOutcome, Scope, Store, StoreError, Transition, WalEntry,
+    AcceptLease, Accepted, ClaimRequest, DomainName, Fenced, ListFilter, NewOperation, Operation,
+    Page, PendingOutcome, RecordOutcome, Scope, Store, StoreError, Transition, WalEntry,
 };
 
 #[cfg(feature = "mysql")]
@@ -104,8 +104,12 @@ macro_rules! delegate {
 }
 
 impl Store for AnyStore {
-    async fn accept(&self, batch: Vec<NewOperation>) -> Result<Vec<Accepted>, StoreError> {
-        delegate!(self, store => store.accept(batch))
+    async fn accept(
+        &self,
+        batch: Vec<NewOperation>,
+        lease: Option<AcceptLease>,
+    ) -> Result<Vec<Accepted>, StoreError> {
+        delegate!(self, store => store.accept(batch, lease))
     }
 
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<Operation>, StoreError> {
@@ -114,6 +118,10 @@ impl Store for AnyStore {
 
     async fn record_outcomes(&self, batch: Vec<RecordOutcome>) -> Result<Vec<Fenced>, StoreError> {
         delegate!(self, store => store.record_outcomes(batch))
+    }
+
+    async fn settle(&self, batch: Vec<RecordOutcome>) -> Result<Vec<Fenced>, StoreError> {
+        delegate!(self, store => store.settle(batch))
     }
 
     async fn finalize(&self, batch: Vec<Transition>) -> Result<Vec<Fenced>, StoreError> {

@@ -1,9 +1,10 @@
-//! oncely's [`Store`](oncely::Store) on SQL databases, through sqlx.
+//! oncely's [`Store`](oncely::Store) on SQL databases, through sqlx: one implementation,
+//! [`SqlStore`], with a backend for each database.
 //!
 //! - [`SqliteStore`] (feature `sqlite`, on by default): the embedded default, one file,
 //!   nothing to install.
 //! - [`PgStore`] (feature `postgres`, on by default): several nodes on one PostgreSQL
-//!   database, claims with `FOR UPDATE SKIP LOCKED`.
+//!   database, claims with `FOR UPDATE SKIP LOCKED`, a lifecycle step per statement.
 //! - [`MySqlStore`] (feature `mysql`, on by default): the same on MySQL or MariaDB ≥ 10.6.
 //!
 //! [`AnyStore`] picks one from a URL's scheme, for programs that take `--db`.
@@ -19,31 +20,41 @@
 //!
 //! # Layout
 //!
-//! - `sqlite`: the SQLite store.
-//! - `postgres`: the PostgreSQL store.
-//! - `mysql`: the MySQL / MariaDB store.
+//! - `store`: [`SqlStore`], the lifecycle over any backend, written once.
+//! - `sql`: every statement, with the fence (I4) and the WAL-first guard (I3), written once.
+//! - `dialect`: what a backend's SQL may differ in.
+//! - `backend`: what a backend supplies (its driver, its dialect), and the macro that
+//!   implements it.
+//! - `sqlite`, `postgres`, `mysql`: the backends: connection set-up, dialect, migrations.
 //! - `rows`: turning stored columns into oncely's types, shared by every backend.
 
 #![forbid(unsafe_code)]
 
 mod any;
+#[doc(hidden)]
+pub mod backend;
+#[doc(hidden)]
+pub mod dialect;
 #[cfg(feature = "mysql")]
 mod mysql;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod rows;
+mod sql;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+mod store;
 
 pub use any::AnyStore;
 #[cfg(feature = "mysql")]
-pub use mysql::MySqlStore;
+pub use mysql::{MySqlBackend, MySqlStore};
 pub use oncely::store::LIST_LIMIT_MAX;
 #[cfg(feature = "postgres")]
-pub use postgres::PgStore;
+pub use postgres::{PgBackend, PgStore};
 pub(crate) use rows::decision_columns;
 #[cfg(feature = "sqlite")]
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteBackend, SqliteStore};
+pub use store::SqlStore;
 
 /// Why a database could not be opened.
 #[derive(Debug, thiserror::Error)]

@@ -1,17 +1,19 @@
 //! Turning stored columns into oncely's types, the same for every backend.
 //!
-//! Each backend reads its columns into plain Rust values ([`OperationColumns`],
-//! [`WalColumns`]); this module checks and converts them, so that a row edited by hand
-//! comes back as [`StoreError::Corrupt`] rather than as a panic or a wrong operation.
+//! Every backend's rows are read here, through [`Columns`], and checked, so that a row
+//! edited by hand comes back as [`StoreError::Corrupt`] rather than as a panic or a wrong
+//! operation.
 
 use chrono::{DateTime, Utc};
 use oncely::store::LIST_LIMIT_MAX;
 use oncely::{
-    Accepted, Decision, DomainName, Fenced, Fingerprint, IdempotencyKey, Lease, LeaseOwner,
-    Operation, OperationId, OperationState, Outcome, Page, PendingOutcome, RecordOutcome, Scope,
-    StoreError, TenantId, Transition, WalEntry, WalKind,
+    Accepted, Decision, DomainName, Fingerprint, IdempotencyKey, Lease, LeaseOwner, Operation,
+    OperationId, OperationState, Outcome, Page, PendingOutcome, RecordOutcome, Scope, StoreError,
+    TenantId, WalEntry, WalKind,
 };
 use serde_json::Value;
+
+use crate::backend::Columns;
 
 pub(crate) fn database(error: sqlx::Error) -> StoreError {
     StoreError::Database(Box::new(error))
@@ -42,38 +44,20 @@ fn json(text: &str, what: &str) -> Result<Value, StoreError> {
     serde_json::from_str(text).map_err(|error| corrupt(format!("{what}: {error}")))
 }
 
-/// An operation row, as plain values.
-pub(crate) struct OperationColumns {
-    pub(crate) id: i64,
-    pub(crate) tenant: String,
-    pub(crate) domain: String,
-    pub(crate) idem_key: String,
-    pub(crate) event_type: String,
-    pub(crate) state: String,
-    pub(crate) payload: String,
-    pub(crate) fingerprint: String,
-    pub(crate) attempt_count: i64,
-    pub(crate) attempt_floor: i64,
-    pub(crate) recorded_attempt: Option<i64>,
-    pub(crate) last_attempt_at: Option<i64>,
-    pub(crate) next_retry_at: Option<i64>,
-    pub(crate) lease_owner: Option<String>,
-    pub(crate) lease_until: Option<i64>,
-    pub(crate) outcome_data: Option<String>,
-    pub(crate) error_code: Option<String>,
-    pub(crate) error_message: Option<String>,
-    pub(crate) created_at: i64,
-    pub(crate) updated_at: i64,
-    pub(crate) completed_at: Option<i64>,
+/// Text that the database returned as bytes (MySQL's binary-collated names).
+pub(crate) fn utf8(column: &str, bytes: Vec<u8>) -> Result<String, StoreError> {
+    String::from_utf8(bytes).map_err(|error| corrupt(format!("{column}: {error}")))
 }
 
-pub(crate) fn operation(columns: OperationColumns) -> Result<Operation, StoreError> {
+/// An operation, read from the columns `sql::operation_columns` selects.
+pub(crate) fn operation(row: &impl Columns) -> Result<Operation, StoreError> {
+    let id = row.int("id")?;
     let scope = Scope::new(
-        TenantId::new(columns.tenant).map_err(corrupt)?,
-        DomainName::new(columns.domain).map_err(corrupt)?,
-        IdempotencyKey::new(columns.idem_key).map_err(corrupt)?,
+        TenantId::new(row.text("tenant")?).map_err(corrupt)?,
+        DomainName::new(row.text("domain")?).map_err(corrupt)?,
+        IdempotencyKey::new(row.text("idem_key")?).map_err(corrupt)?,
     );
-    let lease = match (columns.lease_owner, columns.lease_until) {
+    let lease = match (row.text_opt("lease_owner")?, row.int_opt("lease_until")?) {
         (Some(owner), Some(until)) => Some(Lease {
             owner: LeaseOwner::from_stored(owner),
             until: time(until)?,
@@ -81,63 +65,52 @@ pub(crate) fn operation(columns: OperationColumns) -> Result<Operation, StoreErr
         (None, None) => None,
         (owner, until) => {
             return Err(corrupt(format!(
-                "operation {} has lease owner {owner:?} and lease end {until:?}",
-                columns.id
+                "operation {id} has lease owner {owner:?} and lease end {until:?}"
             )));
         }
     };
     Ok(Operation {
-        id: OperationId(columns.id),
+        id: OperationId(id),
         scope,
-        event_type: columns.event_type,
-        state: columns.state.parse().map_err(corrupt)?,
-        payload: json(&columns.payload, "payload")?,
-        fingerprint: Fingerprint::from_stored(columns.fingerprint),
-        attempt_count: count(columns.attempt_count, "attempt_count")?,
-        attempt_floor: count(columns.attempt_floor, "attempt_floor")?,
-        recorded_attempt: columns
-            .recorded_attempt
+        event_type: row.text("event_type")?,
+        state: row.text("state")?.parse().map_err(corrupt)?,
+        payload: json(&row.text("payload")?, "payload")?,
+        fingerprint: Fingerprint::from_stored(row.text("fingerprint")?),
+        attempt_count: count(row.int("attempt_count")?, "attempt_count")?,
+        attempt_floor: count(row.int("attempt_floor")?, "attempt_floor")?,
+        recorded_attempt: row
+            .int_opt("recorded_attempt")?
             .map(|attempt| count(attempt, "recorded_attempt"))
             .transpose()?,
-        last_attempt_at: optional_time(columns.last_attempt_at)?,
-        next_retry_at: optional_time(columns.next_retry_at)?,
+        last_attempt_at: optional_time(row.int_opt("last_attempt_at")?)?,
+        next_retry_at: optional_time(row.int_opt("next_retry_at")?)?,
         lease,
-        outcome_data: columns
-            .outcome_data
+        outcome_data: row
+            .text_opt("outcome_data")?
             .as_deref()
             .map(|text| json(text, "outcome_data"))
             .transpose()?,
-        error_code: columns.error_code,
-        error_message: columns.error_message,
-        created_at: time(columns.created_at)?,
-        updated_at: time(columns.updated_at)?,
-        completed_at: optional_time(columns.completed_at)?,
+        error_code: row.text_opt("error_code")?,
+        error_message: row.text_opt("error_message")?,
+        created_at: time(row.int("created_at")?)?,
+        updated_at: time(row.int("updated_at")?)?,
+        completed_at: optional_time(row.int_opt("completed_at")?)?,
     })
 }
 
-/// A write-ahead log row, as plain values.
-pub(crate) struct WalColumns {
-    pub(crate) seq: i64,
-    pub(crate) operation_id: i64,
-    pub(crate) kind: String,
-    pub(crate) attempt: i64,
-    pub(crate) lease_owner: Option<String>,
-    pub(crate) state_after: String,
-    pub(crate) detail: String,
-    pub(crate) recorded_at: i64,
-}
-
-pub(crate) fn wal_entry(columns: WalColumns) -> Result<WalEntry, StoreError> {
+/// A write-ahead log entry, read from the columns of `sql::Statements::history`.
+pub(crate) fn wal_entry(row: &impl Columns) -> Result<WalEntry, StoreError> {
+    let kind = row.text("kind")?;
     Ok(WalEntry {
-        sequence: columns.seq,
-        operation_id: OperationId(columns.operation_id),
-        kind: WalKind::from_name(&columns.kind)
-            .ok_or_else(|| corrupt(format!("log entry kind {:?}", columns.kind)))?,
-        attempt: count(columns.attempt, "attempt")?,
-        owner: columns.lease_owner.map(LeaseOwner::from_stored),
-        state_after: columns.state_after.parse().map_err(corrupt)?,
-        detail: json(&columns.detail, "detail")?,
-        recorded_at: time(columns.recorded_at)?,
+        sequence: row.int("seq")?,
+        operation_id: OperationId(row.int("operation_id")?),
+        kind: WalKind::from_name(&kind)
+            .ok_or_else(|| corrupt(format!("log entry kind {kind:?}")))?,
+        attempt: count(row.int("attempt")?, "attempt")?,
+        owner: row.text_opt("lease_owner")?.map(LeaseOwner::from_stored),
+        state_after: row.text("state_after")?.parse().map_err(corrupt)?,
+        detail: json(&row.text("detail")?, "detail")?,
+        recorded_at: time(row.int("recorded_at")?)?,
     })
 }
 
@@ -231,88 +204,6 @@ pub(crate) fn decision_columns(decision: &Decision, now: DateTime<Utc>) -> Decis
     }
 }
 
-/// One log entry to append; the caller's transaction makes it atomic with the change it
-/// explains (I6).
-pub(crate) struct Append<'a> {
-    pub(crate) operation_id: OperationId,
-    pub(crate) kind: WalKind,
-    pub(crate) attempt: u32,
-    pub(crate) owner: Option<&'a str>,
-    pub(crate) state_after: OperationState,
-    pub(crate) detail: String,
-    pub(crate) now: DateTime<Utc>,
-}
-
-impl<'a> Append<'a> {
-    pub(crate) fn accepted(created: &Operation, event_type: &str, now: DateTime<Utc>) -> Self {
-        Self {
-            operation_id: created.id,
-            kind: WalKind::Accepted,
-            attempt: 0,
-            owner: None,
-            state_after: OperationState::Accepted,
-            detail: serde_json::json!({ "eventType": event_type }).to_string(),
-            now,
-        }
-    }
-
-    /// The detail of an `EXECUTING` entry: when its lease ends.
-    pub(crate) fn executing_detail(lease_until: i64) -> Result<String, StoreError> {
-        Ok(serde_json::json!({ "leaseUntil": time(lease_until)?.to_rfc3339() }).to_string())
-    }
-
-    pub(crate) fn executing(
-        claimed: &Operation,
-        owner: &'a LeaseOwner,
-        lease_until: i64,
-    ) -> Result<Self, StoreError> {
-        Ok(Self {
-            operation_id: claimed.id,
-            kind: WalKind::Executing,
-            attempt: claimed.attempt_count,
-            owner: Some(owner.as_str()),
-            state_after: OperationState::Processing,
-            detail: Self::executing_detail(lease_until)?,
-            now: claimed.updated_at,
-        })
-    }
-
-    pub(crate) fn transition(
-        transition: &'a Transition,
-        kind: WalKind,
-    ) -> Result<Self, StoreError> {
-        Ok(Self {
-            operation_id: transition.fence.id,
-            kind,
-            attempt: transition.fence.attempt,
-            owner: Some(transition.fence.owner.as_str()),
-            state_after: transition.decision.target_state(),
-            detail: serde_json::to_string(&transition.decision).map_err(corrupt)?,
-            now: transition.now,
-        })
-    }
-
-    pub(crate) fn operator_retried(
-        before: &Operation,
-        after: &Operation,
-        now: DateTime<Utc>,
-    ) -> Self {
-        Self {
-            operation_id: after.id,
-            kind: WalKind::OperatorRetried,
-            attempt: after.attempt_count,
-            owner: None,
-            state_after: OperationState::Accepted,
-            detail: serde_json::json!({
-                "previousState": before.state,
-                "previousError": before.error_message,
-            })
-            .to_string(),
-            now,
-        }
-    }
-}
-
 /// I1: the scope is taken; the same request is a replay, another one a conflict.
 pub(crate) fn replay_or_conflict(existing: Operation, fingerprint: &Fingerprint) -> Accepted {
     if &existing.fingerprint == fingerprint {
@@ -346,31 +237,6 @@ pub(crate) fn order_by<T, K: Ord>(items: &[T], key: impl Fn(&T) -> K) -> Vec<usi
     indexes
 }
 
-pub(crate) fn fenced(rows_affected: u64) -> Fenced {
-    if rows_affected == 1 {
-        Fenced::Applied
-    } else {
-        Fenced::Rejected
-    }
-}
-
-/// A matched record is the outcome (I3); an unmatched one is kept for the record only (I4).
-pub(crate) fn record_kind(fenced: Fenced) -> WalKind {
-    match fenced {
-        Fenced::Applied => WalKind::OutcomeRecorded,
-        Fenced::Rejected => WalKind::OutcomeRejected,
-    }
-}
-
 pub(crate) fn record_detail(record: &RecordOutcome) -> String {
     serde_json::json!({ "outcome": record.outcome, "decision": record.decision }).to_string()
-}
-
-/// What else a fenced move out of `PROCESSING` requires.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Guard {
-    /// Finalize: the attempt's outcome is in the log (WAL first, I3).
-    Recorded,
-    /// Reap: the lease has ended and no outcome of the attempt is in the log (I3).
-    Reapable,
 }

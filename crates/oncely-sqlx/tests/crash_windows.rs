@@ -1,6 +1,10 @@
 //! One test per crash window of DESIGN.md: the engine dies at that point, a new engine
 //! opens the same SQLite file, and every operation still ends exactly once.
 //!
+//! The store settles an outcome (records it and applies it) in one transaction; the
+//! windows between the two steps are tested on a store that settles in two, as the
+//! `Store` trait's default does.
+//!
 //! Each test checks, for every operation: it is `COMPLETED`; the fake API performed one
 //! side effect for its key; no attempt was started after an outcome was recorded, and the
 //! recorded outcome is the one kept (I3). Each test also checks that its window was really
@@ -15,9 +19,19 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::{Charge, FakeApi, TestDb, drive_until_terminal, engine, eventually, key};
+use oncely::faults::{FaultPlan, FaultyStore};
 use oncely::{
     Clock, CrashPoint, Failpoints, ManualClock, Operation, OperationState, Scope, WalEntry, WalKind,
 };
+
+/// How the store of the engine that dies settles outcomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    /// Record and apply in one transaction (the SQL store).
+    InOneTransaction,
+    /// Record, commit, then apply (the `Store` trait's default).
+    InTwoSteps,
+}
 
 const OPERATIONS: i64 = 24;
 
@@ -56,7 +70,7 @@ impl Run {
     }
 }
 
-async fn crash_and_recover(point: CrashPoint) -> Run {
+async fn crash_and_recover(point: CrashPoint, settle: Settle) -> Run {
     let db = TestDb::new();
     let api = FakeApi::default();
     let clock = ManualClock::starting_now();
@@ -70,7 +84,11 @@ async fn crash_and_recover(point: CrashPoint) -> Run {
         .collect();
 
     // The first engine, which dies at `point`.
-    let store = db.open().await.with_failpoints(failpoints.clone());
+    let faults = FaultPlan::default();
+    if settle == Settle::InTwoSteps {
+        faults.settle_in_two_steps();
+    }
+    let store = FaultyStore::new(db.open().await.with_failpoints(failpoints.clone()), faults);
     let first = Arc::new(
         engine(store, &api, &clock)
             .failpoints(failpoints.clone())
@@ -174,7 +192,7 @@ fn assert_each_operation_ended_exactly_once(run: &Run) {
 
 #[tokio::test]
 async fn crash_after_accept_before_claim_loses_nothing() {
-    let run = crash_and_recover(CrashPoint::AfterAccept).await;
+    let run = crash_and_recover(CrashPoint::AfterAccept, Settle::InOneTransaction).await;
     let hit =
         run.which(|i| run.has(i, WalKind::Accepted, true) && !run.has(i, WalKind::Executing, true));
     assert!(
@@ -188,7 +206,7 @@ async fn crash_after_accept_before_claim_loses_nothing() {
 
 #[tokio::test]
 async fn crash_after_claim_before_call_is_reaped_and_called_once() {
-    let run = crash_and_recover(CrashPoint::AfterClaim).await;
+    let run = crash_and_recover(CrashPoint::AfterClaim, Settle::InOneTransaction).await;
     let hit =
         run.which(|i| run.has(i, WalKind::Executing, true) && run.calls_at_crash[run.key(i)] == 0);
     assert!(
@@ -207,7 +225,7 @@ async fn crash_after_claim_before_call_is_reaped_and_called_once() {
 
 #[tokio::test]
 async fn crash_during_call_is_retried_with_the_same_key_and_charges_once() {
-    let run = crash_and_recover(CrashPoint::DuringCall).await;
+    let run = crash_and_recover(CrashPoint::DuringCall, Settle::InOneTransaction).await;
     let hit =
         run.which(|i| run.calls_at_crash[run.key(i)] == 1 && run.answers_at_crash[run.key(i)] == 0);
     assert!(!hit.is_empty(), "no call was in flight at the crash");
@@ -221,7 +239,7 @@ async fn crash_during_call_is_retried_with_the_same_key_and_charges_once() {
 
 #[tokio::test]
 async fn crash_after_answer_before_record_retries_with_the_same_key_and_charges_once() {
-    let run = crash_and_recover(CrashPoint::AfterAnswer).await;
+    let run = crash_and_recover(CrashPoint::AfterAnswer, Settle::InOneTransaction).await;
     let hit = run.which(|i| {
         run.answers_at_crash[run.key(i)] > 0 && !run.has(i, WalKind::OutcomeRecorded, true)
     });
@@ -236,7 +254,7 @@ async fn crash_after_answer_before_record_retries_with_the_same_key_and_charges_
 
 #[tokio::test]
 async fn crash_after_record_before_finalize_is_finished_from_the_log_without_a_call() {
-    let run = crash_and_recover(CrashPoint::AfterRecord).await;
+    let run = crash_and_recover(CrashPoint::AfterRecord, Settle::InTwoSteps).await;
     let hit = run.which(|i| {
         run.has(i, WalKind::OutcomeRecorded, true) && run.has(i, WalKind::Finalized, false)
     });
@@ -257,7 +275,7 @@ async fn crash_after_record_before_finalize_is_finished_from_the_log_without_a_c
 
 #[tokio::test]
 async fn crash_during_finalize_rolls_back_and_is_finished_from_the_log() {
-    let run = crash_and_recover(CrashPoint::DuringFinalize).await;
+    let run = crash_and_recover(CrashPoint::DuringFinalize, Settle::InTwoSteps).await;
     let hit = run.which(|i| {
         run.has(i, WalKind::OutcomeRecorded, true)
             && !run.has(i, WalKind::Finalized, true)
@@ -271,5 +289,23 @@ async fn crash_during_finalize_rolls_back_and_is_finished_from_the_log() {
             run.operations[i].outcome_data.as_ref().unwrap()["callNumber"],
             1
         );
+    }
+}
+
+#[tokio::test]
+async fn crash_during_settle_rolls_the_outcome_back_with_its_finalize_and_charges_once() {
+    let run = crash_and_recover(CrashPoint::DuringFinalize, Settle::InOneTransaction).await;
+    // The settle's transaction rolled back: the answer is lost with its record, never
+    // half-applied, and the Reaper retries with the same key.
+    let hit = run.which(|i| {
+        run.answers_at_crash[run.key(i)] > 0 && !run.has(i, WalKind::OutcomeRecorded, true)
+    });
+    assert!(!hit.is_empty(), "no settle was interrupted");
+    for i in hit {
+        let key = run.key(i);
+        assert!(!run.has(i, WalKind::Finalized, true), "{key}: half-applied");
+        assert!(run.has(i, WalKind::Reaped, false), "{key}: not reaped");
+        assert_eq!(run.api.calls(key), 2, "{key}: called again after the crash");
+        assert_eq!(run.api.side_effects(key), 1, "{key}: but charged once");
     }
 }

@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Behaviour, Charge, FakeApi, TestDb, drive_until_terminal, engine, key};
+use oncely::faults::{Fault, FaultPlan, FaultyStore, StoreCall};
 use oncely::{
     Error, IdempotencyKey, ListFilter, ManualClock, OperationState, RetryPolicy, Store, TenantId,
     WalKind,
@@ -20,7 +21,13 @@ async fn submitted_operation_completes_once_and_forwards_its_key() {
         .await
         .unwrap();
     assert!(!submitted.replayed);
-    assert_eq!(submitted.operation.state, OperationState::Accepted);
+    // A worker was free, so the accept leased it at once: no claim, no poll.
+    assert_eq!(submitted.operation.state, OperationState::Processing);
+    assert_eq!(submitted.operation.attempt_count, 1);
+    assert_eq!(
+        submitted.operation.lease.as_ref().map(|lease| &lease.owner),
+        Some(engine.owner())
+    );
     let done = engine
         .wait(&submitted.operation.scope, Duration::from_secs(10))
         .await
@@ -48,6 +55,34 @@ async fn submitted_operation_completes_once_and_forwards_its_key() {
             WalKind::Finalized
         ]
     );
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn without_claim_on_accept_the_dispatcher_claims_what_was_accepted() {
+    let db = TestDb::new();
+    let api = FakeApi::default();
+    let clock = ManualClock::starting_now();
+    let config = oncely::EngineConfig {
+        claim_on_accept: false,
+        ..common::test_config()
+    };
+    let engine = engine(db.open().await, &api, &clock)
+        .config(config)
+        .start()
+        .unwrap();
+    let submitted = engine
+        .submit(key("claimed-later"), Charge::new("ada", 1))
+        .await
+        .unwrap();
+    assert_eq!(submitted.operation.state, OperationState::Accepted);
+    assert!(submitted.operation.lease.is_none());
+    let done = engine
+        .wait(&submitted.operation.scope, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(done.state, OperationState::Completed);
+    assert_eq!(api.calls("claimed-later"), 1);
     engine.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -517,107 +552,24 @@ async fn on_terminal_reports_each_terminal_operation_once_after_it_is_committed(
     assert!(seen.try_recv().is_err(), "nothing else was reported");
 }
 
-/// A store whose first `accept_failures` accepts fail as a deadlock would: rolled back,
-/// worth trying again.
-#[derive(Clone)]
-struct FlakyAccepts {
-    inner: oncely_sqlx::SqliteStore,
-    accept_failures: std::sync::Arc<std::sync::atomic::AtomicU32>,
-}
-
-mod flaky {
-    use chrono::{DateTime, Utc};
-    use oncely::store::{
-        Accepted, ClaimRequest, Fenced, NewOperation, Page, PendingOutcome, RecordOutcome,
-        StoreError, Transition,
-    };
-    use oncely::{DomainName, ListFilter, Operation, Scope, Store, WalEntry};
-    use std::sync::atomic::Ordering;
-
-    impl Store for super::FlakyAccepts {
-        async fn accept(&self, batch: Vec<NewOperation>) -> Result<Vec<Accepted>, StoreError> {
-            let failures = &self.accept_failures;
-            if failures
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok()
-            {
-                return Err(StoreError::Database("1213 (40001): Deadlock found".into()));
-            }
-            self.inner.accept(batch).await
-        }
-        async fn claim(&self, r: ClaimRequest) -> Result<Vec<Operation>, StoreError> {
-            self.inner.claim(r).await
-        }
-        async fn record_outcomes(&self, b: Vec<RecordOutcome>) -> Result<Vec<Fenced>, StoreError> {
-            self.inner.record_outcomes(b).await
-        }
-        async fn finalize(&self, b: Vec<Transition>) -> Result<Vec<Fenced>, StoreError> {
-            self.inner.finalize(b).await
-        }
-        async fn expired_leases(
-            &self,
-            d: &DomainName,
-            now: DateTime<Utc>,
-            limit: u32,
-        ) -> Result<Vec<Operation>, StoreError> {
-            self.inner.expired_leases(d, now, limit).await
-        }
-        async fn reap(&self, b: Vec<Transition>) -> Result<Vec<Fenced>, StoreError> {
-            self.inner.reap(b).await
-        }
-        async fn pending_outcomes(
-            &self,
-            d: &DomainName,
-            before: DateTime<Utc>,
-            limit: u32,
-        ) -> Result<Vec<PendingOutcome>, StoreError> {
-            self.inner.pending_outcomes(d, before, limit).await
-        }
-        async fn retry(&self, s: &Scope, now: DateTime<Utc>) -> Result<Operation, StoreError> {
-            self.inner.retry(s, now).await
-        }
-        async fn purge(
-            &self,
-            d: &DomainName,
-            before: DateTime<Utc>,
-            limit: u32,
-        ) -> Result<u64, StoreError> {
-            self.inner.purge(d, before, limit).await
-        }
-        async fn get(&self, s: &Scope) -> Result<Option<Operation>, StoreError> {
-            self.inner.get(s).await
-        }
-        async fn list(&self, f: ListFilter) -> Result<Page, StoreError> {
-            self.inner.list(f).await
-        }
-        async fn history(&self, s: &Scope) -> Result<Vec<WalEntry>, StoreError> {
-            self.inner.history(s).await
-        }
-    }
-}
-
 #[tokio::test]
 async fn an_accept_that_fails_and_rolls_back_is_tried_again_and_stored_once() {
     let db = TestDb::new();
     let api = FakeApi::default();
     let clock = ManualClock::starting_now();
-    let store = FlakyAccepts {
-        inner: db.open().await,
-        accept_failures: std::sync::Arc::new(std::sync::atomic::AtomicU32::new(2)),
-    };
-    let engine = engine(store.clone(), &api, &clock).start().unwrap();
+    // The first two accepts fail as a deadlock would: rolled back, worth trying again.
+    let faults = FaultPlan::default();
+    faults.inject(StoreCall::Accept, Fault::FailBefore, 2);
+    let store = FaultyStore::new(db.open().await, faults.clone());
+    let engine = engine(store, &api, &clock).start().unwrap();
 
     let submitted = engine
         .submit(key("deadlocked"), Charge::new("ada", 5))
         .await
         .expect("accepted on the third try");
     assert!(!submitted.replayed);
-    assert_eq!(
-        store
-            .accept_failures
-            .load(std::sync::atomic::Ordering::SeqCst),
-        0
-    );
+    assert_eq!(faults.injected(StoreCall::Accept, Fault::FailBefore), 2);
+    assert_eq!(faults.pending(), 0);
     let done = engine
         .wait(&submitted.operation.scope, Duration::from_secs(10))
         .await

@@ -144,7 +144,7 @@ impl World {
         let mut new = new_operation(&name, command.amount, self.now);
         new.payload = serde_json::to_value(&command).unwrap();
         new.fingerprint = oncely::Fingerprint::of_json(&new.payload);
-        let result = self.store.accept(vec![new]).await.unwrap().remove(0);
+        let result = self.store.accept(vec![new], None).await.unwrap().remove(0);
         let after = self.operation(&name).await.unwrap();
         // I1: one key, one operation; a replay returns it, a conflict changes nothing.
         match (&before, &result) {

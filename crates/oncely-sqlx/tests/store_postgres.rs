@@ -59,11 +59,10 @@ async fn an_accept_on_one_node_wakes_idle_nodes_and_a_replay_does_not() {
     }
     assert!(woken, "no accept ever woke the other node");
     let signal = other.work_signal(&domain);
-    let replay = store.accept(vec![conformance::new_operation(
-        "wake-0",
-        1,
-        conformance::at(0),
-    )]);
+    let replay = store.accept(
+        vec![conformance::new_operation("wake-0", 1, conformance::at(0))],
+        None,
+    );
     let (_, signalled) = tokio::join!(
         replay,
         tokio::time::timeout(Duration::from_millis(500), signal)

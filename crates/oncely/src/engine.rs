@@ -35,8 +35,8 @@ use crate::outcome::Outcome;
 use crate::retry::RetryPolicy;
 use crate::state::OperationState;
 use crate::store::{
-    Accepted, ClaimRequest, Decision, Fenced, ListFilter, NewOperation, Page, RecordOutcome, Store,
-    StoreError, Transition,
+    AcceptLease, Accepted, ClaimRequest, Decision, Fenced, ListFilter, NewOperation, Page,
+    RecordOutcome, Store, StoreError, Transition,
 };
 
 /// How an engine runs. Every field has a bound; [`EngineConfig::validate`] checks them.
@@ -62,6 +62,10 @@ pub struct EngineConfig {
     /// How long terminal operations are kept before the maintenance task purges them with
     /// their log (and their keys become usable again); `None` keeps them for ever.
     pub retention: Option<Duration>,
+    /// Whether the engine leases what it accepts in the accept's own transaction when a
+    /// worker slot is free, and starts it at once (no claim, no dispatcher hop). Work that
+    /// finds no free slot is claimed later as usual.
+    pub claim_on_accept: bool,
 }
 
 impl Default for EngineConfig {
@@ -75,6 +79,7 @@ impl Default for EngineConfig {
             finalize_grace: Duration::from_secs(5),
             batch_size_max: 256,
             retention: Some(Duration::from_secs(7 * 24 * 3_600)),
+            claim_on_accept: true,
         }
     }
 }
@@ -193,6 +198,7 @@ impl<S: Store, O: Orchestrator> EngineBuilder<S, O> {
             orchestrator: self.orchestrator,
             domain,
             slots: Arc::new(Semaphore::new(self.config.workers)),
+            attempts: Mutex::new(JoinSet::new()),
             config: self.config,
             clock: self.clock,
             owner: self.owner.unwrap_or_else(LeaseOwner::random),
@@ -202,17 +208,17 @@ impl<S: Store, O: Orchestrator> EngineBuilder<S, O> {
             on_terminal: self.on_terminal,
         });
         tracing::info!(domain = %shared.domain, owner = %shared.owner, workers = shared.config.workers, "engine starting");
-        let tasks = vec![
-            tokio::spawn(accept_loop(shared.clone(), accept_rx)),
-            tokio::spawn(dispatch_loop(shared.clone(), finished_tx, stop_rx.clone())),
-            tokio::spawn(record_loop(shared.clone(), finished_rx)),
-            tokio::spawn(maintenance_loop(shared.clone(), stop_rx)),
-        ];
+        let tasks = Tasks {
+            accept: tokio::spawn(accept_loop(shared.clone(), accept_rx, finished_tx.clone())),
+            dispatch: tokio::spawn(dispatch_loop(shared.clone(), finished_tx, stop_rx.clone())),
+            record: tokio::spawn(record_loop(shared.clone(), finished_rx)),
+            maintenance: tokio::spawn(maintenance_loop(shared.clone(), stop_rx)),
+        };
         Ok(Engine {
             shared,
             accept_tx: Mutex::new(Some(accept_tx)),
             stop: stop_tx,
-            tasks: Mutex::new(tasks),
+            tasks: Mutex::new(Some(tasks)),
         })
     }
 }
@@ -229,7 +235,28 @@ pub struct Engine<S: Store, O: Orchestrator> {
     shared: Arc<Shared<S, O>>,
     accept_tx: Mutex<Option<mpsc::Sender<AcceptRequest>>>,
     stop: watch::Sender<Option<Duration>>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    tasks: Mutex<Option<Tasks>>,
+}
+
+/// The engine's four tasks.
+struct Tasks {
+    accept: JoinHandle<()>,
+    dispatch: JoinHandle<()>,
+    record: JoinHandle<()>,
+    maintenance: JoinHandle<()>,
+}
+
+impl Tasks {
+    fn abort(&self) {
+        for task in [
+            &self.accept,
+            &self.dispatch,
+            &self.record,
+            &self.maintenance,
+        ] {
+            task.abort();
+        }
+    }
 }
 
 struct Shared<S, O> {
@@ -242,6 +269,8 @@ struct Shared<S, O> {
     owner: LeaseOwner,
     /// Free worker slots; an attempt holds one from claim until its finalize.
     slots: Arc<Semaphore>,
+    /// The running attempts, whoever started them (the dispatcher or the accept loop).
+    attempts: Mutex<JoinSet<()>>,
     /// Wakes the dispatcher when work arrives locally.
     wake: Notify,
     /// Callers of `wait`, by operation, woken when it reaches a terminal state here.
@@ -451,18 +480,37 @@ impl<S: Store, O: Orchestrator> Engine<S, O> {
     /// Stops taking work, lets running calls finish for up to `grace`, records and
     /// finalizes what they return, then stops. Calls still running after `grace` are
     /// abandoned: their leases expire and another engine retries them with the same key.
-    pub async fn shutdown(self, grace: Duration) {
+    /// Takes `&self`, so an engine shared with HTTP routes through an `Arc` can be shut
+    /// down where it is; a second call returns at once.
+    pub async fn shutdown(&self, grace: Duration) {
         tracing::info!(owner = %self.shared.owner, ?grace, "engine shutting down");
         self.accept_tx
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        self.stop.send_replace(Some(grace));
-        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(PoisonError::into_inner));
-        for task in tasks {
-            if let Err(error) = task.await {
+        let tasks = self
+            .tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let Some(tasks) = tasks else { return };
+        // The accept loop first: what it accepted and leased must be among the attempts
+        // the dispatcher waits for.
+        let Tasks {
+            accept,
+            dispatch,
+            record,
+            maintenance,
+        } = tasks;
+        let ended = |result: Result<(), tokio::task::JoinError>| {
+            if let Err(error) = result {
                 tracing::error!(%error, "engine task ended abnormally");
             }
+        };
+        ended(accept.await);
+        self.stop.send_replace(Some(grace));
+        for task in [dispatch, record, maintenance] {
+            ended(task.await);
         }
         tracing::info!(owner = %self.shared.owner, "engine stopped");
     }
@@ -470,20 +518,50 @@ impl<S: Store, O: Orchestrator> Engine<S, O> {
 
 impl<S: Store, O: Orchestrator> Drop for Engine<S, O> {
     fn drop(&mut self) {
-        for task in self
+        if let Some(tasks) = self
             .tasks
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner)
-            .drain(..)
+            .take()
         {
-            task.abort();
+            tasks.abort();
         }
+        // As a crash would: the attempts stop too, their leases are left to expire.
+        self.shared
+            .attempts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .abort_all();
     }
 }
 
 impl<S: Store, O: Orchestrator> Shared<S, O> {
     fn now(&self) -> DateTime<Utc> {
         self.clock.now()
+    }
+
+    /// Up to `wanted` worker slots that are free right now, without waiting.
+    fn free_slots_now(&self, wanted: usize) -> Vec<OwnedSemaphorePermit> {
+        let mut slots = Vec::new();
+        while slots.len() < wanted {
+            match self.slots.clone().try_acquire_owned() {
+                Ok(slot) => slots.push(slot),
+                Err(_) => break,
+            }
+        }
+        slots
+    }
+
+    /// Runs one claimed attempt on `slot`, in a task the engine can drain or abort.
+    fn start_attempt(
+        self: &Arc<Self>,
+        operation: Operation,
+        slot: OwnedSemaphorePermit,
+        finished: &mpsc::Sender<Finished>,
+    ) {
+        let mut attempts = self.attempts.lock().unwrap_or_else(PoisonError::into_inner);
+        while attempts.try_join_next().is_some() {}
+        attempts.spawn(run_attempt(self.clone(), operation, slot, finished.clone()));
     }
 
     fn waiter(&self, id: OperationId) -> Arc<Notify> {
@@ -567,6 +645,7 @@ impl<S: Store, O: Orchestrator> Shared<S, O> {
 async fn accept_loop<S: Store, O: Orchestrator>(
     shared: Arc<Shared<S, O>>,
     mut requests: mpsc::Receiver<AcceptRequest>,
+    finished: mpsc::Sender<Finished>,
 ) {
     let mut batch = Vec::with_capacity(shared.config.batch_size_max);
     while requests
@@ -581,18 +660,29 @@ async fn accept_loop<S: Store, O: Orchestrator>(
             .drain(..)
             .map(|request| (request.operation, request.reply))
             .unzip();
+        // Free worker slots lease what this batch accepts, in the same transaction.
+        let slots = if shared.config.claim_on_accept {
+            shared.free_slots_now(operations.len())
+        } else {
+            Vec::new()
+        };
+        let lease = (!slots.is_empty()).then(|| AcceptLease {
+            owner: shared.owner.clone(),
+            now: shared.now(),
+            lease_ttl: shared.config.lease_ttl,
+            limit: u32::try_from(slots.len()).unwrap_or(u32::MAX),
+        });
         // A batch that failed (a deadlock, a dropped connection) was rolled back whole,
         // so it is tried again as it is; callers wait meanwhile.
         let accepted = shared
-            .persist_or_error("accept", || shared.store.accept(operations.clone()))
+            .persist_or_error("accept", || {
+                shared.store.accept(operations.clone(), lease.clone())
+            })
             .await;
         match accepted {
             Ok(accepted) => {
-                if shared.failpoints.hit(CrashPoint::AfterAccept) {
+                if !start_leased(&shared, &accepted, slots, &finished) {
                     return;
-                }
-                if accepted.iter().any(|a| matches!(a, Accepted::New(_))) {
-                    shared.wake.notify_one();
                 }
                 for (reply, accepted) in replies.into_iter().zip(accepted) {
                     // A caller that stopped waiting still has its operation accepted.
@@ -612,6 +702,45 @@ async fn accept_loop<S: Store, O: Orchestrator>(
     }
 }
 
+/// Starts the attempts an accept leased to this engine, each on one of `slots`, and wakes
+/// the dispatcher for new operations nobody leased. Returns false when the engine crashed.
+fn start_leased<S: Store, O: Orchestrator>(
+    shared: &Arc<Shared<S, O>>,
+    accepted: &[Accepted],
+    slots: Vec<OwnedSemaphorePermit>,
+    finished: &mpsc::Sender<Finished>,
+) -> bool {
+    if shared.failpoints.hit(CrashPoint::AfterAccept) {
+        return false;
+    }
+    let (leased, waiting): (Vec<&Operation>, Vec<&Operation>) = accepted
+        .iter()
+        .filter_map(|accepted| match accepted {
+            Accepted::New(operation) => Some(operation),
+            Accepted::Existing(_) | Accepted::Conflict(_) => None,
+        })
+        .partition(|operation| {
+            operation
+                .fence()
+                .is_some_and(|fence| fence.owner == shared.owner)
+        });
+    debug_assert!(
+        leased.len() <= slots.len(),
+        "leased more than the free slots"
+    );
+    if !leased.is_empty() && shared.failpoints.hit(CrashPoint::AfterClaim) {
+        return false;
+    }
+    // Slots beyond the leased operations go back to the pool as they drop here.
+    for (operation, slot) in leased.into_iter().zip(slots) {
+        shared.start_attempt(operation.clone(), slot, finished);
+    }
+    if !waiting.is_empty() {
+        shared.wake.notify_one();
+    }
+    true
+}
+
 // ---------------------------------------------------------------------------------------
 // 2. Claim and execute: a lease per operation, the call with no connection held (I5).
 // ---------------------------------------------------------------------------------------
@@ -621,9 +750,7 @@ async fn dispatch_loop<S: Store, O: Orchestrator>(
     finished: mpsc::Sender<Finished>,
     mut stop: watch::Receiver<Option<Duration>>,
 ) {
-    let mut attempts = JoinSet::new();
     loop {
-        while attempts.try_join_next().is_some() {}
         if stop.borrow().is_some() || shared.failpoints.is_crashed() {
             break;
         }
@@ -643,12 +770,7 @@ async fn dispatch_loop<S: Store, O: Orchestrator>(
         }
         let idle = claimed.len() < requested;
         for (operation, slot) in claimed.into_iter().zip(slots) {
-            attempts.spawn(run_attempt(
-                shared.clone(),
-                operation,
-                slot,
-                finished.clone(),
-            ));
+            shared.start_attempt(operation, slot, &finished);
         }
         if idle {
             tokio::select! {
@@ -660,6 +782,12 @@ async fn dispatch_loop<S: Store, O: Orchestrator>(
         }
     }
     let grace = (*stop.borrow()).unwrap_or_default();
+    let mut attempts = std::mem::take(
+        &mut *shared
+            .attempts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
+    );
     let drained = tokio::time::timeout(grace, async {
         while attempts.join_next().await.is_some() {}
     })
@@ -684,12 +812,7 @@ async fn free_slots<S: Store, O: Orchestrator>(
         _ = stop.changed() => return None,
     };
     let mut slots = vec![first];
-    while slots.len() < shared.config.batch_size_max {
-        match shared.slots.clone().try_acquire_owned() {
-            Ok(slot) => slots.push(slot),
-            Err(_) => break,
-        }
-    }
+    slots.extend(shared.free_slots_now(shared.config.batch_size_max - 1));
     Some(slots)
 }
 
@@ -803,7 +926,8 @@ async fn record_loop<S: Store, O: Orchestrator>(
     }
 }
 
-/// Returns false when the engine crashed.
+/// Records the batch's outcomes and applies their decisions ([`Store::settle`]: the log
+/// entry first, I3; fenced, I4). Returns false when the engine crashed.
 async fn record_and_finalize<S: Store, O: Orchestrator>(
     shared: &Shared<S, O>,
     batch: Vec<Finished>,
@@ -824,33 +948,34 @@ async fn record_and_finalize<S: Store, O: Orchestrator>(
             now,
         })
         .collect();
-    let recorded = shared
-        .persist("record outcomes", || {
-            shared.store.record_outcomes(records.clone())
-        })
+    // On failure the outcome is not in the log: the lease expires and the Reaper retries
+    // with the same key (I7), as after a crash before the record.
+    let settled = shared
+        .persist("settle", || shared.store.settle(records.clone()))
         .await;
-    let Some(recorded) = recorded else {
+    let Some(settled) = settled else {
         return !shared.failpoints.is_crashed();
     };
-    if shared.failpoints.hit(CrashPoint::AfterRecord) {
-        return false;
-    }
-    let transitions: Vec<Transition> = records
-        .into_iter()
-        .zip(recorded)
-        .filter_map(|(record, fenced)| match fenced {
-            Fenced::Applied => Some(Transition {
-                fence: record.fence,
-                decision: record.decision,
-                now,
-            }),
+    let mut retrying = false;
+    for (record, fenced) in records.iter().zip(settled) {
+        match fenced {
+            Fenced::Applied => {
+                let state = record.decision.target_state();
+                if state.is_terminal() {
+                    shared.terminal(record.fence.id, state);
+                } else {
+                    retrying = true;
+                }
+            }
             Fenced::Rejected => {
                 tracing::warn!(id = %record.fence.id, attempt = record.fence.attempt, "outcome of a lease taken over by another worker; kept in the log, not applied");
-                None
             }
-        })
-        .collect();
-    finalize(shared, transitions).await
+        }
+    }
+    if retrying {
+        shared.wake.notify_one();
+    }
+    true
 }
 
 /// Applies recorded decisions and wakes their waiters. Returns false when the engine

@@ -56,6 +56,8 @@
 //! - [`engine`]: the lifecycle, top to bottom, with the Finalizer and the Reaper.
 //! - [`clock`]: system and manual time.
 //! - [`failpoint`]: crash points for tests (`failpoints` feature).
+//! - `faults`: a store wrapper that injects failures and unknown commits into store
+//!   calls, for tests (`failpoints` feature).
 
 #![forbid(unsafe_code)]
 
@@ -63,6 +65,8 @@ pub mod clock;
 pub mod engine;
 pub mod error;
 pub mod failpoint;
+#[cfg(feature = "failpoints")]
+pub mod faults;
 pub mod key;
 pub mod operation;
 pub mod orchestrator;
@@ -84,6 +88,6 @@ pub use outcome::Outcome;
 pub use retry::RetryPolicy;
 pub use state::OperationState;
 pub use store::{
-    Accepted, ClaimRequest, Decision, Fenced, ListFilter, NewOperation, Page, PendingOutcome,
-    RecordOutcome, Store, StoreError, Transition,
+    AcceptLease, Accepted, ClaimRequest, Decision, Fenced, ListFilter, NewOperation, Page,
+    PendingOutcome, RecordOutcome, Store, StoreError, Transition,
 };

@@ -44,6 +44,27 @@ pub enum Accepted {
     Conflict(Operation),
 }
 
+/// A lease to take on operations as they are accepted, in the accept's own transaction:
+/// a node with free worker slots starts what it accepts without a claim of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptLease {
+    /// The worker.
+    pub owner: LeaseOwner,
+    /// When the lease starts; also the attempt's start.
+    pub now: DateTime<Utc>,
+    /// How long the lease lasts.
+    pub lease_ttl: Duration,
+    /// At most this many of the batch's new operations, first come first.
+    pub limit: u32,
+}
+
+impl AcceptLease {
+    /// When the leases end: `now + lease_ttl`, saturating.
+    pub fn lease_until(&self) -> DateTime<Utc> {
+        crate::clock::add(self.now, self.lease_ttl)
+    }
+}
+
 /// A worker's request for due operations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimRequest {
@@ -234,10 +255,13 @@ impl StoreError {
 pub trait Store: Send + Sync + 'static {
     /// Inserts each operation, or returns the existing one with the same scope (I1):
     /// `Existing` when the fingerprints match, `Conflict` when they differ. New operations
-    /// are `ACCEPTED`, due at `now`, with an `ACCEPTED` log entry.
+    /// are `ACCEPTED`, due at `now`, with an `ACCEPTED` log entry; with a `lease`, the first
+    /// `lease.limit` new ones are instead `PROCESSING` under that lease at attempt 1, with
+    /// an `EXECUTING` entry too, as if claimed in the same transaction.
     fn accept(
         &self,
         batch: Vec<NewOperation>,
+        lease: Option<AcceptLease>,
     ) -> impl Future<Output = Result<Vec<Accepted>, StoreError>> + Send;
 
     /// Moves up to `limit` due `ACCEPTED` operations of the domain to `PROCESSING` with a
@@ -262,6 +286,18 @@ pub trait Store: Send + Sync + 'static {
         &self,
         batch: Vec<Transition>,
     ) -> impl Future<Output = Result<Vec<Fenced>, StoreError>> + Send;
+
+    /// Records each outcome and, where its fence matches, applies its decision: the
+    /// worker's fast path, `record_outcomes` then `finalize` as one. A store that can do
+    /// both in one transaction should (one commit instead of two); this default runs them
+    /// one after the other, which is just as safe: a crash between the two leaves a
+    /// recorded outcome for the Finalizer (I3).
+    fn settle(
+        &self,
+        batch: Vec<RecordOutcome>,
+    ) -> impl Future<Output = Result<Vec<Fenced>, StoreError>> + Send {
+        settle_in_two_steps(self, batch)
+    }
 
     /// `PROCESSING` operations of the domain whose lease ended at or before `now` and whose
     /// attempt has no recorded outcome: the reaper's candidates.
@@ -329,4 +365,32 @@ pub trait Store: Send + Sync + 'static {
         &self,
         scope: &Scope,
     ) -> impl Future<Output = Result<Vec<WalEntry>, StoreError>> + Send;
+}
+
+/// [`Store::settle`] as two transactions: [`Store::record_outcomes`], then
+/// [`Store::finalize`] of what was recorded. The trait's default; a crash between the two
+/// leaves recorded outcomes for the Finalizer (I3).
+pub async fn settle_in_two_steps<S: Store + ?Sized>(
+    store: &S,
+    batch: Vec<RecordOutcome>,
+) -> Result<Vec<Fenced>, StoreError> {
+    let recorded = store.record_outcomes(batch.clone()).await?;
+    let transitions: Vec<Transition> = batch
+        .into_iter()
+        .zip(&recorded)
+        .filter(|(_, fenced)| **fenced == Fenced::Applied)
+        .map(|(record, _)| Transition {
+            fence: record.fence,
+            decision: record.decision,
+            now: record.now,
+        })
+        .collect();
+    let mut finalized = store.finalize(transitions).await?.into_iter();
+    Ok(recorded
+        .into_iter()
+        .map(|fenced| match fenced {
+            Fenced::Applied => finalized.next().unwrap_or(Fenced::Rejected),
+            Fenced::Rejected => Fenced::Rejected,
+        })
+        .collect())
 }

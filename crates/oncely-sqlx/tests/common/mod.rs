@@ -264,6 +264,7 @@ pub fn test_config() -> EngineConfig {
         finalize_grace: Duration::from_secs(1),
         batch_size_max: 16,
         retention: None,
+        claim_on_accept: true,
     }
 }
 

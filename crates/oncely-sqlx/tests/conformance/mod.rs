@@ -55,7 +55,7 @@ pub fn at(seconds: i64) -> DateTime<Utc> {
 
 pub async fn accept<S: Store>(store: &S, key: &str, now: DateTime<Utc>) -> Operation {
     match store
-        .accept(vec![new_operation(key, 1, now)])
+        .accept(vec![new_operation(key, 1, now)], None)
         .await
         .unwrap()
         .remove(0)
@@ -158,13 +158,13 @@ pub async fn accept_inserts_then_replays_then_refuses_a_conflict<S: Store>(store
     assert_eq!(created.attempt_count, 0);
 
     let replay = store
-        .accept(vec![new_operation("a", 1, at(5))])
+        .accept(vec![new_operation("a", 1, at(5))], None)
         .await
         .unwrap();
     assert_eq!(replay, vec![Accepted::Existing(created.clone())]);
 
     let conflict = store
-        .accept(vec![new_operation("a", 2, at(6))])
+        .accept(vec![new_operation("a", 2, at(6))], None)
         .await
         .unwrap();
     assert_eq!(conflict, vec![Accepted::Conflict(created.clone())]);
@@ -174,12 +174,15 @@ pub async fn accept_inserts_then_replays_then_refuses_a_conflict<S: Store>(store
 
 pub async fn accept_batch_sees_its_own_duplicates<S: Store>(store: S) {
     let results = store
-        .accept(vec![
-            new_operation("x", 1, at(0)),
-            new_operation("x", 1, at(0)),
-            new_operation("x", 2, at(0)),
-            new_operation("y", 1, at(0)),
-        ])
+        .accept(
+            vec![
+                new_operation("x", 1, at(0)),
+                new_operation("x", 1, at(0)),
+                new_operation("x", 2, at(0)),
+                new_operation("y", 1, at(0)),
+            ],
+            None,
+        )
         .await
         .unwrap();
     assert!(matches!(results[0], Accepted::New(_)));
@@ -539,7 +542,7 @@ pub async fn concurrent_claimers_never_share_an_operation<S: Store + Clone>(stor
     let batch = (0..OPERATIONS)
         .map(|i| new_operation(&format!("c{i}"), 1, at(0)))
         .collect();
-    store.accept(batch).await.unwrap();
+    store.accept(batch, None).await.unwrap();
     let mut workers = Vec::new();
     for worker in 0..8 {
         let store = store.clone();
@@ -579,8 +582,8 @@ pub async fn concurrent_overlapping_accepts_replay_or_insert_never_fail<S: Store
         let mut backward = vec![new_operation(&format!("a{round}-own"), 1, at(0))];
         backward.extend(keys.iter().rev().map(|key| new_operation(key, 1, at(0))));
         let (a, b) = (store.clone(), store.clone());
-        let first = tokio::spawn(async move { a.accept(forward).await });
-        let second = tokio::spawn(async move { b.accept(backward).await });
+        let first = tokio::spawn(async move { a.accept(forward, None).await });
+        let second = tokio::spawn(async move { b.accept(backward, None).await });
         let (first, second) = (
             first.await.unwrap().unwrap(),
             second.await.unwrap().unwrap(),
@@ -648,6 +651,294 @@ pub async fn purge_removes_old_terminal_operations_with_their_log_and_frees_the_
     assert_eq!(again.attempt_count, 0);
 }
 
+pub fn lease(who: &str, now: DateTime<Utc>, limit: u32) -> oncely::AcceptLease {
+    oncely::AcceptLease {
+        owner: owner(who),
+        now,
+        lease_ttl: LEASE,
+        limit,
+    }
+}
+
+pub async fn accept_with_a_lease_starts_the_first_new_operations_at_once<S: Store>(store: S) {
+    accept(&store, "old", at(0)).await;
+    let results = store
+        .accept(
+            vec![
+                new_operation("old", 1, at(5)),
+                new_operation("n1", 1, at(5)),
+                new_operation("n2", 1, at(5)),
+                new_operation("n3", 1, at(5)),
+            ],
+            Some(lease("w", at(5), 3)),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(results[0], Accepted::Existing(_)),
+        "a replay is not leased"
+    );
+    // The lease covers the first three scopes of the batch; "old" was not new, so only
+    // n1 and n2 are started, and n3 waits for a claim.
+    for (index, key) in [(1, "n1"), (2, "n2")] {
+        let Accepted::New(operation) = &results[index] else {
+            panic!("{key}: {:?}", results[index]);
+        };
+        assert_eq!(operation.state, OperationState::Processing, "{key}");
+        assert_eq!(operation.attempt_count, 1, "{key}");
+        assert_eq!(operation.last_attempt_at, Some(at(5)), "{key}");
+        let held = operation.lease.as_ref().unwrap();
+        assert_eq!(
+            (held.owner.clone(), held.until),
+            (owner("w"), at(35)),
+            "{key}"
+        );
+        assert_eq!(&get(&store, key).await, operation, "{key}: as stored");
+        assert_eq!(
+            kinds(&store, key).await,
+            [WalKind::Accepted, WalKind::Executing],
+            "{key}"
+        );
+    }
+    let Accepted::New(waiting) = &results[3] else {
+        panic!("n3: {:?}", results[3]);
+    };
+    assert_eq!(waiting.state, OperationState::Accepted);
+    assert!(waiting.lease.is_none());
+    let claimed: Vec<_> = claim(&store, "other", at(6), 10)
+        .await
+        .into_iter()
+        .map(|operation| operation.scope.key.to_string())
+        .collect();
+    assert_eq!(
+        claimed,
+        ["old", "n3"],
+        "leased operations are not claimable"
+    );
+    // A leased operation settles like a claimed one.
+    let n1 = get(&store, "n1").await;
+    let fence = n1.fence().unwrap();
+    let (recorded, decision) = record(&store, &n1, &fence, ok_outcome("t"), at(7)).await;
+    assert_eq!(recorded, Fenced::Applied);
+    assert_eq!(
+        finalize(&store, &fence, decision, at(8)).await,
+        Fenced::Applied
+    );
+}
+
+/// Settles `outcome` for the attempt behind `fence`, with the engine's own decision.
+pub async fn settle<S: Store>(
+    store: &S,
+    operation: &Operation,
+    fence: &Fence,
+    outcome: Outcome,
+    now: DateTime<Utc>,
+) -> Fenced {
+    let decision = decide(&RetryPolicy::default(), operation, &outcome, false, now);
+    store
+        .settle(vec![RecordOutcome {
+            fence: fence.clone(),
+            outcome,
+            decision,
+            now,
+        }])
+        .await
+        .unwrap()
+        .remove(0)
+}
+
+pub async fn settle_records_then_applies_in_one_step<S: Store>(store: S) {
+    for key in ["ok", "retry", "declined"] {
+        accept(&store, key, at(0)).await;
+    }
+    let claimed = claim(&store, "w", at(1), 3).await;
+    let by_key = |key: &str| {
+        claimed
+            .iter()
+            .find(|o| o.scope.key.as_str() == key)
+            .unwrap()
+    };
+    let outcomes = [
+        ("ok", ok_outcome("tx")),
+        ("retry", Outcome::retry("503")),
+        (
+            "declined",
+            Outcome::fail("no").with_error_code("card_declined"),
+        ),
+    ];
+    for (key, outcome) in outcomes {
+        let operation = by_key(key);
+        let fenced = settle(
+            &store,
+            operation,
+            &operation.fence().unwrap(),
+            outcome,
+            at(2),
+        )
+        .await;
+        assert_eq!(fenced, Fenced::Applied, "{key}");
+        let history = store.history(&scope(key)).await.unwrap();
+        let kinds: Vec<_> = history.iter().map(|entry| entry.kind).collect();
+        // I3: the outcome's entry before the one that applies it.
+        assert_eq!(
+            kinds,
+            [
+                WalKind::Accepted,
+                WalKind::Executing,
+                WalKind::OutcomeRecorded,
+                WalKind::Finalized
+            ],
+            "{key}"
+        );
+        assert_eq!(history[2].state_after, OperationState::Processing, "{key}");
+        assert_eq!(
+            history[3].state_after,
+            get(&store, key).await.state,
+            "{key}"
+        );
+        assert_eq!(get(&store, key).await.recorded_attempt, Some(1), "{key}");
+    }
+    let done = get(&store, "ok").await;
+    assert_eq!(done.state, OperationState::Completed);
+    assert_eq!(done.outcome_data, Some(json!({ "transactionId": "tx" })));
+    assert!(done.lease.is_none());
+    let retrying = get(&store, "retry").await;
+    assert_eq!(retrying.state, OperationState::Accepted);
+    assert_eq!(
+        retrying.next_retry_at,
+        Some(at(2 + 20)),
+        "the seed's backoff"
+    );
+    let declined = get(&store, "declined").await;
+    assert_eq!(declined.state, OperationState::Failed);
+    assert_eq!(declined.error_code.as_deref(), Some("card_declined"));
+    // The retry is claimable again at attempt 2, and settles again.
+    let again = claim(&store, "w2", at(30), 10).await.remove(0);
+    assert_eq!(
+        (again.scope.key.as_str(), again.attempt_count),
+        ("retry", 2)
+    );
+    let fenced = settle(
+        &store,
+        &again,
+        &again.fence().unwrap(),
+        ok_outcome("t2"),
+        at(31),
+    )
+    .await;
+    assert_eq!(fenced, Fenced::Applied);
+    assert_eq!(get(&store, "retry").await.state, OperationState::Completed);
+}
+
+pub async fn a_zombies_settle_is_kept_in_the_log_and_changes_nothing<S: Store>(store: S) {
+    accept(&store, "z", at(0)).await;
+    let a_view = claim(&store, "A", at(1), 1).await.remove(0);
+    let expired = store.expired_leases(&domain(), at(40), 10).await.unwrap();
+    assert_eq!(
+        store
+            .reap(vec![reap_transition(&expired[0], at(40))])
+            .await
+            .unwrap(),
+        [Fenced::Applied]
+    );
+    let b_view = claim(&store, "B", at(100), 1).await.remove(0);
+    let before = get(&store, "z").await;
+    assert_eq!(before, b_view);
+    let late = settle(
+        &store,
+        &a_view,
+        &a_view.fence().unwrap(),
+        ok_outcome("from-A"),
+        at(101),
+    )
+    .await;
+    assert_eq!(late, Fenced::Rejected);
+    assert_eq!(get(&store, "z").await, before, "I4: nothing changed");
+    let history = kinds(&store, "z").await;
+    assert_eq!(
+        history.last(),
+        Some(&WalKind::OutcomeRejected),
+        "{history:?}"
+    );
+    assert!(!history.contains(&WalKind::Finalized), "{history:?}");
+    // A forged owner on the current attempt is refused the same way.
+    let forged = Fence {
+        owner: owner("impostor"),
+        ..b_view.fence().unwrap()
+    };
+    assert_eq!(
+        settle(&store, &b_view, &forged, ok_outcome("x"), at(102)).await,
+        Fenced::Rejected
+    );
+    assert_eq!(get(&store, "z").await, before);
+}
+
+pub async fn finalize_and_reap_check_the_lease_owner_too<S: Store>(store: S) {
+    // Finalize: the outcome is recorded by the real owner, so only the owner part of the
+    // fence stands between a forged finalize and the operation.
+    accept(&store, "f", at(0)).await;
+    let operation = claim(&store, "real", at(1), 1).await.remove(0);
+    let fence = operation.fence().unwrap();
+    let (recorded, decision) = record(&store, &operation, &fence, ok_outcome("t"), at(2)).await;
+    assert_eq!(recorded, Fenced::Applied);
+    let recorded_view = get(&store, "f").await;
+    let forged = Fence {
+        owner: owner("impostor"),
+        ..fence.clone()
+    };
+    assert_eq!(
+        finalize(&store, &forged, decision.clone(), at(3)).await,
+        Fenced::Rejected
+    );
+    assert_eq!(get(&store, "f").await, recorded_view, "I4: nothing changed");
+    assert_eq!(
+        finalize(&store, &fence, decision, at(3)).await,
+        Fenced::Applied
+    );
+
+    // Reap: the lease has expired and nothing is recorded; only the owner is wrong.
+    accept(&store, "r", at(0)).await;
+    let operation = claim(&store, "real", at(1), 1).await.remove(0);
+    let mut reap = reap_transition(&operation, at(40));
+    reap.fence.owner = owner("impostor");
+    assert_eq!(store.reap(vec![reap]).await.unwrap(), [Fenced::Rejected]);
+    assert_eq!(get(&store, "r").await, operation, "I4: nothing changed");
+}
+
+pub async fn a_reap_from_a_stale_read_loses_to_an_outcome_recorded_since<S: Store>(store: S) {
+    accept(&store, "s", at(0)).await;
+    let operation = claim(&store, "w", at(1), 1).await.remove(0);
+    // The Reaper reads the expired lease...
+    let expired = store.expired_leases(&domain(), at(40), 10).await.unwrap();
+    assert_eq!(expired.len(), 1);
+    let stale = reap_transition(&expired[0], at(40));
+    // ...the worker's outcome lands meanwhile (its lease ran out while it answered)...
+    let (recorded, _) = record(
+        &store,
+        &operation,
+        &operation.fence().unwrap(),
+        ok_outcome("t"),
+        at(41),
+    )
+    .await;
+    assert_eq!(recorded, Fenced::Applied);
+    // ...and the reap, decided on the stale read, must not throw the outcome away (I3).
+    assert_eq!(store.reap(vec![stale]).await.unwrap(), [Fenced::Rejected]);
+    let now = get(&store, "s").await;
+    assert_eq!(now.state, OperationState::Processing);
+    assert_eq!(now.recorded_attempt, Some(1));
+    assert!(!kinds(&store, "s").await.contains(&WalKind::Reaped));
+    assert_eq!(
+        store
+            .pending_outcomes(&domain(), at(41), 10)
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "the Finalizer's now"
+    );
+}
+
 /// Instantiates every conformance test for one backend. `$open` is an async fn returning
 /// `(guard, store)`; the guard keeps the database alive for the test.
 #[macro_export]
@@ -670,6 +961,11 @@ macro_rules! conformance_suite {
             concurrent_claimers_never_share_an_operation,
             concurrent_overlapping_accepts_replay_or_insert_never_fail,
             purge_removes_old_terminal_operations_with_their_log_and_frees_the_key,
+            accept_with_a_lease_starts_the_first_new_operations_at_once,
+            settle_records_then_applies_in_one_step,
+            a_zombies_settle_is_kept_in_the_log_and_changes_nothing,
+            finalize_and_reap_check_the_lease_owner_too,
+            a_reap_from_a_stale_read_loses_to_an_outcome_recorded_since,
         );
     };
     (@tests $open:path; $($name:ident),* $(,)?) => {

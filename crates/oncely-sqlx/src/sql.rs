@@ -1,0 +1,602 @@
+//! Every statement of the store, written once for all backends. A [`Dialect`] renders the
+//! few parts that differ; [`Statements::new`] does it once per store.
+//!
+//! The rules that carry the invariants are here and nowhere else:
+//!
+//! - [`FENCE`] (I4): a write about an attempt matches its row only while that attempt,
+//!   under that lease owner, is the current one. A zombie's write matches nothing.
+//! - [`RECORDED`] (I3): a finalize applies only an outcome that is already in the log.
+//! - [`REAPABLE`] (I3): the Reaper takes back only an expired lease with no recorded
+//!   outcome; a recorded outcome is the Finalizer's.
+//! - Every write appends its log entries in the same transaction (I6), and a lifecycle
+//!   step that records an outcome appends it before the entry that applies it.
+
+use oncely::WalKind;
+
+use crate::dialect::{Column, Dialect, Ty, column};
+
+/// I4: the attempt's fence. `t` is the batch row, `o` the operation.
+pub(crate) const FENCE: &str = "o.id = t.id AND o.state = 'PROCESSING' \
+     AND o.attempt_count = t.attempt AND o.lease_owner = t.owner";
+
+/// I3, WAL first: the attempt's outcome is in the log.
+pub(crate) const RECORDED: &str = "o.recorded_attempt = o.attempt_count";
+
+/// I3, for the Reaper: the lease has ended and the attempt has no recorded outcome.
+pub(crate) const REAPABLE: &str = "o.lease_until <= t.at \
+     AND (o.recorded_attempt IS NULL OR o.recorded_attempt <> o.attempt_count)";
+
+/// The operation's columns, in the order `rows::operation` reads them by name.
+const OPERATION: [&str; 21] = [
+    "id",
+    "tenant",
+    "domain",
+    "idem_key",
+    "event_type",
+    "state",
+    "payload",
+    "fingerprint",
+    "attempt_count",
+    "attempt_floor",
+    "recorded_attempt",
+    "last_attempt_at",
+    "next_retry_at",
+    "lease_owner",
+    "lease_until",
+    "outcome_data",
+    "error_code",
+    "error_message",
+    "created_at",
+    "updated_at",
+    "completed_at",
+];
+
+/// The operation columns kept as JSON.
+const JSON_COLUMNS: [&str; 2] = ["payload", "outcome_data"];
+
+/// An accept's batch: one row per new scope, in scope order (`ord`), written as the row
+/// should be stored (`state`, `attempt`, lease) and with its log entries' details.
+pub(crate) const ACCEPT: &[Column] = &[
+    column("ord", Ty::Int),
+    column("tenant", Ty::Name),
+    column("domain", Ty::Name),
+    column("idem_key", Ty::Name),
+    column("event_type", Ty::Text),
+    column("state", Ty::Name),
+    column("payload", Ty::Text),
+    column("fingerprint", Ty::Name),
+    column("attempt", Ty::Int),
+    column("owner", Ty::Name),
+    column("lease_until", Ty::Int),
+    column("last_attempt_at", Ty::Int),
+    column("at", Ty::Int),
+    column("accepted", Ty::Text),
+    column("executing", Ty::Text),
+];
+
+/// The operations an accept inserted, for its log entries.
+pub(crate) const INSERTED: &[Column] = &[
+    column("id", Ty::Int),
+    column("tenant", Ty::Name),
+    column("domain", Ty::Name),
+    column("idem_key", Ty::Name),
+];
+
+/// Scopes to look up.
+pub(crate) const SCOPE: &[Column] = &[
+    column("tenant", Ty::Name),
+    column("domain", Ty::Name),
+    column("idem_key", Ty::Name),
+];
+
+/// Operation ids (and, from an update, the attempt each is at).
+pub(crate) const ID: &[Column] = &[column("id", Ty::Int), column("attempt", Ty::Int)];
+
+/// A fenced write's batch: the fence, the time, the decision's columns and the details
+/// of its log entries.
+pub(crate) const WRITE: &[Column] = &[
+    column("id", Ty::Int),
+    column("attempt", Ty::Int),
+    column("owner", Ty::Name),
+    column("at", Ty::Int),
+    column("state", Ty::Name),
+    column("outcome_data", Ty::Text),
+    column("error_code", Ty::Text),
+    column("error_message", Ty::Text),
+    column("next_retry_at", Ty::Int),
+    column("completed_at", Ty::Int),
+    column("recorded", Ty::Text),
+    column("finalized", Ty::Text),
+];
+
+/// A claim's batch: the rows a claim took, with the lease.
+pub(crate) const CLAIM: &[Column] = &[
+    column("id", Ty::Int),
+    column("owner", Ty::Name),
+    column("lease_until", Ty::Int),
+    column("at", Ty::Int),
+];
+
+/// An operator's action on one operation: which, from which state, when.
+pub(crate) const ACTION: &[Column] = &[
+    column("id", Ty::Int),
+    column("state", Ty::Name),
+    column("at", Ty::Int),
+];
+
+/// Log entries written as they are given.
+pub(crate) const ENTRY: &[Column] = &[
+    column("n", Ty::Int),
+    column("operation_id", Ty::Int),
+    column("kind", Ty::Name),
+    column("attempt", Ty::Int),
+    column("lease_owner", Ty::Name),
+    column("state_after", Ty::Name),
+    column("detail", Ty::Text),
+    column("recorded_at", Ty::Int),
+];
+
+const WAL_INSERT: &str = "INSERT INTO oncely_wal \
+     (operation_id, kind, attempt, lease_owner, state_after, detail, recorded_at)";
+
+const INSERT_OPERATIONS: &str = "INSERT INTO oncely_operations \
+     (tenant, domain, idem_key, event_type, state, payload, fingerprint, attempt_count, \
+      lease_owner, lease_until, last_attempt_at, next_retry_at, created_at, updated_at)";
+
+/// `o` and `t` name the same scope.
+const SAME_SCOPE: &str = "o.tenant = t.tenant AND o.domain = t.domain AND o.idem_key = t.idem_key";
+
+/// Which rows of a fenced write a log entry is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rows {
+    /// The rows the write changed.
+    Applied,
+    /// The rows it matched nothing for, which still exist.
+    Rejected,
+}
+
+/// One log entry a fenced write appends per row: its kind, the state after it and its
+/// detail, as SQL over `t` (the batch row) and `o` (the operation, for rejected rows).
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    rows: Rows,
+    kind: WalKind,
+    state_after: &'static str,
+    detail: &'static str,
+}
+
+/// A fenced write: what it sets, what it requires besides the fence, what it logs.
+struct Write {
+    set: &'static [(&'static str, &'static str)],
+    guard: &'static str,
+    entries: &'static [Entry],
+}
+
+/// What a decision writes (the JSON column is converted by the dialect).
+const DECISION: &[(&str, &str)] = &[
+    ("state", "t.state"),
+    ("outcome_data", "json:t.outcome_data"),
+    ("error_code", "t.error_code"),
+    ("error_message", "t.error_message"),
+    ("next_retry_at", "t.next_retry_at"),
+    ("completed_at", "t.completed_at"),
+    ("updated_at", "t.at"),
+    ("lease_owner", "NULL"),
+    ("lease_until", "NULL"),
+];
+
+const RECORD_ENTRIES: [Entry; 2] = [
+    Entry {
+        rows: Rows::Applied,
+        kind: WalKind::OutcomeRecorded,
+        state_after: "'PROCESSING'",
+        detail: "t.recorded",
+    },
+    // I4: a zombie's outcome is kept for the record, never applied.
+    Entry {
+        rows: Rows::Rejected,
+        kind: WalKind::OutcomeRejected,
+        state_after: "o.state",
+        detail: "t.recorded",
+    },
+];
+
+const RECORD: Write = Write {
+    set: &[
+        ("recorded_attempt", "o.attempt_count"),
+        ("updated_at", "t.at"),
+    ],
+    guard: "",
+    entries: &RECORD_ENTRIES,
+};
+
+const SETTLE: Write = Write {
+    set: &[
+        ("recorded_attempt", "o.attempt_count"),
+        ("state", "t.state"),
+        ("outcome_data", "json:t.outcome_data"),
+        ("error_code", "t.error_code"),
+        ("error_message", "t.error_message"),
+        ("next_retry_at", "t.next_retry_at"),
+        ("completed_at", "t.completed_at"),
+        ("updated_at", "t.at"),
+        ("lease_owner", "NULL"),
+        ("lease_until", "NULL"),
+    ],
+    guard: "",
+    entries: &[
+        // I3: the outcome's entry first, then the one that applies it.
+        RECORD_ENTRIES[0],
+        Entry {
+            rows: Rows::Applied,
+            kind: WalKind::Finalized,
+            state_after: "t.state",
+            detail: "t.finalized",
+        },
+        RECORD_ENTRIES[1],
+    ],
+};
+
+const FINALIZE: Write = Write {
+    set: DECISION,
+    guard: RECORDED,
+    entries: &[Entry {
+        rows: Rows::Applied,
+        kind: WalKind::Finalized,
+        state_after: "t.state",
+        detail: "t.finalized",
+    }],
+};
+
+const REAP: Write = Write {
+    set: DECISION,
+    guard: REAPABLE,
+    entries: &[Entry {
+        rows: Rows::Applied,
+        kind: WalKind::Reaped,
+        state_after: "t.state",
+        detail: "t.finalized",
+    }],
+};
+
+/// How a fenced write runs on a backend.
+#[derive(Debug, Clone)]
+pub(crate) enum WriteSql {
+    /// One statement: update and log; returns the changed ids (PostgreSQL).
+    Fused(String),
+    /// `UPDATE … RETURNING` the changed ids, then the log (SQLite).
+    Returning {
+        /// Returns `id, attempt` of the changed rows.
+        update: String,
+        /// Binds the batch and the changed ids.
+        log: String,
+    },
+    /// Lock and read the rows the fence matches, update them, then the log (MySQL).
+    Locking {
+        /// Returns `id, attempt` of the rows the write will change, locked.
+        select: String,
+        /// The update itself.
+        update: String,
+        /// Binds the batch and the changed ids.
+        log: String,
+    },
+}
+
+/// How an accept inserts on a backend.
+#[derive(Debug, Clone)]
+pub(crate) enum AcceptSql {
+    /// One statement: insert what is new, log it, return it (PostgreSQL).
+    Fused(String),
+    /// Insert what is new returning it, then log it (SQLite).
+    Returning {
+        /// `INSERT … ON CONFLICT DO NOTHING RETURNING`.
+        insert: String,
+        /// Binds the accept batch and the inserted rows.
+        log: String,
+    },
+    /// Insert rows known to be new; a duplicate key means another node was first, and
+    /// the batch is looked up again (MySQL).
+    Plain {
+        /// A plain `INSERT`.
+        insert: String,
+        /// Binds the accept batch and the inserted rows.
+        log: String,
+    },
+}
+
+/// Every statement, rendered for one dialect.
+#[derive(Debug, Clone)]
+pub(crate) struct Statements {
+    pub(crate) accept: AcceptSql,
+    pub(crate) by_scope: String,
+    pub(crate) by_ids: String,
+    pub(crate) get: String,
+    pub(crate) due: String,
+    pub(crate) claim: String,
+    pub(crate) append: String,
+    pub(crate) record: WriteSql,
+    pub(crate) settle: WriteSql,
+    pub(crate) finalize: WriteSql,
+    pub(crate) reap: WriteSql,
+    pub(crate) expired: String,
+    pub(crate) pending: String,
+    pub(crate) retry: String,
+    pub(crate) ended: String,
+    pub(crate) delete: String,
+    pub(crate) history: String,
+    pub(crate) notify: Option<String>,
+}
+
+impl Statements {
+    /// Renders every statement for `dialect`.
+    pub(crate) fn new(dialect: &Dialect) -> Self {
+        let d = dialect;
+        let p = |sql: String| d.placeholders(&sql);
+        let select = operation_columns(d, "o.");
+        Self {
+            accept: accept(d),
+            by_scope: p(format!(
+                "SELECT {select} FROM oncely_operations o JOIN {} ON {SAME_SCOPE}",
+                (d.rows)("t", SCOPE)
+            )),
+            by_ids: p(format!(
+                "SELECT {select} FROM oncely_operations o JOIN {} ON o.id = t.id \
+                 ORDER BY o.next_retry_at, o.id",
+                (d.rows)("t", ID)
+            )),
+            get: p(format!(
+                "SELECT {select} FROM oncely_operations o \
+                 WHERE o.tenant = ? AND o.domain = ? AND o.idem_key = ?"
+            )),
+            due: p(format!(
+                "SELECT o.id FROM oncely_operations o \
+                 WHERE o.domain = ? AND o.state = 'ACCEPTED' AND o.next_retry_at <= ? \
+                 ORDER BY o.next_retry_at, o.id LIMIT ?{}",
+                d.locks.skip_locked
+            )),
+            claim: p((d.update)(
+                &[
+                    ("state", "'PROCESSING'"),
+                    ("attempt_count", "o.attempt_count + 1"),
+                    ("lease_owner", "t.owner"),
+                    ("lease_until", "t.lease_until"),
+                    ("last_attempt_at", "t.at"),
+                    ("updated_at", "t.at"),
+                ],
+                &(d.rows)("t", CLAIM),
+                "o.id = t.id AND o.state = 'ACCEPTED'",
+            )),
+            append: p(format!(
+                "{WAL_INSERT} SELECT t.operation_id, t.kind, t.attempt, t.lease_owner, \
+                 t.state_after, {}, t.recorded_at FROM {} ORDER BY t.n",
+                (d.json_in)("t.detail"),
+                (d.rows)("t", ENTRY)
+            )),
+            record: write(d, &RECORD),
+            settle: write(d, &SETTLE),
+            finalize: write(d, &FINALIZE),
+            reap: write(d, &REAP),
+            expired: p(format!(
+                "SELECT {select} FROM oncely_operations o \
+                 WHERE o.domain = ? AND o.state = 'PROCESSING' AND o.lease_until <= ? \
+                 AND (o.recorded_attempt IS NULL OR o.recorded_attempt <> o.attempt_count) \
+                 ORDER BY o.lease_until, o.id LIMIT ?"
+            )),
+            pending: p(format!(
+                "SELECT {select}, {} AS recorded_detail FROM oncely_operations o \
+                 JOIN oncely_wal w ON w.operation_id = o.id AND w.kind = 'OUTCOME_RECORDED' \
+                     AND w.attempt = o.attempt_count AND w.lease_owner = o.lease_owner \
+                 WHERE o.domain = ? AND o.state = 'PROCESSING' AND {RECORDED} \
+                     AND w.recorded_at <= ? \
+                 ORDER BY o.id LIMIT ?",
+                (d.json_out)("w.detail")
+            )),
+            retry: p((d.update)(
+                &[
+                    ("state", "'ACCEPTED'"),
+                    ("attempt_floor", "o.attempt_count"),
+                    ("next_retry_at", "t.at"),
+                    ("completed_at", "NULL"),
+                    ("outcome_data", "NULL"),
+                    ("error_code", "NULL"),
+                    ("error_message", "NULL"),
+                    ("updated_at", "t.at"),
+                ],
+                &(d.rows)("t", ACTION),
+                "o.id = t.id AND o.state = t.state",
+            )),
+            ended: p(format!(
+                "SELECT o.id FROM oncely_operations o \
+                 WHERE o.domain = ? AND o.completed_at IS NOT NULL AND o.completed_at < ? \
+                 ORDER BY o.completed_at, o.id LIMIT ?{}",
+                d.locks.skip_locked
+            )),
+            delete: p(format!(
+                "DELETE FROM oncely_operations WHERE completed_at IS NOT NULL \
+                 AND id IN (SELECT t.id FROM {})",
+                (d.rows)("t", ID)
+            )),
+            history: p(format!(
+                "SELECT w.seq, w.operation_id, w.kind, w.attempt, w.lease_owner, w.state_after, \
+                 {} AS detail, w.recorded_at FROM oncely_wal w WHERE w.operation_id = ? \
+                 ORDER BY w.seq",
+                (d.json_out)("w.detail")
+            )),
+            notify: d.notify.map(|sql| p(sql.to_owned())),
+        }
+    }
+}
+
+/// The operation's columns as `rows::operation` reads them, prefixed (`o.`), with JSON
+/// read back as text.
+pub(crate) fn operation_columns(d: &Dialect, prefix: &str) -> String {
+    OPERATION
+        .iter()
+        .map(|name| {
+            if JSON_COLUMNS.contains(name) {
+                format!("{} AS {name}", (d.json_out)(&format!("{prefix}{name}")))
+            } else {
+                format!("{prefix}{name}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `assignments` with `json:` values converted for the dialect.
+fn assignments(d: &Dialect, set: &[(&'static str, &'static str)]) -> Vec<(&'static str, String)> {
+    set.iter()
+        .map(|(name, value)| match value.strip_prefix("json:") {
+            Some(text) => (*name, (d.json_in)(text)),
+            None => (*name, (*value).to_owned()),
+        })
+        .collect()
+}
+
+fn update(
+    d: &Dialect,
+    set: &[(&'static str, &'static str)],
+    source: &str,
+    predicate: &str,
+) -> String {
+    let set = assignments(d, set);
+    let pairs: Vec<(&str, &str)> = set.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    (d.update)(&pairs, source, predicate)
+}
+
+/// The `SELECT` of a log insert: `branches` (each with the columns of an entry and its
+/// order `n` within the operation), in log order.
+fn log_select(d: &Dialect, branches: &[String]) -> String {
+    format!(
+        "SELECT e.operation_id, e.kind, e.attempt, e.lease_owner, e.state_after, {}, \
+         e.recorded_at FROM ({}) e ORDER BY e.operation_id, e.n",
+        (d.json_in)("e.detail"),
+        branches.join(" UNION ALL ")
+    )
+}
+
+/// The log entries of a fenced write, over `t` (the batch) and `a` (the changed rows).
+fn write_log(d: &Dialect, entries: &[Entry]) -> String {
+    let branches: Vec<String> = entries
+        .iter()
+        .enumerate()
+        .map(|(n, entry)| {
+            let columns = format!(
+                "SELECT t.id AS operation_id, '{}' AS kind, t.attempt AS attempt, \
+                 t.owner AS lease_owner, {} AS state_after, {} AS detail, \
+                 t.at AS recorded_at, {n} AS n",
+                entry.kind.as_str(),
+                entry.state_after,
+                entry.detail
+            );
+            match entry.rows {
+                Rows::Applied => format!("{columns} FROM t JOIN a ON a.id = t.id"),
+                Rows::Rejected => format!(
+                    "{columns} FROM t JOIN oncely_operations o ON o.id = t.id \
+                     WHERE t.id NOT IN (SELECT a.id FROM a)"
+                ),
+            }
+        })
+        .collect();
+    log_select(d, &branches)
+}
+
+fn write(d: &Dialect, write: &Write) -> WriteSql {
+    let guard = if write.guard.is_empty() {
+        FENCE.to_owned()
+    } else {
+        format!("{FENCE} AND {}", write.guard)
+    };
+    let log = write_log(d, write.entries);
+    if d.writable_cte {
+        let update = update(d, write.set, "t", &guard);
+        return WriteSql::Fused(d.placeholders(&format!(
+            "WITH t AS (SELECT * FROM {}), \
+             a AS ({update} RETURNING {r}id, {r}attempt_count AS attempt), \
+             w AS ({WAL_INSERT} {log}) \
+             SELECT id, attempt FROM a",
+            (d.rows)("r", WRITE),
+            r = d.returning_prefix
+        )));
+    }
+    let logged = d.placeholders(&format!(
+        "{WAL_INSERT} WITH t AS (SELECT * FROM {}), a AS (SELECT * FROM {}) {log}",
+        (d.rows)("r", WRITE),
+        (d.rows)("s", ID)
+    ));
+    let source = (d.rows)("t", WRITE);
+    let updated = update(d, write.set, &source, &guard);
+    if d.returning {
+        return WriteSql::Returning {
+            update: d.placeholders(&format!(
+                "{updated} RETURNING {r}id, {r}attempt_count AS attempt",
+                r = d.returning_prefix
+            )),
+            log: logged,
+        };
+    }
+    WriteSql::Locking {
+        select: d.placeholders(&format!(
+            "SELECT o.id, o.attempt_count AS attempt FROM oncely_operations o \
+             JOIN {source} ON {guard}{}",
+            d.locks.for_update
+        )),
+        update: d.placeholders(&updated),
+        log: logged,
+    }
+}
+
+/// The `ACCEPTED` entry of every inserted operation and the `EXECUTING` entry of those
+/// leased on accept, over `t` (the batch) and `i` (the inserted rows).
+fn accept_log(d: &Dialect) -> String {
+    let same = "i.tenant = t.tenant AND i.domain = t.domain AND i.idem_key = t.idem_key";
+    log_select(
+        d,
+        &[
+            format!(
+                "SELECT i.id AS operation_id, 'ACCEPTED' AS kind, 0 AS attempt, \
+                 NULL AS lease_owner, 'ACCEPTED' AS state_after, t.accepted AS detail, \
+                 t.at AS recorded_at, 0 AS n FROM i JOIN t ON {same}"
+            ),
+            format!(
+                "SELECT i.id, 'EXECUTING', 1, t.owner, 'PROCESSING', t.executing, t.at, 1 \
+                 FROM i JOIN t ON {same} WHERE t.attempt = 1"
+            ),
+        ],
+    )
+}
+
+fn accept(d: &Dialect) -> AcceptSql {
+    let select = format!(
+        "SELECT t.tenant, t.domain, t.idem_key, t.event_type, t.state, {}, t.fingerprint, \
+         t.attempt, t.owner, t.lease_until, t.last_attempt_at, t.at, t.at, t.at \
+         FROM t WHERE 1 = 1 ORDER BY t.ord",
+        (d.json_in)("t.payload")
+    );
+    let batch = format!("t AS (SELECT * FROM {})", (d.rows)("r", ACCEPT));
+    let log = accept_log(d);
+    let returned = operation_columns(d, "");
+    let ignore = "ON CONFLICT (tenant, domain, idem_key) DO NOTHING";
+    if d.writable_cte {
+        return AcceptSql::Fused(d.placeholders(&format!(
+            "WITH {batch}, i AS ({INSERT_OPERATIONS} {select} {ignore} RETURNING {returned}), \
+             w AS ({WAL_INSERT} {log}) SELECT * FROM i"
+        )));
+    }
+    let insert = format!("{INSERT_OPERATIONS} WITH {batch} {select}");
+    let logged = d.placeholders(&format!(
+        "{WAL_INSERT} WITH {batch}, i AS (SELECT * FROM {}) {log}",
+        (d.rows)("s", INSERTED)
+    ));
+    if d.insert_or_ignore {
+        AcceptSql::Returning {
+            insert: d.placeholders(&format!("{insert} {ignore} RETURNING {returned}")),
+            log: logged,
+        }
+    } else {
+        AcceptSql::Plain {
+            insert: d.placeholders(&insert),
+            log: logged,
+        }
+    }
+}

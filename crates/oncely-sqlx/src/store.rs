@@ -1,0 +1,936 @@
+//! [`SqlStore`]: oncely's [`Store`] on any of the SQL backends, written once.
+//!
+//! Each method is one transaction; each lifecycle write is one statement on PostgreSQL
+//! (a data-modifying `WITH`), and two or three on SQLite and MySQL, which lack it. The
+//! statements themselves, with the fence and the WAL-first guard, are in `sql`; what
+//! differs between the databases is in each backend's `Dialect`.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use oncely::{
+    AcceptLease, Accepted, ClaimRequest, CrashPoint, DomainName, Failpoints, Fenced, ListFilter,
+    NewOperation, Operation, OperationState, Page, PendingOutcome, RecordOutcome, Scope, Store,
+    StoreError, Transition, WalEntry, WalKind,
+};
+use serde_json::{Value, json};
+use sqlx::pool::PoolOptions;
+use sqlx::{Pool, Transaction};
+use tokio::sync::Notify;
+
+use crate::backend::{Backend, Columns, Exec, Param};
+use crate::rows::{self, database, millis};
+use crate::sql::{AcceptSql, Statements, WriteSql, operation_columns};
+use crate::{LIST_LIMIT_MAX, OpenError, decision_columns};
+
+/// How many times an accept looks up its batch again after another node inserted one of
+/// its keys first (MySQL, which has no `ON CONFLICT DO NOTHING`). Each round turns at
+/// least one key into a replay, so a batch needs at most one per key; past this bound the
+/// batch fails and the engine tries it again.
+const ACCEPT_ROUNDS_MAX: usize = 16;
+
+/// oncely's store on one SQL database: [`SqliteStore`](crate::SqliteStore),
+/// [`PgStore`](crate::PgStore) or [`MySqlStore`](crate::MySqlStore). Cheap to clone:
+/// clones share the pools.
+pub struct SqlStore<B: Backend> {
+    writer: Pool<B::Db>,
+    reader: Pool<B::Db>,
+    statements: Arc<Statements>,
+    failpoints: Failpoints,
+    signal: Option<Arc<Notify>>,
+    _backend: PhantomData<fn() -> B>,
+}
+
+impl<B: Backend> Clone for SqlStore<B> {
+    fn clone(&self) -> Self {
+        Self {
+            writer: self.writer.clone(),
+            reader: self.reader.clone(),
+            statements: self.statements.clone(),
+            failpoints: self.failpoints.clone(),
+            signal: self.signal.clone(),
+            _backend: PhantomData,
+        }
+    }
+}
+
+impl<B: Backend> fmt::Debug for SqlStore<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqlStore")
+            .field("backend", &B::NAME)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Backend> SqlStore<B> {
+    /// A store over `writer` (every write) and `reader` (reads; may be the same pool).
+    /// `signal` is notified when another node may have accepted work.
+    pub(crate) fn from_pools(
+        writer: Pool<B::Db>,
+        reader: Pool<B::Db>,
+        signal: Option<Arc<Notify>>,
+    ) -> Self {
+        Self {
+            writer,
+            reader,
+            statements: Arc::new(Statements::new(&B::DIALECT)),
+            failpoints: Failpoints::default(),
+            signal,
+            _backend: PhantomData,
+        }
+    }
+
+    /// Opens the database `url` names and brings its schema up to date.
+    pub async fn open(url: &str) -> Result<Self, OpenError> {
+        let store = Self::open_without_migrating(url).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Opens the database `url` names without touching its schema (it must be migrated
+    /// already, or `/readyz` says it is not).
+    pub async fn open_without_migrating(url: &str) -> Result<Self, OpenError> {
+        B::connect(url).await
+    }
+
+    /// Applies the embedded migrations that the database does not have yet.
+    pub async fn migrate(&self) -> Result<(), OpenError> {
+        B::migrator().run(&self.writer).await?;
+        Ok(())
+    }
+
+    /// Shares crash points with a test: every write fails once the switch trips;
+    /// `record_outcomes` trips [`CrashPoint::AfterRecord`] just after its commit, and
+    /// `finalize` and `settle` trip [`CrashPoint::DuringFinalize`] just before theirs.
+    pub fn with_failpoints(mut self, failpoints: Failpoints) -> Self {
+        self.failpoints = failpoints;
+        self
+    }
+
+    /// Closes the pools, waiting for their connections to finish.
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, B::Db>, StoreError> {
+        if self.failpoints.is_crashed() {
+            return Err(StoreError::Crashed);
+        }
+        self.writer.begin().await.map_err(database)
+    }
+
+    async fn commit(&self, transaction: Transaction<'static, B::Db>) -> Result<(), StoreError> {
+        if self.failpoints.is_crashed() {
+            return Err(StoreError::Crashed); // dropped: rolled back
+        }
+        transaction.commit().await.map_err(database)
+    }
+
+    /// Trips `point` if a test armed it; the open transaction is then rolled back.
+    fn crash_at(&self, point: CrashPoint) -> Result<(), StoreError> {
+        if self.failpoints.hit(point) {
+            return Err(StoreError::Crashed);
+        }
+        Ok(())
+    }
+}
+
+/// The pool settings every backend shares. No ping per checkout: a dead connection fails
+/// its statement, and every write is retried; the ping was a round trip per transaction.
+pub(crate) fn pool_options<DB: sqlx::Database>(connections_max: u32) -> PoolOptions<DB> {
+    PoolOptions::new()
+        .test_before_acquire(false)
+        .max_connections(connections_max.max(1))
+        .acquire_timeout(Duration::from_secs(30))
+}
+
+/// A database URL parsed into a driver's connect options.
+pub(crate) fn connect_options<O>(url: &str) -> Result<O, OpenError>
+where
+    O: std::str::FromStr<Err = sqlx::Error>,
+{
+    url.parse().map_err(|source| OpenError::Url {
+        url: url.to_owned(),
+        source,
+    })
+}
+
+/// The error of a failed connection to `url`.
+pub(crate) fn connect_failed(url: &str) -> impl Fn(sqlx::Error) -> OpenError + '_ {
+    move |source| OpenError::Connect {
+        url: url.to_owned(),
+        source,
+    }
+}
+
+async fn fetch<B: Backend>(
+    on: Exec<'_, B>,
+    sql: &str,
+    params: Vec<Param>,
+) -> Result<Vec<B::Row>, StoreError> {
+    B::fetch_all(on, sql, params).await.map_err(database)
+}
+
+async fn execute<B: Backend>(
+    on: Exec<'_, B>,
+    sql: &str,
+    params: Vec<Param>,
+) -> Result<u64, StoreError> {
+    B::execute(on, sql, params).await.map_err(database)
+}
+
+fn operations<R: Columns>(rows: &[R]) -> Result<Vec<Operation>, StoreError> {
+    rows.iter().map(rows::operation).collect()
+}
+
+/// A batch's rows as the JSON parameter its statement reads as a table.
+fn batch(rows: impl IntoIterator<Item = Value>) -> Param {
+    Param::Text(Value::Array(rows.into_iter().collect()).to_string())
+}
+
+/// `(id, attempt)` pairs, as statements return them and the log statements take them.
+fn ids_and_attempts<R: Columns>(rows: &[R]) -> Result<Vec<(i64, i64)>, StoreError> {
+    rows.iter()
+        .map(|row| Ok((row.int("id")?, row.int("attempt")?)))
+        .collect()
+}
+
+fn id_batch(ids: &[(i64, i64)]) -> Param {
+    batch(
+        ids.iter()
+            .map(|(id, attempt)| json!({ "id": id, "attempt": attempt })),
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Accept: insert what is new (I1), lease some of it, log it.
+// ---------------------------------------------------------------------------------------
+
+/// An accept batch, ready for the database: its distinct scopes in scope order (so two
+/// nodes' batches take their locks in one order and cannot deadlock), and which of them
+/// are leased.
+struct AcceptPlan<'a> {
+    batch: &'a [NewOperation],
+    lease: Option<&'a AcceptLease>,
+    /// The first item of each scope, in scope order.
+    unique: Vec<usize>,
+    /// The same, as a set.
+    first: HashSet<usize>,
+    /// Items leased if they turn out to be new: the first `lease.limit` scopes, in batch
+    /// order.
+    leased: HashSet<usize>,
+}
+
+impl<'a> AcceptPlan<'a> {
+    fn new(batch: &'a [NewOperation], lease: Option<&'a AcceptLease>) -> Self {
+        let mut first: HashMap<String, usize> = HashMap::new();
+        for (index, new) in batch.iter().enumerate() {
+            first.entry(new.scope.to_string()).or_insert(index);
+        }
+        let mut in_batch_order: Vec<usize> = first.values().copied().collect();
+        in_batch_order.sort_unstable();
+        let limit = lease.map_or(0, |lease| lease.limit as usize);
+        let leased = in_batch_order.iter().copied().take(limit).collect();
+        let mut unique: Vec<usize> = first.into_values().collect();
+        unique.sort_by_key(|&index| batch[index].scope.to_string());
+        Self {
+            batch,
+            lease,
+            first: unique.iter().copied().collect(),
+            unique,
+            leased,
+        }
+    }
+
+    /// The batch rows of `items`; without `payload` for the log statements, which do not
+    /// read it.
+    fn rows(&self, items: &[usize], with_payload: bool) -> Param {
+        batch(items.iter().enumerate().map(|(ord, &index)| {
+            let new = &self.batch[index];
+            let at = millis(new.now);
+            let lease = self
+                .lease
+                .filter(|_| self.leased.contains(&index))
+                .map(|lease| millis(lease.lease_until()));
+            let executing = lease.map(|until| executing_detail(until).to_string());
+            json!({
+                "ord": ord,
+                "tenant": new.scope.tenant.as_str(),
+                "domain": new.scope.domain.as_str(),
+                "idem_key": new.scope.key.as_str(),
+                "event_type": new.event_type,
+                "state": if lease.is_some() { "PROCESSING" } else { "ACCEPTED" },
+                "payload": with_payload.then(|| new.payload.to_string()),
+                "fingerprint": new.fingerprint.as_str(),
+                "attempt": i64::from(lease.is_some()),
+                "owner": lease.and(self.lease.map(|lease| lease.owner.as_str())),
+                "lease_until": lease,
+                "last_attempt_at": lease.map(|_| at),
+                "at": at,
+                "accepted": json!({ "eventType": new.event_type }).to_string(),
+                "executing": executing,
+            })
+        }))
+    }
+
+    fn scopes(&self, items: &[usize]) -> Param {
+        batch(items.iter().map(|&index| {
+            let scope = &self.batch[index].scope;
+            json!({
+                "tenant": scope.tenant.as_str(),
+                "domain": scope.domain.as_str(),
+                "idem_key": scope.key.as_str(),
+            })
+        }))
+    }
+
+    fn key(&self, index: usize) -> String {
+        self.batch[index].scope.to_string()
+    }
+}
+
+/// The detail of an `EXECUTING` entry: when its lease ends.
+fn executing_detail(lease_until: i64) -> Value {
+    let until = DateTime::from_timestamp_millis(lease_until).unwrap_or(DateTime::<Utc>::MAX_UTC);
+    json!({ "leaseUntil": until.to_rfc3339() })
+}
+
+fn inserted_rows(inserted: &[Operation]) -> Param {
+    batch(inserted.iter().map(|operation| {
+        json!({
+            "id": operation.id.0,
+            "tenant": operation.scope.tenant.as_str(),
+            "domain": operation.scope.domain.as_str(),
+            "idem_key": operation.scope.key.as_str(),
+        })
+    }))
+}
+
+fn by_scope(operations: Vec<Operation>) -> HashMap<String, Operation> {
+    operations
+        .into_iter()
+        .map(|operation| (operation.scope.to_string(), operation))
+        .collect()
+}
+
+impl<B: Backend> SqlStore<B> {
+    /// Inserts the plan's new scopes with their log entries. Returns the inserted
+    /// operations, and the existing ones when the dialect had to read them first.
+    async fn insert_new(
+        &self,
+        tx: &mut Transaction<'static, B::Db>,
+        plan: &AcceptPlan<'_>,
+    ) -> Result<(Vec<Operation>, HashMap<String, Operation>), StoreError> {
+        let all = plan.rows(&plan.unique, true);
+        let (insert, log) = match &self.statements.accept {
+            AcceptSql::Fused(sql) => {
+                let rows = fetch::<B>(Exec::Tx(tx), sql, vec![all]).await?;
+                return Ok((operations(&rows)?, HashMap::new()));
+            }
+            AcceptSql::Returning { insert, log } => {
+                let rows = fetch::<B>(Exec::Tx(tx), insert, vec![all]).await?;
+                let inserted = operations(&rows)?;
+                self.log_accepts(tx, plan, &inserted, log).await?;
+                return Ok((inserted, HashMap::new()));
+            }
+            AcceptSql::Plain { insert, log } => (insert, log),
+        };
+        // No `ON CONFLICT DO NOTHING`: read what exists, insert the rest; a duplicate key
+        // means another node inserted one of them meanwhile, so look again.
+        for _round in 0..ACCEPT_ROUNDS_MAX {
+            let rows = fetch::<B>(
+                Exec::Tx(tx),
+                &self.statements.by_scope,
+                vec![plan.scopes(&plan.unique)],
+            )
+            .await?;
+            let existing = by_scope(operations(&rows)?);
+            let new: Vec<usize> = plan
+                .unique
+                .iter()
+                .copied()
+                .filter(|&index| !existing.contains_key(&plan.key(index)))
+                .collect();
+            if new.is_empty() {
+                return Ok((Vec::new(), existing));
+            }
+            match execute::<B>(Exec::Tx(tx), insert, vec![plan.rows(&new, true)]).await {
+                Err(StoreError::Database(error)) if is_unique_violation(error.as_ref()) => {
+                    continue;
+                }
+                Err(error) => return Err(error),
+                Ok(_) => {}
+            }
+            let rows = fetch::<B>(
+                Exec::Tx(tx),
+                &self.statements.by_scope,
+                vec![plan.scopes(&new)],
+            )
+            .await?;
+            let inserted = operations(&rows)?;
+            self.log_accepts(tx, plan, &inserted, log).await?;
+            return Ok((inserted, existing));
+        }
+        Err(StoreError::Database(
+            "an accept kept meeting keys inserted by other nodes; try again".into(),
+        ))
+    }
+
+    async fn log_accepts(
+        &self,
+        tx: &mut Transaction<'static, B::Db>,
+        plan: &AcceptPlan<'_>,
+        inserted: &[Operation],
+        log: &str,
+    ) -> Result<(), StoreError> {
+        if inserted.is_empty() {
+            return Ok(());
+        }
+        let keys: HashSet<String> = inserted.iter().map(|op| op.scope.to_string()).collect();
+        let items: Vec<usize> = plan
+            .unique
+            .iter()
+            .copied()
+            .filter(|&index| keys.contains(&plan.key(index)))
+            .collect();
+        execute::<B>(
+            Exec::Tx(tx),
+            log,
+            vec![plan.rows(&items, false), inserted_rows(inserted)],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+fn is_unique_violation(error: &(dyn std::error::Error + 'static)) -> bool {
+    match error.downcast_ref::<sqlx::Error>() {
+        Some(sqlx::Error::Database(error)) => error.is_unique_violation(),
+        _ => false,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Fenced writes: the fence (I4), the guard of each step (I3), the log (I6).
+// ---------------------------------------------------------------------------------------
+
+/// A fenced write's batch row: the fence, the time, the decision, the entries' details.
+fn write_row(
+    fence: &oncely::Fence,
+    now: DateTime<Utc>,
+    decision: Option<&oncely::Decision>,
+    recorded: Option<String>,
+) -> Result<Value, StoreError> {
+    let mut row = json!({
+        "id": fence.id.0,
+        "attempt": i64::from(fence.attempt),
+        "owner": fence.owner.as_str(),
+        "at": millis(now),
+        "recorded": recorded,
+    });
+    if let Some(decision) = decision {
+        let columns = decision_columns(decision, now);
+        debug_assert!(OperationState::Processing.can_move_to(columns.state));
+        row["state"] = json!(columns.state.as_str());
+        row["outcome_data"] = json!(columns.outcome_data);
+        row["error_code"] = json!(columns.error_code);
+        row["error_message"] = json!(columns.error_message);
+        row["next_retry_at"] = json!(columns.next_retry_at);
+        row["completed_at"] = json!(columns.completed_at);
+        row["finalized"] = json!(
+            serde_json::to_string(decision)
+                .map_err(|error| StoreError::Corrupt(error.to_string()))?
+        );
+    }
+    Ok(row)
+}
+
+// Rows go in id order, so that two writers lock shared rows in one order.
+
+fn transition_rows(batch_in: &[Transition]) -> Result<Param, StoreError> {
+    let rows = rows::order_by(batch_in, |t| t.fence.id)
+        .into_iter()
+        .map(|index| &batch_in[index])
+        .map(|t| write_row(&t.fence, t.now, Some(&t.decision), None))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(batch(rows))
+}
+
+fn record_rows(records: &[RecordOutcome], with_decision: bool) -> Result<Param, StoreError> {
+    let rows = rows::order_by(records, |record| record.fence.id)
+        .into_iter()
+        .map(|index| &records[index])
+        .map(|record| {
+            write_row(
+                &record.fence,
+                record.now,
+                with_decision.then_some(&record.decision),
+                Some(rows::record_detail(record)),
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(batch(rows))
+}
+
+impl<B: Backend> SqlStore<B> {
+    /// Runs one fenced write in its own transaction and returns, per id of `ids`, whether
+    /// it was applied. `crash` is tripped just before the commit.
+    async fn fenced_write(
+        &self,
+        sql: &WriteSql,
+        rows: Param,
+        ids: impl Iterator<Item = i64>,
+        crash: Option<CrashPoint>,
+    ) -> Result<Vec<Fenced>, StoreError> {
+        let mut tx = self.begin().await?;
+        let applied = match sql {
+            WriteSql::Fused(write) => {
+                ids_and_attempts(&fetch::<B>(Exec::Tx(&mut tx), write, vec![rows]).await?)?
+            }
+            WriteSql::Returning { update, log } => {
+                let changed = fetch::<B>(Exec::Tx(&mut tx), update, vec![rows.clone()]).await?;
+                let applied = ids_and_attempts(&changed)?;
+                execute::<B>(Exec::Tx(&mut tx), log, vec![rows, id_batch(&applied)]).await?;
+                applied
+            }
+            WriteSql::Locking {
+                select,
+                update,
+                log,
+            } => {
+                let locked = fetch::<B>(Exec::Tx(&mut tx), select, vec![rows.clone()]).await?;
+                let applied = ids_and_attempts(&locked)?;
+                if !applied.is_empty() {
+                    let changed =
+                        execute::<B>(Exec::Tx(&mut tx), update, vec![rows.clone()]).await?;
+                    debug_assert_eq!(changed as usize, applied.len(), "locked rows changed");
+                }
+                execute::<B>(Exec::Tx(&mut tx), log, vec![rows, id_batch(&applied)]).await?;
+                applied
+            }
+        };
+        if let Some(point) = crash {
+            self.crash_at(point)?;
+        }
+        self.commit(tx).await?;
+        let applied: HashSet<i64> = applied.into_iter().map(|(id, _)| id).collect();
+        Ok(ids
+            .map(|id| {
+                if applied.contains(&id) {
+                    Fenced::Applied
+                } else {
+                    Fenced::Rejected
+                }
+            })
+            .collect())
+    }
+
+    /// Appends log entries given in full, in their order, in `tx`.
+    async fn append(
+        &self,
+        tx: &mut Transaction<'static, B::Db>,
+        entries: &[Entry<'_>],
+    ) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let rows = entries.iter().enumerate().map(|(n, entry)| {
+            json!({
+                "n": n,
+                "operation_id": entry.operation.id.0,
+                "kind": entry.kind.as_str(),
+                "attempt": entry.operation.attempt_count,
+                "lease_owner": entry.operation.lease.as_ref().map(|lease| lease.owner.as_str()),
+                "state_after": entry.operation.state.as_str(),
+                "detail": entry.detail.to_string(),
+                "recorded_at": millis(entry.now),
+            })
+        });
+        execute::<B>(Exec::Tx(tx), &self.statements.append, vec![batch(rows)]).await?;
+        Ok(())
+    }
+
+    async fn get_with(
+        &self,
+        on: Exec<'_, B>,
+        scope: &Scope,
+    ) -> Result<Option<Operation>, StoreError> {
+        let rows = fetch::<B>(
+            on,
+            &self.statements.get,
+            vec![
+                Param::Text(scope.tenant.to_string()),
+                Param::Text(scope.domain.to_string()),
+                Param::Text(scope.key.to_string()),
+            ],
+        )
+        .await?;
+        rows.first().map(rows::operation).transpose()
+    }
+
+    async fn ids(
+        &self,
+        tx: &mut Transaction<'static, B::Db>,
+        sql: &str,
+        domain: &DomainName,
+        at: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<(i64, i64)>, StoreError> {
+        let rows = fetch::<B>(
+            Exec::Tx(tx),
+            sql,
+            vec![
+                Param::Text(domain.to_string()),
+                Param::Int(millis(at)),
+                Param::Int(i64::from(limit)),
+            ],
+        )
+        .await?;
+        rows.iter().map(|row| Ok((row.int("id")?, 0))).collect()
+    }
+}
+
+/// A log entry whose columns come from the operation as it is after the change.
+struct Entry<'a> {
+    operation: &'a Operation,
+    kind: WalKind,
+    detail: Value,
+    now: DateTime<Utc>,
+}
+
+impl<B: Backend> Store for SqlStore<B> {
+    async fn accept(
+        &self,
+        batch: Vec<NewOperation>,
+        lease: Option<AcceptLease>,
+    ) -> Result<Vec<Accepted>, StoreError> {
+        let plan = AcceptPlan::new(&batch, lease.as_ref());
+        let mut tx = self.begin().await?;
+        let (inserted, mut existing) = self.insert_new(&mut tx, &plan).await?;
+        let mut inserted = by_scope(inserted);
+        let taken: Vec<usize> = plan
+            .unique
+            .iter()
+            .copied()
+            .filter(|&index| {
+                let key = plan.key(index);
+                !inserted.contains_key(&key) && !existing.contains_key(&key)
+            })
+            .collect();
+        if !taken.is_empty() {
+            // I1: these scopes are taken (committed: the insert waited for any writer of
+            // them), so they are replays or conflicts.
+            let rows = fetch::<B>(
+                Exec::Tx(&mut tx),
+                &self.statements.by_scope,
+                vec![plan.scopes(&taken)],
+            )
+            .await?;
+            existing.extend(by_scope(operations(&rows)?));
+        }
+        // Delivered on commit: other nodes' idle engines start at once on what nobody
+        // leased, instead of at their next poll.
+        if let Some(notify) = &self.statements.notify {
+            let waiting: HashSet<&str> = inserted
+                .values()
+                .filter(|operation| operation.state == OperationState::Accepted)
+                .map(|operation| operation.scope.domain.as_str())
+                .collect();
+            for domain in waiting {
+                fetch::<B>(
+                    Exec::Tx(&mut tx),
+                    notify,
+                    vec![Param::Text(domain.to_owned())],
+                )
+                .await?;
+            }
+        }
+        self.commit(tx).await?;
+        batch
+            .iter()
+            .enumerate()
+            .map(|(index, new)| {
+                let key = new.scope.to_string();
+                if plan.first.contains(&index)
+                    && let Some(operation) = inserted.remove(&key)
+                {
+                    existing.insert(key.clone(), operation.clone());
+                    return Ok(Accepted::New(operation));
+                }
+                let current = existing.get(&key).cloned().ok_or_else(|| {
+                    StoreError::Corrupt(format!("{} conflicted but cannot be read", new.scope))
+                })?;
+                Ok(rows::replay_or_conflict(current, &new.fingerprint))
+            })
+            .collect()
+    }
+
+    async fn claim(&self, request: ClaimRequest) -> Result<Vec<Operation>, StoreError> {
+        let mut tx = self.begin().await?;
+        // SKIP LOCKED: rows another node is claiming right now are passed over.
+        let due = self
+            .ids(
+                &mut tx,
+                &self.statements.due,
+                &request.domain,
+                request.now,
+                request.limit,
+            )
+            .await?;
+        if due.is_empty() {
+            self.commit(tx).await?;
+            return Ok(Vec::new());
+        }
+        let lease_until = millis(request.lease_until());
+        let rows = due.iter().map(|(id, _)| {
+            json!({
+                "id": id,
+                "owner": request.owner.as_str(),
+                "lease_until": lease_until,
+                "at": millis(request.now),
+            })
+        });
+        execute::<B>(Exec::Tx(&mut tx), &self.statements.claim, vec![batch(rows)]).await?;
+        let rows = fetch::<B>(
+            Exec::Tx(&mut tx),
+            &self.statements.by_ids,
+            vec![id_batch(&due)],
+        )
+        .await?;
+        let claimed = operations(&rows)?;
+        let detail = executing_detail(lease_until);
+        let entries: Vec<Entry<'_>> = claimed
+            .iter()
+            .map(|operation| Entry {
+                operation,
+                kind: WalKind::Executing,
+                detail: detail.clone(),
+                now: request.now,
+            })
+            .collect();
+        self.append(&mut tx, &entries).await?;
+        self.commit(tx).await?;
+        Ok(claimed)
+    }
+
+    async fn record_outcomes(&self, batch: Vec<RecordOutcome>) -> Result<Vec<Fenced>, StoreError> {
+        let ids = batch.iter().map(|record| record.fence.id.0);
+        let fenced = self
+            .fenced_write(
+                &self.statements.record,
+                record_rows(&batch, false)?,
+                ids,
+                None,
+            )
+            .await?;
+        // The outcome is committed: a crash here leaves it for the Finalizer (I3).
+        self.crash_at(CrashPoint::AfterRecord)?;
+        Ok(fenced)
+    }
+
+    async fn settle(&self, batch: Vec<RecordOutcome>) -> Result<Vec<Fenced>, StoreError> {
+        let ids = batch.iter().map(|record| record.fence.id.0);
+        self.fenced_write(
+            &self.statements.settle,
+            record_rows(&batch, true)?,
+            ids,
+            Some(CrashPoint::DuringFinalize),
+        )
+        .await
+    }
+
+    async fn finalize(&self, batch: Vec<Transition>) -> Result<Vec<Fenced>, StoreError> {
+        let ids = batch.iter().map(|transition| transition.fence.id.0);
+        self.fenced_write(
+            &self.statements.finalize,
+            transition_rows(&batch)?,
+            ids,
+            Some(CrashPoint::DuringFinalize),
+        )
+        .await
+    }
+
+    async fn expired_leases(
+        &self,
+        domain: &DomainName,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Operation>, StoreError> {
+        let rows = fetch::<B>(
+            Exec::Pool(&self.reader),
+            &self.statements.expired,
+            vec![
+                Param::Text(domain.to_string()),
+                Param::Int(millis(now)),
+                Param::Int(i64::from(limit)),
+            ],
+        )
+        .await?;
+        operations(&rows)
+    }
+
+    async fn reap(&self, batch: Vec<Transition>) -> Result<Vec<Fenced>, StoreError> {
+        let ids = batch.iter().map(|transition| transition.fence.id.0);
+        self.fenced_write(&self.statements.reap, transition_rows(&batch)?, ids, None)
+            .await
+    }
+
+    async fn pending_outcomes(
+        &self,
+        domain: &DomainName,
+        recorded_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<PendingOutcome>, StoreError> {
+        let rows = fetch::<B>(
+            Exec::Pool(&self.reader),
+            &self.statements.pending,
+            vec![
+                Param::Text(domain.to_string()),
+                Param::Int(millis(recorded_before)),
+                Param::Int(i64::from(limit)),
+            ],
+        )
+        .await?;
+        rows.iter()
+            .map(|row| rows::pending_outcome(rows::operation(row)?, &row.text("recorded_detail")?))
+            .collect()
+    }
+
+    async fn retry(&self, scope: &Scope, now: DateTime<Utc>) -> Result<Operation, StoreError> {
+        let mut tx = self.begin().await?;
+        let current = self
+            .get_with(Exec::Tx(&mut tx), scope)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                scope: scope.clone(),
+            })?;
+        rows::check_retryable(&current)?;
+        let action =
+            json!({ "id": current.id.0, "state": current.state.as_str(), "at": millis(now) });
+        let changed = execute::<B>(
+            Exec::Tx(&mut tx),
+            &self.statements.retry,
+            vec![batch([action])],
+        )
+        .await?;
+        let retried = self.get_with(Exec::Tx(&mut tx), scope).await?;
+        let Some(retried) = retried.filter(|_| changed == 1) else {
+            // Another operator's retry got there between the read and the update.
+            return Err(StoreError::NotRetryable {
+                scope: scope.clone(),
+                state: OperationState::Accepted,
+            });
+        };
+        let detail = json!({
+            "previousState": current.state,
+            "previousError": current.error_message,
+        });
+        self.append(
+            &mut tx,
+            &[Entry {
+                operation: &retried,
+                kind: WalKind::OperatorRetried,
+                detail,
+                now,
+            }],
+        )
+        .await?;
+        self.commit(tx).await?;
+        Ok(retried)
+    }
+
+    async fn purge(
+        &self,
+        domain: &DomainName,
+        completed_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.begin().await?;
+        let ended = self
+            .ids(
+                &mut tx,
+                &self.statements.ended,
+                domain,
+                completed_before,
+                limit,
+            )
+            .await?;
+        if ended.is_empty() {
+            self.commit(tx).await?;
+            return Ok(0);
+        }
+        // The log goes with its operation (ON DELETE CASCADE).
+        let purged = execute::<B>(
+            Exec::Tx(&mut tx),
+            &self.statements.delete,
+            vec![id_batch(&ended)],
+        )
+        .await?;
+        self.commit(tx).await?;
+        Ok(purged)
+    }
+
+    fn work_signal(&self, _domain: &DomainName) -> impl std::future::Future<Output = ()> + Send {
+        let signal = self.signal.clone();
+        async move {
+            match signal {
+                Some(signal) => signal.notified().await,
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    async fn get(&self, scope: &Scope) -> Result<Option<Operation>, StoreError> {
+        self.get_with(Exec::Pool(&self.reader), scope).await
+    }
+
+    async fn list(&self, filter: ListFilter) -> Result<Page, StoreError> {
+        let limit = filter.limit.clamp(1, LIST_LIMIT_MAX);
+        let mut sql = format!(
+            "SELECT {} FROM oncely_operations o WHERE 1 = 1",
+            operation_columns(&B::DIALECT, "o.")
+        );
+        let mut params = Vec::new();
+        let mut condition = |clause: &str, param: Param| {
+            sql.push_str(clause);
+            params.push(param);
+        };
+        if let Some(tenant) = &filter.tenant {
+            condition(" AND o.tenant = ?", Param::Text(tenant.to_string()));
+        }
+        if let Some(domain) = &filter.domain {
+            condition(" AND o.domain = ?", Param::Text(domain.to_string()));
+        }
+        if let Some(state) = filter.state {
+            condition(" AND o.state = ?", Param::Text(state.as_str().to_owned()));
+        }
+        if let Some(before) = filter.before {
+            condition(" AND o.id < ?", Param::Int(before.0));
+        }
+        condition(
+            " ORDER BY o.id DESC LIMIT ?",
+            Param::Int(i64::from(limit) + 1),
+        );
+        let sql = B::DIALECT.placeholders(&sql);
+        let rows = fetch::<B>(Exec::Pool(&self.reader), &sql, params).await?;
+        rows::page(operations(&rows)?, limit)
+    }
+
+    async fn history(&self, scope: &Scope) -> Result<Vec<WalEntry>, StoreError> {
+        let operation = self.get(scope).await?.ok_or_else(|| StoreError::NotFound {
+            scope: scope.clone(),
+        })?;
+        let rows = fetch::<B>(
+            Exec::Pool(&self.reader),
+            &self.statements.history,
+            vec![Param::Int(operation.id.0)],
+        )
+        .await?;
+        rows.iter().map(rows::wal_entry).collect()
+    }
+}
