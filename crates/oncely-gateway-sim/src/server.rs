@@ -173,6 +173,9 @@ pub struct GatewaySim {
     ledger: SqlitePool,
     config: SimConfig,
     rng: Mutex<fastrand::Rng>,
+    /// The number of the last charge: charges are numbered from it, not by counting the
+    /// ledger (a count costs a scan of the whole ledger per charge).
+    numbered: std::sync::atomic::AtomicI64,
 }
 
 /// A simulator serving in the background; dropping it does not stop it, [`RunningSim::stop`] does.
@@ -215,11 +218,18 @@ impl GatewaySim {
             .await
             .map_err(ledger_error)?;
         MIGRATOR.run(&ledger).await?;
+        let last: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(CAST(SUBSTR(transaction_id, 5) AS INTEGER)), 0) FROM charges",
+        )
+        .fetch_one(&ledger)
+        .await
+        .map_err(ledger_error)?;
         let rng = Mutex::new(fastrand::Rng::with_seed(config.seed));
         Ok(Arc::new(Self {
             ledger,
             config,
             rng,
+            numbered: std::sync::atomic::AtomicI64::new(last),
         }))
     }
 
@@ -473,11 +483,14 @@ async fn record(sim: &GatewaySim, key: &str, body: &ChargeBody) -> Result<Record
             replayed: true,
         });
     }
-    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM charges")
-        .fetch_one(&mut *transaction)
-        .await?;
-    let transaction_id = format!("txn_{:08}", count + 1);
-    let approval_code = format!("A{:06}", (count * 7_919 + 104_729) % 1_000_000);
+    // One writer connection: numbers are taken in the order charges commit. A charge that
+    // fails to commit leaves a gap, as real gateways' numbering does.
+    let number = sim
+        .numbered
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        + 1;
+    let transaction_id = format!("txn_{number:08}");
+    let approval_code = format!("A{:06}", ((number - 1) * 7_919 + 104_729) % 1_000_000);
     let created_at = now_ms();
     sqlx::query(
         "INSERT INTO charges (idem_key, fingerprint, transaction_id, approval_code, amount, currency, order_id, customer_id, payment_method, created_at) \

@@ -65,6 +65,19 @@ async fn one_charge_per_key_and_a_reused_key_with_another_body_is_422() {
     assert_eq!(ledger.charges[0].idempotency_key, "k1");
     assert_eq!(ledger.charges[0].amount.to_string(), "10.00");
     assert_eq!(ledger.charges[0].transaction_id, first["transactionId"]);
+    assert_eq!(first["transactionId"], "txn_00000001");
+    // Numbering goes on where it stopped: no transaction id is handed out twice.
+    let next: serde_json::Value = client
+        .post(format!("{}/v1/charges", running.url()))
+        .header("Idempotency-Key", "k2")
+        .json(&body("1.00"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(next["transactionId"], "txn_00000002");
 }
 
 #[tokio::test]

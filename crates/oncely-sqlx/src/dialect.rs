@@ -64,8 +64,9 @@ pub struct Dialect {
     pub insert_or_ignore: bool,
     /// Row locks; SQLite has one writer, and no need of them.
     pub locks: Locks,
-    /// The statement that wakes other nodes' idle engines for a domain (one `?`).
-    pub notify: Option<&'static str>,
+    /// The expression that wakes other nodes' idle engines for a domain, from a domain
+    /// expression, run in an accept's own statement (PostgreSQL's `pg_notify`).
+    pub notify: Option<fn(domain: &str) -> String>,
     /// The batch parameter (one `?`) as a table named `alias` with `columns`.
     pub rows: fn(alias: &str, columns: &[Column]) -> String,
     /// A text expression turned into the JSON column type.

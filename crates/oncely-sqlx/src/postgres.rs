@@ -41,7 +41,7 @@ const DIALECT: Dialect = Dialect {
         for_update: " FOR UPDATE",
         skip_locked: " FOR UPDATE SKIP LOCKED",
     },
-    notify: Some("SELECT pg_notify('oncely_work', ?)"),
+    notify: Some(notify),
     rows,
     json_in,
     json_out,
@@ -69,6 +69,10 @@ fn rows(alias: &str, columns: &[Column]) -> String {
     format!("jsonb_to_recordset(?::jsonb) AS {alias}({typed})")
 }
 
+fn notify(domain: &str) -> String {
+    format!("pg_notify('{WORK_CHANNEL}', {domain})")
+}
+
 fn json_in(expression: &str) -> String {
     format!("({expression})::jsonb")
 }
@@ -88,6 +92,10 @@ impl SqlStore<PgBackend> {
         options: PgConnectOptions,
         connections_max: u32,
     ) -> Result<Self, OpenError> {
+        // Plan each statement for the tables as they are now: a plan cached while they were
+        // small (a sequential scan) would otherwise serve for the connection's life whenever
+        // nothing analyzes them (autovacuum off, or not yet run).
+        let options = options.options([("plan_cache_mode", "force_custom_plan")]);
         let pool = pool_options::<sqlx::Postgres>(connections_max)
             .connect_with(options)
             .await

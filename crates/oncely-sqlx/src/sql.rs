@@ -109,12 +109,21 @@ pub(crate) const WRITE: &[Column] = &[
     column("finalized", Ty::Text),
 ];
 
-/// A claim's batch: the rows a claim took, with the lease.
+/// A claim's lease: who, until when, from when, and the `EXECUTING` entries' detail.
+pub(crate) const LEASE: &[Column] = &[
+    column("owner", Ty::Name),
+    column("lease_until", Ty::Int),
+    column("at", Ty::Int),
+    column("detail", Ty::Text),
+];
+
+/// A claim's batch: the rows it took, each with the lease.
 pub(crate) const CLAIM: &[Column] = &[
     column("id", Ty::Int),
     column("owner", Ty::Name),
     column("lease_until", Ty::Int),
     column("at", Ty::Int),
+    column("detail", Ty::Text),
 ];
 
 /// An operator's action on one operation: which, from which state, when.
@@ -264,6 +273,13 @@ const REAP: Write = Write {
 pub(crate) enum WriteSql {
     /// One statement: update and log; returns the changed ids (PostgreSQL).
     Fused(String),
+    /// Several statements in one transaction.
+    Steps(WriteSteps),
+}
+
+/// A fenced write as several statements.
+#[derive(Debug, Clone)]
+pub(crate) enum WriteSteps {
     /// `UPDATE … RETURNING` the changed ids, then the log (SQLite).
     Returning {
         /// Returns `id, attempt` of the changed rows.
@@ -282,11 +298,36 @@ pub(crate) enum WriteSql {
     },
 }
 
+/// How a claim runs on a backend.
+#[derive(Debug, Clone)]
+pub(crate) enum ClaimSql {
+    /// One statement: take the due rows, lease them, log them, return them (PostgreSQL).
+    /// Binds the domain, the time, the limit and the lease (one row).
+    Fused(String),
+    /// The due ids (domain, time, limit), then the lease of those rows (the claim batch),
+    /// then the log (the claim batch); the rows are read back with `by_ids`.
+    Steps {
+        /// Returns the due ids.
+        due: String,
+        /// Leases the batch's rows.
+        lease: String,
+        /// Logs the batch's rows.
+        log: String,
+    },
+}
+
 /// How an accept inserts on a backend.
 #[derive(Debug, Clone)]
 pub(crate) enum AcceptSql {
     /// One statement: insert what is new, log it, return it (PostgreSQL).
     Fused(String),
+    /// Several statements in one transaction.
+    Steps(AcceptSteps),
+}
+
+/// An accept as several statements.
+#[derive(Debug, Clone)]
+pub(crate) enum AcceptSteps {
     /// Insert what is new returning it, then log it (SQLite).
     Returning {
         /// `INSERT … ON CONFLICT DO NOTHING RETURNING`.
@@ -311,8 +352,7 @@ pub(crate) struct Statements {
     pub(crate) by_scope: String,
     pub(crate) by_ids: String,
     pub(crate) get: String,
-    pub(crate) due: String,
-    pub(crate) claim: String,
+    pub(crate) claim: ClaimSql,
     pub(crate) append: String,
     pub(crate) record: WriteSql,
     pub(crate) settle: WriteSql,
@@ -323,8 +363,8 @@ pub(crate) struct Statements {
     pub(crate) retry: String,
     pub(crate) ended: String,
     pub(crate) delete: String,
+    pub(crate) delete_log: String,
     pub(crate) history: String,
-    pub(crate) notify: Option<String>,
 }
 
 impl Statements {
@@ -348,24 +388,7 @@ impl Statements {
                 "SELECT {select} FROM oncely_operations o \
                  WHERE o.tenant = ? AND o.domain = ? AND o.idem_key = ?"
             )),
-            due: p(format!(
-                "SELECT o.id FROM oncely_operations o \
-                 WHERE o.domain = ? AND o.state = 'ACCEPTED' AND o.next_retry_at <= ? \
-                 ORDER BY o.next_retry_at, o.id LIMIT ?{}",
-                d.locks.skip_locked
-            )),
-            claim: p((d.update)(
-                &[
-                    ("state", "'PROCESSING'"),
-                    ("attempt_count", "o.attempt_count + 1"),
-                    ("lease_owner", "t.owner"),
-                    ("lease_until", "t.lease_until"),
-                    ("last_attempt_at", "t.at"),
-                    ("updated_at", "t.at"),
-                ],
-                &(d.rows)("t", CLAIM),
-                "o.id = t.id AND o.state = 'ACCEPTED'",
-            )),
+            claim: claim(d),
             append: p(format!(
                 "{WAL_INSERT} SELECT t.operation_id, t.kind, t.attempt, t.lease_owner, \
                  t.state_after, {}, t.recorded_at FROM {} ORDER BY t.n",
@@ -416,13 +439,16 @@ impl Statements {
                  AND id IN (SELECT t.id FROM {})",
                 (d.rows)("t", ID)
             )),
+            delete_log: p(format!(
+                "DELETE FROM oncely_wal WHERE operation_id IN (SELECT t.id FROM {})",
+                (d.rows)("t", ID)
+            )),
             history: p(format!(
                 "SELECT w.seq, w.operation_id, w.kind, w.attempt, w.lease_owner, w.state_after, \
                  {} AS detail, w.recorded_at FROM oncely_wal w WHERE w.operation_id = ? \
                  ORDER BY w.seq",
                 (d.json_out)("w.detail")
             )),
-            notify: d.notify.map(|sql| p(sql.to_owned())),
         }
     }
 }
@@ -527,15 +553,15 @@ fn write(d: &Dialect, write: &Write) -> WriteSql {
     let source = (d.rows)("t", WRITE);
     let updated = update(d, write.set, &source, &guard);
     if d.returning {
-        return WriteSql::Returning {
+        return WriteSql::Steps(WriteSteps::Returning {
             update: d.placeholders(&format!(
                 "{updated} RETURNING {r}id, {r}attempt_count AS attempt",
                 r = d.returning_prefix
             )),
             log: logged,
-        };
+        });
     }
-    WriteSql::Locking {
+    WriteSql::Steps(WriteSteps::Locking {
         select: d.placeholders(&format!(
             "SELECT o.id, o.attempt_count AS attempt FROM oncely_operations o \
              JOIN {source} ON {guard}{}",
@@ -543,6 +569,62 @@ fn write(d: &Dialect, write: &Write) -> WriteSql {
         )),
         update: d.placeholders(&updated),
         log: logged,
+    })
+}
+
+/// The due `ACCEPTED` operations of a domain, oldest due first (binds the domain, the
+/// time, the limit). SKIP LOCKED: rows another node is claiming right now are passed over.
+fn due(d: &Dialect) -> String {
+    format!(
+        "SELECT o.id FROM oncely_operations o \
+         WHERE o.domain = ? AND o.state = 'ACCEPTED' AND o.next_retry_at <= ? \
+         ORDER BY o.next_retry_at, o.id LIMIT ?{}",
+        d.locks.skip_locked
+    )
+}
+
+/// A claim: `t` (the due rows, with the lease) are leased, and `c` (the rows as leased)
+/// get their `EXECUTING` entries.
+fn claim(d: &Dialect) -> ClaimSql {
+    let lease = |source: &str| {
+        update(
+            d,
+            &[
+                ("state", "'PROCESSING'"),
+                ("attempt_count", "o.attempt_count + 1"),
+                ("lease_owner", "t.owner"),
+                ("lease_until", "t.lease_until"),
+                ("last_attempt_at", "t.at"),
+                ("updated_at", "t.at"),
+            ],
+            source,
+            "o.id = t.id AND o.state = 'ACCEPTED'",
+        )
+    };
+    let log = format!(
+        "SELECT c.id, 'EXECUTING', c.attempt_count, c.lease_owner, 'PROCESSING', {}, \
+         c.last_attempt_at FROM c JOIN t ON t.id = c.id ORDER BY c.id",
+        (d.json_in)("t.detail")
+    );
+    if d.writable_cte {
+        return ClaimSql::Fused(d.placeholders(&format!(
+            "WITH d AS ({}), t AS (SELECT d.id, p.* FROM d, {}), \
+             c AS ({} RETURNING {}), w AS ({WAL_INSERT} {log}) SELECT * FROM c",
+            due(d),
+            (d.rows)("p", LEASE),
+            lease("t"),
+            operation_columns(d, "o.")
+        )));
+    }
+    let log = format!(
+        "{WAL_INSERT} WITH t AS (SELECT * FROM {}), \
+         c AS (SELECT o.* FROM oncely_operations o JOIN t ON o.id = t.id) {log}",
+        (d.rows)("r", CLAIM)
+    );
+    ClaimSql::Steps {
+        due: d.placeholders(&due(d)),
+        lease: d.placeholders(&lease(&(d.rows)("t", CLAIM))),
+        log: d.placeholders(&log),
     }
 }
 
@@ -578,9 +660,23 @@ fn accept(d: &Dialect) -> AcceptSql {
     let returned = operation_columns(d, "");
     let ignore = "ON CONFLICT (tenant, domain, idem_key) DO NOTHING";
     if d.writable_cte {
+        // Delivered on commit: other nodes' idle engines start at once on what this
+        // accept did not lease, instead of at their next poll. The scalar subquery makes
+        // the notifying step run.
+        let (notify, when) = match d.notify {
+            Some(notify) => (
+                format!(
+                    ", n AS (SELECT {} FROM (SELECT DISTINCT domain FROM i \
+                     WHERE state = 'ACCEPTED') waiting)",
+                    notify("waiting.domain")
+                ),
+                " WHERE (SELECT count(*) FROM n) >= 0",
+            ),
+            None => (String::new(), ""),
+        };
         return AcceptSql::Fused(d.placeholders(&format!(
             "WITH {batch}, i AS ({INSERT_OPERATIONS} {select} {ignore} RETURNING {returned}), \
-             w AS ({WAL_INSERT} {log}) SELECT * FROM i"
+             w AS ({WAL_INSERT} {log}){notify} SELECT * FROM i{when}"
         )));
     }
     let insert = format!("{INSERT_OPERATIONS} WITH {batch} {select}");
@@ -588,15 +684,15 @@ fn accept(d: &Dialect) -> AcceptSql {
         "{WAL_INSERT} WITH {batch}, i AS (SELECT * FROM {}) {log}",
         (d.rows)("s", INSERTED)
     ));
-    if d.insert_or_ignore {
-        AcceptSql::Returning {
+    AcceptSql::Steps(if d.insert_or_ignore {
+        AcceptSteps::Returning {
             insert: d.placeholders(&format!("{insert} {ignore} RETURNING {returned}")),
             log: logged,
         }
     } else {
-        AcceptSql::Plain {
+        AcceptSteps::Plain {
             insert: d.placeholders(&insert),
             log: logged,
         }
-    }
+    })
 }

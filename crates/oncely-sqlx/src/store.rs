@@ -24,7 +24,9 @@ use tokio::sync::Notify;
 
 use crate::backend::{Backend, Columns, Exec, Param};
 use crate::rows::{self, database, millis};
-use crate::sql::{AcceptSql, Statements, WriteSql, operation_columns};
+use crate::sql::{
+    AcceptSql, AcceptSteps, ClaimSql, Statements, WriteSql, WriteSteps, operation_columns,
+};
 use crate::{LIST_LIMIT_MAX, OpenError, decision_columns};
 
 /// How many times an accept looks up its batch again after another node inserted one of
@@ -129,6 +131,23 @@ impl<B: Backend> SqlStore<B> {
             return Err(StoreError::Crashed); // dropped: rolled back
         }
         transaction.commit().await.map_err(database)
+    }
+
+    /// Runs one statement as its own transaction (one round trip, no `BEGIN`/`COMMIT`),
+    /// after tripping `crash` if a test armed it: then nothing is written.
+    async fn autocommit(
+        &self,
+        sql: &str,
+        params: Vec<Param>,
+        crash: Option<CrashPoint>,
+    ) -> Result<Vec<B::Row>, StoreError> {
+        if self.failpoints.is_crashed() {
+            return Err(StoreError::Crashed);
+        }
+        if let Some(point) = crash {
+            self.crash_at(point)?;
+        }
+        fetch::<B>(Exec::Pool(&self.writer), sql, params).await
     }
 
     /// Trips `point` if a test armed it; the open transaction is then rolled back.
@@ -292,6 +311,32 @@ impl<'a> AcceptPlan<'a> {
     fn key(&self, index: usize) -> String {
         self.batch[index].scope.to_string()
     }
+
+    /// Each batch item's result: the first item of a scope that was inserted is new;
+    /// every other item replays or conflicts with what its scope holds (I1).
+    fn results(
+        &self,
+        mut inserted: HashMap<String, Operation>,
+        mut existing: HashMap<String, Operation>,
+    ) -> Result<Vec<Accepted>, StoreError> {
+        self.batch
+            .iter()
+            .enumerate()
+            .map(|(index, new)| {
+                let key = new.scope.to_string();
+                if self.first.contains(&index)
+                    && let Some(operation) = inserted.remove(&key)
+                {
+                    existing.insert(key, operation.clone());
+                    return Ok(Accepted::New(operation));
+                }
+                let current = existing.get(&key).cloned().ok_or_else(|| {
+                    StoreError::Corrupt(format!("{} conflicted but cannot be read", new.scope))
+                })?;
+                Ok(rows::replay_or_conflict(current, &new.fingerprint))
+            })
+            .collect()
+    }
 }
 
 /// The detail of an `EXECUTING` entry: when its lease ends.
@@ -324,21 +369,18 @@ impl<B: Backend> SqlStore<B> {
     async fn insert_new(
         &self,
         tx: &mut Transaction<'static, B::Db>,
+        steps: &AcceptSteps,
         plan: &AcceptPlan<'_>,
     ) -> Result<(Vec<Operation>, HashMap<String, Operation>), StoreError> {
-        let all = plan.rows(&plan.unique, true);
-        let (insert, log) = match &self.statements.accept {
-            AcceptSql::Fused(sql) => {
-                let rows = fetch::<B>(Exec::Tx(tx), sql, vec![all]).await?;
-                return Ok((operations(&rows)?, HashMap::new()));
-            }
-            AcceptSql::Returning { insert, log } => {
+        let (insert, log) = match steps {
+            AcceptSteps::Returning { insert, log } => {
+                let all = plan.rows(&plan.unique, true);
                 let rows = fetch::<B>(Exec::Tx(tx), insert, vec![all]).await?;
                 let inserted = operations(&rows)?;
                 self.log_accepts(tx, plan, &inserted, log).await?;
                 return Ok((inserted, HashMap::new()));
             }
-            AcceptSql::Plain { insert, log } => (insert, log),
+            AcceptSteps::Plain { insert, log } => (insert, log),
         };
         // No `ON CONFLICT DO NOTHING`: read what exists, insert the rest; a duplicate key
         // means another node inserted one of them meanwhile, so look again.
@@ -381,6 +423,31 @@ impl<B: Backend> SqlStore<B> {
         ))
     }
 
+    /// The operations of the plan's scopes that are neither `inserted` nor `known`: taken
+    /// before this accept, so replays or conflicts (I1).
+    async fn taken(
+        &self,
+        on: Exec<'_, B>,
+        plan: &AcceptPlan<'_>,
+        inserted: &HashMap<String, Operation>,
+        known: &HashMap<String, Operation>,
+    ) -> Result<HashMap<String, Operation>, StoreError> {
+        let taken: Vec<usize> = plan
+            .unique
+            .iter()
+            .copied()
+            .filter(|&index| {
+                let key = plan.key(index);
+                !inserted.contains_key(&key) && !known.contains_key(&key)
+            })
+            .collect();
+        if taken.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows = fetch::<B>(on, &self.statements.by_scope, vec![plan.scopes(&taken)]).await?;
+        Ok(by_scope(operations(&rows)?))
+    }
+
     async fn log_accepts(
         &self,
         tx: &mut Transaction<'static, B::Db>,
@@ -418,6 +485,19 @@ fn is_unique_violation(error: &(dyn std::error::Error + 'static)) -> bool {
 // ---------------------------------------------------------------------------------------
 // Fenced writes: the fence (I4), the guard of each step (I3), the log (I6).
 // ---------------------------------------------------------------------------------------
+
+/// Per id of `ids`, whether it is among `applied`.
+fn fenced(applied: Vec<(i64, i64)>, ids: impl Iterator<Item = i64>) -> Vec<Fenced> {
+    let applied: HashSet<i64> = applied.into_iter().map(|(id, _)| id).collect();
+    ids.map(|id| {
+        if applied.contains(&id) {
+            Fenced::Applied
+        } else {
+            Fenced::Rejected
+        }
+    })
+    .collect()
+}
 
 /// A fenced write's batch row: the fence, the time, the decision, the entries' details.
 fn write_row(
@@ -487,18 +567,33 @@ impl<B: Backend> SqlStore<B> {
         ids: impl Iterator<Item = i64>,
         crash: Option<CrashPoint>,
     ) -> Result<Vec<Fenced>, StoreError> {
-        let mut tx = self.begin().await?;
         let applied = match sql {
             WriteSql::Fused(write) => {
-                ids_and_attempts(&fetch::<B>(Exec::Tx(&mut tx), write, vec![rows]).await?)?
+                // One statement: a transaction of its own.
+                let applied = ids_and_attempts(&self.autocommit(write, vec![rows], crash).await?)?;
+                return Ok(fenced(applied, ids));
             }
-            WriteSql::Returning { update, log } => {
+            WriteSql::Steps(steps) => self.write_in_steps(steps, rows, crash).await?,
+        };
+        Ok(fenced(applied, ids))
+    }
+
+    /// A fenced write as several statements in one transaction.
+    async fn write_in_steps(
+        &self,
+        steps: &WriteSteps,
+        rows: Param,
+        crash: Option<CrashPoint>,
+    ) -> Result<Vec<(i64, i64)>, StoreError> {
+        let mut tx = self.begin().await?;
+        let applied = match steps {
+            WriteSteps::Returning { update, log } => {
                 let changed = fetch::<B>(Exec::Tx(&mut tx), update, vec![rows.clone()]).await?;
                 let applied = ids_and_attempts(&changed)?;
                 execute::<B>(Exec::Tx(&mut tx), log, vec![rows, id_batch(&applied)]).await?;
                 applied
             }
-            WriteSql::Locking {
+            WriteSteps::Locking {
                 select,
                 update,
                 log,
@@ -518,16 +613,7 @@ impl<B: Backend> SqlStore<B> {
             self.crash_at(point)?;
         }
         self.commit(tx).await?;
-        let applied: HashSet<i64> = applied.into_iter().map(|(id, _)| id).collect();
-        Ok(ids
-            .map(|id| {
-                if applied.contains(&id) {
-                    Fenced::Applied
-                } else {
-                    Fenced::Rejected
-                }
-            })
-            .collect())
+        Ok(applied)
     }
 
     /// Appends log entries given in full, in their order, in `tx`.
@@ -610,111 +696,92 @@ impl<B: Backend> Store for SqlStore<B> {
         lease: Option<AcceptLease>,
     ) -> Result<Vec<Accepted>, StoreError> {
         let plan = AcceptPlan::new(&batch, lease.as_ref());
-        let mut tx = self.begin().await?;
-        let (inserted, mut existing) = self.insert_new(&mut tx, &plan).await?;
-        let mut inserted = by_scope(inserted);
-        let taken: Vec<usize> = plan
-            .unique
-            .iter()
-            .copied()
-            .filter(|&index| {
-                let key = plan.key(index);
-                !inserted.contains_key(&key) && !existing.contains_key(&key)
-            })
-            .collect();
-        if !taken.is_empty() {
-            // I1: these scopes are taken (committed: the insert waited for any writer of
-            // them), so they are replays or conflicts.
-            let rows = fetch::<B>(
-                Exec::Tx(&mut tx),
-                &self.statements.by_scope,
-                vec![plan.scopes(&taken)],
-            )
-            .await?;
-            existing.extend(by_scope(operations(&rows)?));
-        }
-        // Delivered on commit: other nodes' idle engines start at once on what nobody
-        // leased, instead of at their next poll.
-        if let Some(notify) = &self.statements.notify {
-            let waiting: HashSet<&str> = inserted
-                .values()
-                .filter(|operation| operation.state == OperationState::Accepted)
-                .map(|operation| operation.scope.domain.as_str())
-                .collect();
-            for domain in waiting {
-                fetch::<B>(
-                    Exec::Tx(&mut tx),
-                    notify,
-                    vec![Param::Text(domain.to_owned())],
-                )
-                .await?;
+        let (inserted, existing) = match &self.statements.accept {
+            AcceptSql::Fused(sql) => {
+                // One statement, a transaction of its own; then a read of the scopes that
+                // were taken, if any: they are committed (the insert waited for any writer
+                // of them).
+                let rows = self
+                    .autocommit(sql, vec![plan.rows(&plan.unique, true)], None)
+                    .await?;
+                let inserted = by_scope(operations(&rows)?);
+                let existing = self
+                    .taken(Exec::Pool(&self.writer), &plan, &inserted, &HashMap::new())
+                    .await?;
+                (inserted, existing)
             }
-        }
-        self.commit(tx).await?;
-        batch
-            .iter()
-            .enumerate()
-            .map(|(index, new)| {
-                let key = new.scope.to_string();
-                if plan.first.contains(&index)
-                    && let Some(operation) = inserted.remove(&key)
-                {
-                    existing.insert(key.clone(), operation.clone());
-                    return Ok(Accepted::New(operation));
-                }
-                let current = existing.get(&key).cloned().ok_or_else(|| {
-                    StoreError::Corrupt(format!("{} conflicted but cannot be read", new.scope))
-                })?;
-                Ok(rows::replay_or_conflict(current, &new.fingerprint))
-            })
-            .collect()
+            AcceptSql::Steps(steps) => {
+                let mut tx = self.begin().await?;
+                let (inserted, mut existing) = self.insert_new(&mut tx, steps, &plan).await?;
+                let inserted = by_scope(inserted);
+                let taken = self
+                    .taken(Exec::Tx(&mut tx), &plan, &inserted, &existing)
+                    .await?;
+                existing.extend(taken);
+                self.commit(tx).await?;
+                (inserted, existing)
+            }
+        };
+        plan.results(inserted, existing)
     }
 
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<Operation>, StoreError> {
-        let mut tx = self.begin().await?;
-        // SKIP LOCKED: rows another node is claiming right now are passed over.
-        let due = self
-            .ids(
-                &mut tx,
-                &self.statements.due,
-                &request.domain,
-                request.now,
-                request.limit,
-            )
-            .await?;
-        if due.is_empty() {
-            self.commit(tx).await?;
-            return Ok(Vec::new());
-        }
         let lease_until = millis(request.lease_until());
-        let rows = due.iter().map(|(id, _)| {
-            json!({
-                "id": id,
-                "owner": request.owner.as_str(),
-                "lease_until": lease_until,
-                "at": millis(request.now),
-            })
+        let lease = json!({
+            "owner": request.owner.as_str(),
+            "lease_until": lease_until,
+            "at": millis(request.now),
+            "detail": executing_detail(lease_until).to_string(),
         });
-        execute::<B>(Exec::Tx(&mut tx), &self.statements.claim, vec![batch(rows)]).await?;
-        let rows = fetch::<B>(
-            Exec::Tx(&mut tx),
-            &self.statements.by_ids,
-            vec![id_batch(&due)],
-        )
-        .await?;
-        let claimed = operations(&rows)?;
-        let detail = executing_detail(lease_until);
-        let entries: Vec<Entry<'_>> = claimed
-            .iter()
-            .map(|operation| Entry {
-                operation,
-                kind: WalKind::Executing,
-                detail: detail.clone(),
-                now: request.now,
-            })
-            .collect();
-        self.append(&mut tx, &entries).await?;
-        self.commit(tx).await?;
+        let due = vec![
+            Param::Text(request.domain.to_string()),
+            Param::Int(millis(request.now)),
+            Param::Int(i64::from(request.limit)),
+        ];
+        let rows = match &self.statements.claim {
+            ClaimSql::Fused(claim) => {
+                let mut params = due;
+                params.push(batch([lease]));
+                self.autocommit(claim, params, None).await?
+            }
+            ClaimSql::Steps {
+                due: select,
+                lease: update,
+                log,
+            } => {
+                let mut tx = self.begin().await?;
+                let ids = fetch::<B>(Exec::Tx(&mut tx), select, due).await?;
+                if ids.is_empty() {
+                    self.commit(tx).await?;
+                    return Ok(Vec::new());
+                }
+                let claimed = batch(
+                    ids.iter()
+                        .map(|row| {
+                            let mut row_lease = lease.clone();
+                            row_lease["id"] = json!(row.int("id")?);
+                            Ok(row_lease)
+                        })
+                        .collect::<Result<Vec<_>, StoreError>>()?,
+                );
+                execute::<B>(Exec::Tx(&mut tx), update, vec![claimed.clone()]).await?;
+                let ids: Vec<(i64, i64)> = ids
+                    .iter()
+                    .map(|row| Ok((row.int("id")?, 0)))
+                    .collect::<Result<_, StoreError>>()?;
+                let rows = fetch::<B>(
+                    Exec::Tx(&mut tx),
+                    &self.statements.by_ids,
+                    vec![id_batch(&ids)],
+                )
+                .await?;
+                execute::<B>(Exec::Tx(&mut tx), log, vec![claimed]).await?;
+                self.commit(tx).await?;
+                rows
+            }
+        };
+        let mut claimed = operations(&rows)?;
+        claimed.sort_by_key(|operation| (operation.next_retry_at, operation.id));
         Ok(claimed)
     }
 
@@ -864,7 +931,13 @@ impl<B: Backend> Store for SqlStore<B> {
             self.commit(tx).await?;
             return Ok(0);
         }
-        // The log goes with its operation (ON DELETE CASCADE).
+        // The log goes with its operation.
+        execute::<B>(
+            Exec::Tx(&mut tx),
+            &self.statements.delete_log,
+            vec![id_batch(&ended)],
+        )
+        .await?;
         let purged = execute::<B>(
             Exec::Tx(&mut tx),
             &self.statements.delete,

@@ -41,3 +41,8 @@ ALTER TABLE oncely_wal SET (
     autovacuum_vacuum_insert_scale_factor = 0.05,
     autovacuum_analyze_scale_factor = 0.05
 );
+
+-- The log's foreign key checked every entry with a query of its own, planned once per
+-- connection: on a table that was small when that plan was made, a sequential scan per
+-- entry, for ever. Retention deletes an operation's log itself, in the same transaction.
+ALTER TABLE oncely_wal DROP CONSTRAINT oncely_wal_operation_id_fkey;
