@@ -1,4 +1,4 @@
-//! `oncely-bench-peers SPEC`: runs one `oncely bench` workload on underway or apalis and
+//! `oncely-bench-peers SPEC`: runs one `oncely bench` workload on underway, apalis or DBOS and
 //! prints its result as one JSON line. The job is the same as oncely's: enqueue a
 //! payment, a handler that calls the same simulated gateway once with the same client,
 //! and the queue marks it done; clients wait for each payment's handler before the next.
@@ -191,6 +191,77 @@ async fn apalis(load: &Load) -> Result<WorkloadResult, BenchError> {
     finish("apalis", load, driven, tail, charges)
 }
 
+/// A charge that did not go through, as DBOS records a step's failure.
+#[derive(Debug, thiserror::Error, Serialize, Deserialize)]
+#[error("{0}")]
+struct ChargeFailed(String);
+
+/// DBOS Transact: a workflow of one step per payment, started directly (`run_with`) with
+/// the payment's key as its workflow id, so a repeated start joins the first. Its queue
+/// path measured about five times slower; `pool` connections (16 won a sweep of 10 to 64).
+async fn dbos_workflows(load: &Load) -> Result<WorkloadResult, BenchError> {
+    let scratch = Scratch::create(&load.db).await?;
+    let gateway = Gateway::start(Duration::from_millis(load.latency_ms)).await?;
+    let done: Done = Arc::default();
+    let config = dbos::Config {
+        max_connections: u32::try_from(load.batch.clamp(4, 64)).unwrap_or(16),
+        app_version: Some("bench".to_owned()),
+        ..dbos::Config::new("oncely-bench", scratch.url.clone())
+    };
+    let dbos = dbos::DBOS::new(config);
+    let (client, reporter) = (gateway.client.clone(), done.clone());
+    let pay = dbos
+        .register_workflow("pay", move |i: u64| {
+            let (client, reporter) = (client.clone(), reporter.clone());
+            async move {
+                let charged = dbos::step("charge", || {
+                    let client = client.clone();
+                    async move { charge(&client, i).await.map_err(|e| ChargeFailed(e).into()) }
+                })
+                .await;
+                reporter.report(i, charged.as_ref().map(|_| ()).map_err(ToString::to_string));
+                charged
+            }
+        })
+        .map_err(|e| setup("dbos workflow")(&e))?;
+    dbos.launch().await.map_err(|e| setup("dbos launch")(&e))?;
+    let pay = Arc::new(pay);
+    let driver = pay.clone();
+    let driven = closed_loop(load.n, load.clients, move |i| {
+        let pay = driver.clone();
+        async move {
+            let id = payment_key(i)?.to_string();
+            let options = dbos::RunOptions {
+                workflow_id: Some(&id),
+                ..Default::default()
+            };
+            pay.run_with(i, options).await.map_err(|e| e.to_string())
+        }
+    })
+    .await;
+    let count_url = scratch.url.clone();
+    let tail = until_marked_done(load.n, move || {
+        let url = count_url.clone();
+        async move {
+            let mut connection =
+                <sqlx::PgConnection as sqlx::Connection>::connect(&url).await.map_err(|e| e.to_string())?;
+            sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM dbos.workflow_status WHERE status = 'SUCCESS'",
+            )
+            .fetch_one(&mut connection)
+            .await
+            .map_err(|e| e.to_string())
+        }
+    })
+    .await;
+    dbos.shutdown().await;
+    drop(pay);
+    let charges = gateway.charges().await?;
+    gateway.stop();
+    scratch_done(scratch).await;
+    finish("dbos", load, driven, tail, charges)
+}
+
 /// The result: throughput counts until the queue marked the last job done.
 fn finish(
     system: &str,
@@ -239,6 +310,7 @@ fn main() -> ExitCode {
         match spec.system.as_str() {
             "underway" => underway(&spec.load).await,
             "apalis" => apalis(&spec.load).await,
+            "dbos" => dbos_workflows(&spec.load).await,
             other => Err(BenchError::Setup(format!("unknown peer {other:?}"))),
         }
     });

@@ -33,9 +33,7 @@ impl Gateway {
             ..SimConfig::default()
         };
         let setup = |e: &dyn std::fmt::Display| BenchError::Setup(format!("gateway: {e}"));
-        let sim = GatewaySim::open("sqlite::memory:", config)
-            .await
-            .map_err(|e| setup(&e))?;
+        let sim = GatewaySim::in_memory(config).map_err(|e| setup(&e))?;
         let running = sim
             .clone()
             .spawn("127.0.0.1:0")

@@ -8,7 +8,8 @@
 //!   key with another body is `422`.
 //! - `GET /v1/ledger` lists every charge, for audits.
 //! - Every charge is in a SQLite ledger before it is answered, so the ledger survives
-//!   restarts.
+//!   restarts ([`GatewaySim::open`]); benchmarks keep it in memory instead
+//!   ([`GatewaySim::in_memory`]).
 //!
 //! Faults are drawn from one random generator seeded with [`SimConfig::seed`], so a run
 //! is reproducible: latency, `503`s, `429`s (with `Retry-After`), declines (stable per

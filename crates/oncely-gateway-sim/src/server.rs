@@ -167,10 +167,26 @@ pub struct Ledger {
     pub charges: Vec<Charge>,
 }
 
+/// Where charges are kept.
+#[derive(Debug)]
+enum LedgerStore {
+    /// A SQLite database: durable, survives restarts.
+    Sqlite(SqlitePool),
+    /// The process's memory, for benchmarks: the cheapest provider to call.
+    Memory(Mutex<MemoryLedger>),
+}
+
+/// Charges in memory, in the order they were made.
+#[derive(Debug, Default)]
+struct MemoryLedger {
+    by_key: std::collections::HashMap<String, (String, Charge)>,
+    order: Vec<String>,
+}
+
 /// The simulator: a ledger and a fault generator.
 #[derive(Debug)]
 pub struct GatewaySim {
-    ledger: SqlitePool,
+    ledger: LedgerStore,
     config: SimConfig,
     rng: Mutex<fastrand::Rng>,
     /// The number of the last charge: charges are numbered from it, not by counting the
@@ -224,13 +240,25 @@ impl GatewaySim {
         .fetch_one(&ledger)
         .await
         .map_err(ledger_error)?;
+        Ok(Self::with_ledger(LedgerStore::Sqlite(ledger), config, last))
+    }
+
+    /// A simulator whose ledger lives in memory only, for benchmarks: every request costs
+    /// what a provider's HTTP answer costs, and no database write.
+    pub fn in_memory(config: SimConfig) -> Result<Arc<Self>, SimError> {
+        config.validate()?;
+        let ledger = LedgerStore::Memory(Mutex::new(MemoryLedger::default()));
+        Ok(Self::with_ledger(ledger, config, 0))
+    }
+
+    fn with_ledger(ledger: LedgerStore, config: SimConfig, last: i64) -> Arc<Self> {
         let rng = Mutex::new(fastrand::Rng::with_seed(config.seed));
-        Ok(Arc::new(Self {
+        Arc::new(Self {
             ledger,
             config,
             rng,
             numbered: std::sync::atomic::AtomicI64::new(last),
-        }))
+        })
     }
 
     /// The routes, to serve or to nest in another router.
@@ -265,8 +293,19 @@ impl GatewaySim {
 
     /// Every charge, oldest first.
     pub async fn charges(&self) -> Result<Vec<Charge>, sqlx::Error> {
+        let pool = match &self.ledger {
+            LedgerStore::Sqlite(pool) => pool,
+            LedgerStore::Memory(memory) => {
+                let memory = memory.lock().unwrap_or_else(PoisonError::into_inner);
+                return Ok(memory
+                    .order
+                    .iter()
+                    .filter_map(|key| memory.by_key.get(key).map(|(_, charge)| charge.clone()))
+                    .collect());
+            }
+        };
         let rows = sqlx::query("SELECT * FROM charges ORDER BY created_at, rowid")
-            .fetch_all(&self.ledger)
+            .fetch_all(pool)
             .await?;
         rows.iter()
             .map(|row| {
@@ -458,10 +497,48 @@ enum Recorded {
     Conflict,
 }
 
+impl GatewaySim {
+    /// The next charge's transaction id and approval code. A charge that fails to commit
+    /// leaves a gap, as real gateways' numbering does.
+    fn next_number(&self) -> (String, String) {
+        let number = self
+            .numbered
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        let approval_code = format!("A{:06}", ((number - 1) * 7_919 + 104_729) % 1_000_000);
+        (format!("txn_{number:08}"), approval_code)
+    }
+}
+
 async fn record(sim: &GatewaySim, key: &str, body: &ChargeBody) -> Result<Recorded, sqlx::Error> {
     let canonical = serde_json::to_string(body).unwrap_or_default();
     let fingerprint = format!("{:x}", Sha256::digest(canonical.as_bytes()));
-    let mut transaction = sim.ledger.begin().await?;
+    let pool = match &sim.ledger {
+        LedgerStore::Sqlite(pool) => pool,
+        LedgerStore::Memory(memory) => {
+            let mut memory = memory.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some((stored, charge)) = memory.by_key.get(key) {
+                if *stored != fingerprint {
+                    return Ok(Recorded::Conflict);
+                }
+                return Ok(Recorded::Charge {
+                    charge: charge.clone(),
+                    replayed: true,
+                });
+            }
+            let (transaction_id, approval_code) = sim.next_number();
+            let charge = charge_from(key, body, transaction_id, approval_code, now_ms());
+            memory
+                .by_key
+                .insert(key.to_owned(), (fingerprint, charge.clone()));
+            memory.order.push(key.to_owned());
+            return Ok(Recorded::Charge {
+                charge,
+                replayed: false,
+            });
+        }
+    };
+    let mut transaction = pool.begin().await?;
     let existing = sqlx::query("SELECT fingerprint, transaction_id, approval_code, created_at FROM charges WHERE idem_key = ?")
         .bind(key)
         .fetch_optional(&mut *transaction)
@@ -483,14 +560,7 @@ async fn record(sim: &GatewaySim, key: &str, body: &ChargeBody) -> Result<Record
             replayed: true,
         });
     }
-    // One writer connection: numbers are taken in the order charges commit. A charge that
-    // fails to commit leaves a gap, as real gateways' numbering does.
-    let number = sim
-        .numbered
-        .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-        + 1;
-    let transaction_id = format!("txn_{number:08}");
-    let approval_code = format!("A{:06}", ((number - 1) * 7_919 + 104_729) % 1_000_000);
+    let (transaction_id, approval_code) = sim.next_number();
     let created_at = now_ms();
     sqlx::query(
         "INSERT INTO charges (idem_key, fingerprint, transaction_id, approval_code, amount, currency, order_id, customer_id, payment_method, created_at) \

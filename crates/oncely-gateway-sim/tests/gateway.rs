@@ -131,3 +131,30 @@ async fn invalid_fault_rates_are_refused() {
         .unwrap_err();
     assert!(error.to_string().contains("error rate"), "{error}");
 }
+
+#[tokio::test]
+async fn the_memory_ledger_charges_once_per_key_like_the_sqlite_one() {
+    let sim = GatewaySim::in_memory(SimConfig::default()).unwrap();
+    let running = sim.clone().spawn("127.0.0.1:0").await.unwrap();
+    let client = reqwest::Client::new();
+    let charges = format!("{}/v1/charges", running.url());
+    let send = |key: &'static str, amount: &'static str| {
+        client
+            .post(&charges)
+            .header("Idempotency-Key", key)
+            .json(&body(amount))
+            .send()
+    };
+    let first: serde_json::Value = send("m1", "5.00").await.unwrap().json().await.unwrap();
+    let replay = send("m1", "5.00").await.unwrap();
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    let replay: serde_json::Value = replay.json().await.unwrap();
+    assert_eq!(first, replay);
+    assert_eq!(send("m1", "6.00").await.unwrap().status(), 422);
+    let second: serde_json::Value = send("m2", "1.00").await.unwrap().json().await.unwrap();
+    assert_eq!(second["transactionId"], "txn_00000002");
+    let ledger = sim.charges().await.unwrap();
+    let keys: Vec<_> = ledger.iter().map(|c| c.idempotency_key.as_str()).collect();
+    assert_eq!(keys, ["m1", "m2"]);
+    running.stop();
+}

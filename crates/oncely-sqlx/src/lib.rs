@@ -26,6 +26,7 @@
 //! - `backend`: what a backend supplies (its driver, its dialect), and the macro that
 //!   implements it.
 //! - `sqlite`, `postgres`, `mysql`: the backends: connection set-up, dialect, migrations.
+//! - `batch`: the rows of each batch, as the statements read them.
 //! - `rows`: turning stored columns into oncely's types, shared by every backend.
 
 #![forbid(unsafe_code)]
@@ -33,6 +34,7 @@
 mod any;
 #[doc(hidden)]
 pub mod backend;
+mod batch;
 #[doc(hidden)]
 pub mod dialect;
 #[cfg(feature = "mysql")]
@@ -51,7 +53,6 @@ pub use mysql::{MySqlBackend, MySqlStore};
 pub use oncely::store::LIST_LIMIT_MAX;
 #[cfg(feature = "postgres")]
 pub use postgres::{PgBackend, PgStore};
-pub(crate) use rows::decision_columns;
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteBackend, SqliteStore};
 pub use store::SqlStore;

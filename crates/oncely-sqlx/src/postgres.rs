@@ -73,8 +73,9 @@ fn notify(domain: &str) -> String {
     format!("pg_notify('{WORK_CHANNEL}', {domain})")
 }
 
+/// JSON in; a JSONB column converts it on assignment.
 fn json_in(expression: &str) -> String {
-    format!("({expression})::jsonb")
+    format!("({expression})::json")
 }
 
 fn json_out(expression: &str) -> String {

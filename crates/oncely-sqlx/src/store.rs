@@ -23,11 +23,14 @@ use sqlx::{Pool, Transaction};
 use tokio::sync::Notify;
 
 use crate::backend::{Backend, Columns, Exec, Param};
+use crate::batch::{
+    self, AcceptRow, ActionRow, EntryRow, IdRow, InsertedRow, LeaseRow, ScopeRow, WriteRow,
+};
 use crate::rows::{self, database, millis};
 use crate::sql::{
     AcceptSql, AcceptSteps, ClaimSql, Statements, WriteSql, WriteSteps, operation_columns,
 };
-use crate::{LIST_LIMIT_MAX, OpenError, decision_columns};
+use crate::{LIST_LIMIT_MAX, OpenError};
 
 /// How many times an accept looks up its batch again after another node inserted one of
 /// its keys first (MySQL, which has no `ON CONFLICT DO NOTHING`). Each round turns at
@@ -207,11 +210,6 @@ fn operations<R: Columns>(rows: &[R]) -> Result<Vec<Operation>, StoreError> {
     rows.iter().map(rows::operation).collect()
 }
 
-/// A batch's rows as the JSON parameter its statement reads as a table.
-fn batch(rows: impl IntoIterator<Item = Value>) -> Param {
-    Param::Text(Value::Array(rows.into_iter().collect()).to_string())
-}
-
 /// `(id, attempt)` pairs, as statements return them and the log statements take them.
 fn ids_and_attempts<R: Columns>(rows: &[R]) -> Result<Vec<(i64, i64)>, StoreError> {
     rows.iter()
@@ -219,11 +217,12 @@ fn ids_and_attempts<R: Columns>(rows: &[R]) -> Result<Vec<(i64, i64)>, StoreErro
         .collect()
 }
 
-fn id_batch(ids: &[(i64, i64)]) -> Param {
-    batch(
-        ids.iter()
-            .map(|(id, attempt)| json!({ "id": id, "attempt": attempt })),
-    )
+fn id_batch(ids: &[(i64, i64)]) -> Result<Param, StoreError> {
+    let rows: Vec<IdRow> = ids
+        .iter()
+        .map(|&(id, attempt)| IdRow { id, attempt })
+        .collect();
+    batch::param(&rows)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -268,44 +267,56 @@ impl<'a> AcceptPlan<'a> {
 
     /// The batch rows of `items`; without `payload` for the log statements, which do not
     /// read it.
-    fn rows(&self, items: &[usize], with_payload: bool) -> Param {
-        batch(items.iter().enumerate().map(|(ord, &index)| {
-            let new = &self.batch[index];
-            let at = millis(new.now);
-            let lease = self
-                .lease
-                .filter(|_| self.leased.contains(&index))
-                .map(|lease| millis(lease.lease_until()));
-            let executing = lease.map(|until| executing_detail(until).to_string());
-            json!({
-                "ord": ord,
-                "tenant": new.scope.tenant.as_str(),
-                "domain": new.scope.domain.as_str(),
-                "idem_key": new.scope.key.as_str(),
-                "event_type": new.event_type,
-                "state": if lease.is_some() { "PROCESSING" } else { "ACCEPTED" },
-                "payload": with_payload.then(|| new.payload.to_string()),
-                "fingerprint": new.fingerprint.as_str(),
-                "attempt": i64::from(lease.is_some()),
-                "owner": lease.and(self.lease.map(|lease| lease.owner.as_str())),
-                "lease_until": lease,
-                "last_attempt_at": lease.map(|_| at),
-                "at": at,
-                "accepted": json!({ "eventType": new.event_type }).to_string(),
-                "executing": executing,
+    fn rows(&self, items: &[usize], with_payload: bool) -> Result<Param, StoreError> {
+        let rows: Vec<AcceptRow<'_>> = items
+            .iter()
+            .enumerate()
+            .map(|(ord, &index)| {
+                let new = &self.batch[index];
+                let at = millis(new.now);
+                let lease = self
+                    .lease
+                    .filter(|_| self.leased.contains(&index))
+                    .map(|lease| (lease.owner.as_str(), millis(lease.lease_until())));
+                AcceptRow {
+                    ord,
+                    tenant: new.scope.tenant.as_str(),
+                    domain: new.scope.domain.as_str(),
+                    idem_key: new.scope.key.as_str(),
+                    event_type: &new.event_type,
+                    state: if lease.is_some() {
+                        OperationState::Processing.as_str()
+                    } else {
+                        OperationState::Accepted.as_str()
+                    },
+                    payload: with_payload.then(|| new.payload.to_string()),
+                    fingerprint: new.fingerprint.as_str(),
+                    attempt: i64::from(lease.is_some()),
+                    owner: lease.map(|(owner, _)| owner),
+                    lease_until: lease.map(|(_, until)| until),
+                    last_attempt_at: lease.map(|_| at),
+                    at,
+                    accepted: json!({ "eventType": new.event_type }).to_string(),
+                    executing: lease.map(|(_, until)| executing_detail(until).to_string()),
+                }
             })
-        }))
+            .collect();
+        batch::param(&rows)
     }
 
-    fn scopes(&self, items: &[usize]) -> Param {
-        batch(items.iter().map(|&index| {
-            let scope = &self.batch[index].scope;
-            json!({
-                "tenant": scope.tenant.as_str(),
-                "domain": scope.domain.as_str(),
-                "idem_key": scope.key.as_str(),
+    fn scopes(&self, items: &[usize]) -> Result<Param, StoreError> {
+        let rows: Vec<ScopeRow<'_>> = items
+            .iter()
+            .map(|&index| {
+                let scope = &self.batch[index].scope;
+                ScopeRow {
+                    tenant: scope.tenant.as_str(),
+                    domain: scope.domain.as_str(),
+                    idem_key: scope.key.as_str(),
+                }
             })
-        }))
+            .collect();
+        batch::param(&rows)
     }
 
     fn key(&self, index: usize) -> String {
@@ -345,15 +356,17 @@ fn executing_detail(lease_until: i64) -> Value {
     json!({ "leaseUntil": until.to_rfc3339() })
 }
 
-fn inserted_rows(inserted: &[Operation]) -> Param {
-    batch(inserted.iter().map(|operation| {
-        json!({
-            "id": operation.id.0,
-            "tenant": operation.scope.tenant.as_str(),
-            "domain": operation.scope.domain.as_str(),
-            "idem_key": operation.scope.key.as_str(),
+fn inserted_rows(inserted: &[Operation]) -> Result<Param, StoreError> {
+    let rows: Vec<InsertedRow<'_>> = inserted
+        .iter()
+        .map(|operation| InsertedRow {
+            id: operation.id.0,
+            tenant: operation.scope.tenant.as_str(),
+            domain: operation.scope.domain.as_str(),
+            idem_key: operation.scope.key.as_str(),
         })
-    }))
+        .collect();
+    batch::param(&rows)
 }
 
 fn by_scope(operations: Vec<Operation>) -> HashMap<String, Operation> {
@@ -374,7 +387,7 @@ impl<B: Backend> SqlStore<B> {
     ) -> Result<(Vec<Operation>, HashMap<String, Operation>), StoreError> {
         let (insert, log) = match steps {
             AcceptSteps::Returning { insert, log } => {
-                let all = plan.rows(&plan.unique, true);
+                let all = plan.rows(&plan.unique, true)?;
                 let rows = fetch::<B>(Exec::Tx(tx), insert, vec![all]).await?;
                 let inserted = operations(&rows)?;
                 self.log_accepts(tx, plan, &inserted, log).await?;
@@ -388,7 +401,7 @@ impl<B: Backend> SqlStore<B> {
             let rows = fetch::<B>(
                 Exec::Tx(tx),
                 &self.statements.by_scope,
-                vec![plan.scopes(&plan.unique)],
+                vec![plan.scopes(&plan.unique)?],
             )
             .await?;
             let existing = by_scope(operations(&rows)?);
@@ -401,7 +414,7 @@ impl<B: Backend> SqlStore<B> {
             if new.is_empty() {
                 return Ok((Vec::new(), existing));
             }
-            match execute::<B>(Exec::Tx(tx), insert, vec![plan.rows(&new, true)]).await {
+            match execute::<B>(Exec::Tx(tx), insert, vec![plan.rows(&new, true)?]).await {
                 Err(StoreError::Database(error)) if is_unique_violation(error.as_ref()) => {
                     continue;
                 }
@@ -411,7 +424,7 @@ impl<B: Backend> SqlStore<B> {
             let rows = fetch::<B>(
                 Exec::Tx(tx),
                 &self.statements.by_scope,
-                vec![plan.scopes(&new)],
+                vec![plan.scopes(&new)?],
             )
             .await?;
             let inserted = operations(&rows)?;
@@ -444,7 +457,7 @@ impl<B: Backend> SqlStore<B> {
         if taken.is_empty() {
             return Ok(HashMap::new());
         }
-        let rows = fetch::<B>(on, &self.statements.by_scope, vec![plan.scopes(&taken)]).await?;
+        let rows = fetch::<B>(on, &self.statements.by_scope, vec![plan.scopes(&taken)?]).await?;
         Ok(by_scope(operations(&rows)?))
     }
 
@@ -468,7 +481,7 @@ impl<B: Backend> SqlStore<B> {
         execute::<B>(
             Exec::Tx(tx),
             log,
-            vec![plan.rows(&items, false), inserted_rows(inserted)],
+            vec![plan.rows(&items, false)?, inserted_rows(inserted)?],
         )
         .await?;
         Ok(())
@@ -497,64 +510,6 @@ fn fenced(applied: Vec<(i64, i64)>, ids: impl Iterator<Item = i64>) -> Vec<Fence
         }
     })
     .collect()
-}
-
-/// A fenced write's batch row: the fence, the time, the decision, the entries' details.
-fn write_row(
-    fence: &oncely::Fence,
-    now: DateTime<Utc>,
-    decision: Option<&oncely::Decision>,
-    recorded: Option<String>,
-) -> Result<Value, StoreError> {
-    let mut row = json!({
-        "id": fence.id.0,
-        "attempt": i64::from(fence.attempt),
-        "owner": fence.owner.as_str(),
-        "at": millis(now),
-        "recorded": recorded,
-    });
-    if let Some(decision) = decision {
-        let columns = decision_columns(decision, now);
-        debug_assert!(OperationState::Processing.can_move_to(columns.state));
-        row["state"] = json!(columns.state.as_str());
-        row["outcome_data"] = json!(columns.outcome_data);
-        row["error_code"] = json!(columns.error_code);
-        row["error_message"] = json!(columns.error_message);
-        row["next_retry_at"] = json!(columns.next_retry_at);
-        row["completed_at"] = json!(columns.completed_at);
-        row["finalized"] = json!(
-            serde_json::to_string(decision)
-                .map_err(|error| StoreError::Corrupt(error.to_string()))?
-        );
-    }
-    Ok(row)
-}
-
-// Rows go in id order, so that two writers lock shared rows in one order.
-
-fn transition_rows(batch_in: &[Transition]) -> Result<Param, StoreError> {
-    let rows = rows::order_by(batch_in, |t| t.fence.id)
-        .into_iter()
-        .map(|index| &batch_in[index])
-        .map(|t| write_row(&t.fence, t.now, Some(&t.decision), None))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(batch(rows))
-}
-
-fn record_rows(records: &[RecordOutcome], with_decision: bool) -> Result<Param, StoreError> {
-    let rows = rows::order_by(records, |record| record.fence.id)
-        .into_iter()
-        .map(|index| &records[index])
-        .map(|record| {
-            write_row(
-                &record.fence,
-                record.now,
-                with_decision.then_some(&record.decision),
-                Some(rows::record_detail(record)),
-            )
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(batch(rows))
 }
 
 impl<B: Backend> SqlStore<B> {
@@ -590,7 +545,7 @@ impl<B: Backend> SqlStore<B> {
             WriteSteps::Returning { update, log } => {
                 let changed = fetch::<B>(Exec::Tx(&mut tx), update, vec![rows.clone()]).await?;
                 let applied = ids_and_attempts(&changed)?;
-                execute::<B>(Exec::Tx(&mut tx), log, vec![rows, id_batch(&applied)]).await?;
+                execute::<B>(Exec::Tx(&mut tx), log, vec![rows, id_batch(&applied)?]).await?;
                 applied
             }
             WriteSteps::Locking {
@@ -605,7 +560,7 @@ impl<B: Backend> SqlStore<B> {
                         execute::<B>(Exec::Tx(&mut tx), update, vec![rows.clone()]).await?;
                     debug_assert_eq!(changed as usize, applied.len(), "locked rows changed");
                 }
-                execute::<B>(Exec::Tx(&mut tx), log, vec![rows, id_batch(&applied)]).await?;
+                execute::<B>(Exec::Tx(&mut tx), log, vec![rows, id_batch(&applied)?]).await?;
                 applied
             }
         };
@@ -625,19 +580,30 @@ impl<B: Backend> SqlStore<B> {
         if entries.is_empty() {
             return Ok(());
         }
-        let rows = entries.iter().enumerate().map(|(n, entry)| {
-            json!({
-                "n": n,
-                "operation_id": entry.operation.id.0,
-                "kind": entry.kind.as_str(),
-                "attempt": entry.operation.attempt_count,
-                "lease_owner": entry.operation.lease.as_ref().map(|lease| lease.owner.as_str()),
-                "state_after": entry.operation.state.as_str(),
-                "detail": entry.detail.to_string(),
-                "recorded_at": millis(entry.now),
+        let rows: Vec<EntryRow<'_>> = entries
+            .iter()
+            .enumerate()
+            .map(|(n, entry)| EntryRow {
+                n,
+                operation_id: entry.operation.id.0,
+                kind: entry.kind.as_str(),
+                attempt: i64::from(entry.operation.attempt_count),
+                lease_owner: entry
+                    .operation
+                    .lease
+                    .as_ref()
+                    .map(|lease| lease.owner.as_str()),
+                state_after: entry.operation.state.as_str(),
+                detail: entry.detail.to_string(),
+                recorded_at: millis(entry.now),
             })
-        });
-        execute::<B>(Exec::Tx(tx), &self.statements.append, vec![batch(rows)]).await?;
+            .collect();
+        execute::<B>(
+            Exec::Tx(tx),
+            &self.statements.append,
+            vec![batch::param(&rows)?],
+        )
+        .await?;
         Ok(())
     }
 
@@ -702,7 +668,7 @@ impl<B: Backend> Store for SqlStore<B> {
                 // were taken, if any: they are committed (the insert waited for any writer
                 // of them).
                 let rows = self
-                    .autocommit(sql, vec![plan.rows(&plan.unique, true)], None)
+                    .autocommit(sql, vec![plan.rows(&plan.unique, true)?], None)
                     .await?;
                 let inserted = by_scope(operations(&rows)?);
                 let existing = self
@@ -727,12 +693,13 @@ impl<B: Backend> Store for SqlStore<B> {
 
     async fn claim(&self, request: ClaimRequest) -> Result<Vec<Operation>, StoreError> {
         let lease_until = millis(request.lease_until());
-        let lease = json!({
-            "owner": request.owner.as_str(),
-            "lease_until": lease_until,
-            "at": millis(request.now),
-            "detail": executing_detail(lease_until).to_string(),
-        });
+        let lease = LeaseRow {
+            id: None,
+            owner: request.owner.as_str(),
+            lease_until,
+            at: millis(request.now),
+            detail: executing_detail(lease_until).to_string(),
+        };
         let due = vec![
             Param::Text(request.domain.to_string()),
             Param::Int(millis(request.now)),
@@ -741,7 +708,7 @@ impl<B: Backend> Store for SqlStore<B> {
         let rows = match &self.statements.claim {
             ClaimSql::Fused(claim) => {
                 let mut params = due;
-                params.push(batch([lease]));
+                params.push(batch::param(&[lease])?);
                 self.autocommit(claim, params, None).await?
             }
             ClaimSql::Steps {
@@ -755,15 +722,16 @@ impl<B: Backend> Store for SqlStore<B> {
                     self.commit(tx).await?;
                     return Ok(Vec::new());
                 }
-                let claimed = batch(
-                    ids.iter()
-                        .map(|row| {
-                            let mut row_lease = lease.clone();
-                            row_lease["id"] = json!(row.int("id")?);
-                            Ok(row_lease)
+                let claimed = ids
+                    .iter()
+                    .map(|row| {
+                        Ok(LeaseRow {
+                            id: Some(row.int("id")?),
+                            ..lease.clone()
                         })
-                        .collect::<Result<Vec<_>, StoreError>>()?,
-                );
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                let claimed = batch::param(&claimed)?;
                 execute::<B>(Exec::Tx(&mut tx), update, vec![claimed.clone()]).await?;
                 let ids: Vec<(i64, i64)> = ids
                     .iter()
@@ -772,7 +740,7 @@ impl<B: Backend> Store for SqlStore<B> {
                 let rows = fetch::<B>(
                     Exec::Tx(&mut tx),
                     &self.statements.by_ids,
-                    vec![id_batch(&ids)],
+                    vec![id_batch(&ids)?],
                 )
                 .await?;
                 execute::<B>(Exec::Tx(&mut tx), log, vec![claimed]).await?;
@@ -790,7 +758,7 @@ impl<B: Backend> Store for SqlStore<B> {
         let fenced = self
             .fenced_write(
                 &self.statements.record,
-                record_rows(&batch, false)?,
+                batch::param(&WriteRow::records(&batch, false)?)?,
                 ids,
                 None,
             )
@@ -804,7 +772,7 @@ impl<B: Backend> Store for SqlStore<B> {
         let ids = batch.iter().map(|record| record.fence.id.0);
         self.fenced_write(
             &self.statements.settle,
-            record_rows(&batch, true)?,
+            batch::param(&WriteRow::records(&batch, true)?)?,
             ids,
             Some(CrashPoint::DuringFinalize),
         )
@@ -815,7 +783,7 @@ impl<B: Backend> Store for SqlStore<B> {
         let ids = batch.iter().map(|transition| transition.fence.id.0);
         self.fenced_write(
             &self.statements.finalize,
-            transition_rows(&batch)?,
+            batch::param(&WriteRow::transitions(&batch)?)?,
             ids,
             Some(CrashPoint::DuringFinalize),
         )
@@ -843,7 +811,8 @@ impl<B: Backend> Store for SqlStore<B> {
 
     async fn reap(&self, batch: Vec<Transition>) -> Result<Vec<Fenced>, StoreError> {
         let ids = batch.iter().map(|transition| transition.fence.id.0);
-        self.fenced_write(&self.statements.reap, transition_rows(&batch)?, ids, None)
+        let rows = batch::param(&WriteRow::transitions(&batch)?)?;
+        self.fenced_write(&self.statements.reap, rows, ids, None)
             .await
     }
 
@@ -877,12 +846,15 @@ impl<B: Backend> Store for SqlStore<B> {
                 scope: scope.clone(),
             })?;
         rows::check_retryable(&current)?;
-        let action =
-            json!({ "id": current.id.0, "state": current.state.as_str(), "at": millis(now) });
+        let action = ActionRow {
+            id: current.id.0,
+            state: current.state.as_str(),
+            at: millis(now),
+        };
         let changed = execute::<B>(
             Exec::Tx(&mut tx),
             &self.statements.retry,
-            vec![batch([action])],
+            vec![batch::param(&[action])?],
         )
         .await?;
         let retried = self.get_with(Exec::Tx(&mut tx), scope).await?;
@@ -935,13 +907,13 @@ impl<B: Backend> Store for SqlStore<B> {
         execute::<B>(
             Exec::Tx(&mut tx),
             &self.statements.delete_log,
-            vec![id_batch(&ended)],
+            vec![id_batch(&ended)?],
         )
         .await?;
         let purged = execute::<B>(
             Exec::Tx(&mut tx),
             &self.statements.delete,
-            vec![id_batch(&ended)],
+            vec![id_batch(&ended)?],
         )
         .await?;
         self.commit(tx).await?;
