@@ -1,6 +1,10 @@
 //! The rows of each batch, as the statements of `sql` read them: one struct per column
 //! table there, serialized as the JSON array bound to the statement's batch parameter.
 //! A test checks that each struct has exactly its table's columns.
+//!
+//! Fields are in the order they are serialized, short ones first: a database that finds a
+//! column by scanning its row object (MySQL's `JSON_TABLE`) then skips no long text to
+//! reach the short ones.
 
 use chrono::{DateTime, Utc};
 use oncely::{Decision, Fence, OperationState, RecordOutcome, StoreError, Transition};
@@ -20,29 +24,31 @@ pub(crate) fn param<T: Serialize>(rows: &[T]) -> Result<Param, StoreError> {
 #[derive(Debug, Serialize)]
 pub(crate) struct AcceptRow<'a> {
     pub(crate) ord: usize,
+    pub(crate) attempt: i64,
+    pub(crate) at: i64,
+    pub(crate) lease_until: Option<i64>,
+    pub(crate) last_attempt_at: Option<i64>,
+    pub(crate) state: &'static str,
     pub(crate) tenant: &'a str,
     pub(crate) domain: &'a str,
     pub(crate) idem_key: &'a str,
-    pub(crate) event_type: &'a str,
-    pub(crate) state: &'static str,
-    pub(crate) payload: Option<String>,
-    pub(crate) fingerprint: &'a str,
-    pub(crate) attempt: i64,
     pub(crate) owner: Option<&'a str>,
-    pub(crate) lease_until: Option<i64>,
-    pub(crate) last_attempt_at: Option<i64>,
-    pub(crate) at: i64,
+    pub(crate) fingerprint: &'a str,
+    pub(crate) event_type: &'a str,
     pub(crate) accepted: String,
     pub(crate) executing: Option<String>,
+    pub(crate) payload: String,
 }
 
 /// `sql::INSERTED`.
 #[derive(Debug, Serialize)]
 pub(crate) struct InsertedRow<'a> {
     pub(crate) id: i64,
-    pub(crate) tenant: &'a str,
-    pub(crate) domain: &'a str,
-    pub(crate) idem_key: &'a str,
+    pub(crate) owner: Option<&'a str>,
+    pub(crate) attempt: i64,
+    pub(crate) at: i64,
+    pub(crate) accepted: String,
+    pub(crate) executing: Option<String>,
 }
 
 /// `sql::SCOPE`.
@@ -92,21 +98,24 @@ pub(crate) struct EntryRow<'a> {
     pub(crate) recorded_at: i64,
 }
 
-/// `sql::WRITE`: the fence, the time, the decision's columns, the entries' details.
+/// `sql::WRITE`: the fence, the time, the decision's columns, the entries' details; with
+/// `applied`, `sql::WRITTEN`.
 #[derive(Debug, Serialize)]
 pub(crate) struct WriteRow<'a> {
     pub(crate) id: i64,
     pub(crate) attempt: i64,
-    pub(crate) owner: &'a str,
     pub(crate) at: i64,
-    pub(crate) state: Option<&'static str>,
-    pub(crate) outcome_data: Option<String>,
-    pub(crate) error_code: Option<String>,
-    pub(crate) error_message: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) applied: Option<i64>,
     pub(crate) next_retry_at: Option<i64>,
     pub(crate) completed_at: Option<i64>,
-    pub(crate) recorded: Option<String>,
+    pub(crate) state: Option<&'static str>,
+    pub(crate) owner: &'a str,
+    pub(crate) error_code: Option<String>,
+    pub(crate) error_message: Option<String>,
     pub(crate) finalized: Option<String>,
+    pub(crate) recorded: Option<String>,
+    pub(crate) outcome_data: Option<String>,
 }
 
 impl<'a> WriteRow<'a> {
@@ -119,16 +128,17 @@ impl<'a> WriteRow<'a> {
         let mut row = Self {
             id: fence.id.0,
             attempt: i64::from(fence.attempt),
-            owner: fence.owner.as_str(),
             at: millis(now),
-            state: None,
-            outcome_data: None,
-            error_code: None,
-            error_message: None,
+            applied: None,
             next_retry_at: None,
             completed_at: None,
-            recorded,
+            state: None,
+            owner: fence.owner.as_str(),
+            error_code: None,
+            error_message: None,
             finalized: None,
+            recorded,
+            outcome_data: None,
         };
         if let Some(decision) = decision {
             let columns = rows::decision_columns(decision, now);
@@ -209,7 +219,7 @@ mod tests {
             idem_key: "",
             event_type: "",
             state: "",
-            payload: None,
+            payload: String::new(),
             fingerprint: "",
             attempt: 0,
             owner: None,
@@ -222,9 +232,11 @@ mod tests {
         assert_eq!(keys(&accept), names(sql::ACCEPT));
         let inserted = InsertedRow {
             id: 0,
-            tenant: "",
-            domain: "",
-            idem_key: "",
+            owner: None,
+            attempt: 0,
+            at: 0,
+            accepted: String::new(),
+            executing: None,
         };
         assert_eq!(keys(&inserted), names(sql::INSERTED));
         let scope = ScopeRow {
@@ -269,7 +281,15 @@ mod tests {
             attempt: 1,
             owner: oncely::LeaseOwner::from_stored("w"),
         };
-        let write = WriteRow::new(&fence, Utc::now(), None, None).unwrap();
+        let mut write = WriteRow::new(&fence, Utc::now(), None, None).unwrap();
         assert_eq!(keys(&write), names(sql::WRITE));
+        write.applied = Some(1);
+        let written = keys(&write);
+        for column in names(sql::WRITTEN) {
+            assert!(
+                written.contains(&column),
+                "{column} missing from {written:?}"
+            );
+        }
     }
 }

@@ -62,6 +62,9 @@ pub struct Dialect {
     /// `ON CONFLICT (…) DO NOTHING`; without it, an accept locks and reads what exists
     /// first, then inserts the rest.
     pub insert_or_ignore: bool,
+    /// How a batch table is joined to the operations, the batch first: MySQL's optimizer
+    /// may otherwise scan the operations and probe the batch for each row.
+    pub batch_join: &'static str,
     /// Row locks; SQLite has one writer, and no need of them.
     pub locks: Locks,
     /// The expression that wakes other nodes' idle engines for a domain, from a domain
@@ -128,6 +131,7 @@ mod tests {
             returning: false,
             returning_prefix: "",
             insert_or_ignore: false,
+            batch_join: "JOIN",
             locks: Locks {
                 for_update: "",
                 skip_locked: "",

@@ -31,6 +31,7 @@ const DIALECT: Dialect = Dialect {
     returning: false,
     returning_prefix: "",
     insert_or_ignore: false,
+    batch_join: "STRAIGHT_JOIN",
     locks: Locks {
         for_update: " FOR UPDATE",
         skip_locked: " FOR UPDATE SKIP LOCKED",
@@ -70,14 +71,14 @@ fn as_is(expression: &str) -> String {
     expression.to_owned()
 }
 
-/// `UPDATE … JOIN … SET`, MySQL's form of `UPDATE … FROM`.
+/// `UPDATE … JOIN … SET`, MySQL's form of `UPDATE … FROM`, the batch first.
 fn update(assignments: &[(&str, &str)], source: &str, predicate: &str) -> String {
     let set: Vec<String> = assignments
         .iter()
         .map(|(column, value)| format!("o.{column} = {value}"))
         .collect();
     format!(
-        "UPDATE oncely_operations AS o JOIN {source} ON {predicate} SET {}",
+        "UPDATE {source} STRAIGHT_JOIN oncely_operations AS o ON {predicate} SET {}",
         set.join(", ")
     )
 }

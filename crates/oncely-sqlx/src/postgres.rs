@@ -37,6 +37,7 @@ const DIALECT: Dialect = Dialect {
     returning: true,
     returning_prefix: "o.",
     insert_or_ignore: true,
+    batch_join: "JOIN",
     locks: Locks {
         for_update: " FOR UPDATE",
         skip_locked: " FOR UPDATE SKIP LOCKED",

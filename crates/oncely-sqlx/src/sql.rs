@@ -74,12 +74,15 @@ pub(crate) const ACCEPT: &[Column] = &[
     column("executing", Ty::Text),
 ];
 
-/// The operations an accept inserted, for its log entries.
+/// The log entries of the operations an accept inserted: their ids, whether they were
+/// leased (`attempt` 1), and the entries' details.
 pub(crate) const INSERTED: &[Column] = &[
     column("id", Ty::Int),
-    column("tenant", Ty::Name),
-    column("domain", Ty::Name),
-    column("idem_key", Ty::Name),
+    column("owner", Ty::Name),
+    column("attempt", Ty::Int),
+    column("at", Ty::Int),
+    column("accepted", Ty::Text),
+    column("executing", Ty::Text),
 ];
 
 /// Scopes to look up.
@@ -107,6 +110,18 @@ pub(crate) const WRITE: &[Column] = &[
     column("completed_at", Ty::Int),
     column("recorded", Ty::Text),
     column("finalized", Ty::Text),
+];
+
+/// The log entries of a fenced write: its batch, and whether each row was changed.
+pub(crate) const WRITTEN: &[Column] = &[
+    column("id", Ty::Int),
+    column("attempt", Ty::Int),
+    column("owner", Ty::Name),
+    column("at", Ty::Int),
+    column("state", Ty::Name),
+    column("recorded", Ty::Text),
+    column("finalized", Ty::Text),
+    column("applied", Ty::Int),
 ];
 
 /// A claim's lease: who, until when, from when, and the `EXECUTING` entries' detail.
@@ -199,14 +214,14 @@ const RECORD_ENTRIES: [Entry; 2] = [
         rows: Rows::Applied,
         kind: WalKind::OutcomeRecorded,
         state_after: "'PROCESSING'",
-        detail: "t.recorded",
+        detail: "l.recorded",
     },
     // I4: a zombie's outcome is kept for the record, never applied.
     Entry {
         rows: Rows::Rejected,
         kind: WalKind::OutcomeRejected,
         state_after: "o.state",
-        detail: "t.recorded",
+        detail: "l.recorded",
     },
 ];
 
@@ -239,8 +254,8 @@ const SETTLE: Write = Write {
         Entry {
             rows: Rows::Applied,
             kind: WalKind::Finalized,
-            state_after: "t.state",
-            detail: "t.finalized",
+            state_after: "l.state",
+            detail: "l.finalized",
         },
         RECORD_ENTRIES[1],
     ],
@@ -252,8 +267,8 @@ const FINALIZE: Write = Write {
     entries: &[Entry {
         rows: Rows::Applied,
         kind: WalKind::Finalized,
-        state_after: "t.state",
-        detail: "t.finalized",
+        state_after: "l.state",
+        detail: "l.finalized",
     }],
 };
 
@@ -263,8 +278,8 @@ const REAP: Write = Write {
     entries: &[Entry {
         rows: Rows::Applied,
         kind: WalKind::Reaped,
-        state_after: "t.state",
-        detail: "t.finalized",
+        state_after: "l.state",
+        detail: "l.finalized",
     }],
 };
 
@@ -376,13 +391,15 @@ impl Statements {
         Self {
             accept: accept(d),
             by_scope: p(format!(
-                "SELECT {select} FROM oncely_operations o JOIN {} ON {SAME_SCOPE}",
-                (d.rows)("t", SCOPE)
+                "SELECT {select} FROM {} {} oncely_operations o ON {SAME_SCOPE}",
+                (d.rows)("t", SCOPE),
+                d.batch_join
             )),
             by_ids: p(format!(
-                "SELECT {select} FROM oncely_operations o JOIN {} ON o.id = t.id \
+                "SELECT {select} FROM {} {} oncely_operations o ON o.id = t.id \
                  ORDER BY o.next_retry_at, o.id",
-                (d.rows)("t", ID)
+                (d.rows)("t", ID),
+                d.batch_join
             )),
             get: p(format!(
                 "SELECT {select} FROM oncely_operations o \
@@ -501,25 +518,26 @@ fn log_select(d: &Dialect, branches: &[String]) -> String {
     )
 }
 
-/// The log entries of a fenced write, over `t` (the batch) and `a` (the changed rows).
+/// The log entries of a fenced write, over `l`: its batch rows, each with `applied`.
 fn write_log(d: &Dialect, entries: &[Entry]) -> String {
     let branches: Vec<String> = entries
         .iter()
         .enumerate()
         .map(|(n, entry)| {
             let columns = format!(
-                "SELECT t.id AS operation_id, '{}' AS kind, t.attempt AS attempt, \
-                 t.owner AS lease_owner, {} AS state_after, {} AS detail, \
-                 t.at AS recorded_at, {n} AS n",
+                "SELECT l.id AS operation_id, '{}' AS kind, l.attempt AS attempt, \
+                 l.owner AS lease_owner, {} AS state_after, {} AS detail, \
+                 l.at AS recorded_at, {n} AS n",
                 entry.kind.as_str(),
                 entry.state_after,
                 entry.detail
             );
             match entry.rows {
-                Rows::Applied => format!("{columns} FROM t JOIN a ON a.id = t.id"),
+                Rows::Applied => format!("{columns} FROM l WHERE l.applied = 1"),
                 Rows::Rejected => format!(
-                    "{columns} FROM t JOIN oncely_operations o ON o.id = t.id \
-                     WHERE t.id NOT IN (SELECT a.id FROM a)"
+                    "{columns} FROM l {} oncely_operations o ON o.id = l.id \
+                     WHERE l.applied = 0",
+                    d.batch_join
                 ),
             }
         })
@@ -539,6 +557,8 @@ fn write(d: &Dialect, write: &Write) -> WriteSql {
         return WriteSql::Fused(d.placeholders(&format!(
             "WITH t AS (SELECT * FROM {}), \
              a AS ({update} RETURNING {r}id, {r}attempt_count AS attempt), \
+             l AS (SELECT t.*, CASE WHEN a.id IS NULL THEN 0 ELSE 1 END AS applied \
+                 FROM t LEFT JOIN a ON a.id = t.id), \
              w AS ({WAL_INSERT} {log}) \
              SELECT id, attempt FROM a",
             (d.rows)("r", WRITE),
@@ -546,9 +566,8 @@ fn write(d: &Dialect, write: &Write) -> WriteSql {
         )));
     }
     let logged = d.placeholders(&format!(
-        "{WAL_INSERT} WITH t AS (SELECT * FROM {}), a AS (SELECT * FROM {}) {log}",
-        (d.rows)("r", WRITE),
-        (d.rows)("s", ID)
+        "{WAL_INSERT} WITH l AS (SELECT * FROM {}) {log}",
+        (d.rows)("r", WRITTEN)
     ));
     let source = (d.rows)("t", WRITE);
     let updated = update(d, write.set, &source, &guard);
@@ -563,9 +582,9 @@ fn write(d: &Dialect, write: &Write) -> WriteSql {
     }
     WriteSql::Steps(WriteSteps::Locking {
         select: d.placeholders(&format!(
-            "SELECT o.id, o.attempt_count AS attempt FROM oncely_operations o \
-             JOIN {source} ON {guard}{}",
-            d.locks.for_update
+            "SELECT o.id, o.attempt_count AS attempt FROM {source} {} oncely_operations o \
+             ON {guard}{}",
+            d.batch_join, d.locks.for_update
         )),
         update: d.placeholders(&updated),
         log: logged,
@@ -618,8 +637,9 @@ fn claim(d: &Dialect) -> ClaimSql {
     }
     let log = format!(
         "{WAL_INSERT} WITH t AS (SELECT * FROM {}), \
-         c AS (SELECT o.* FROM oncely_operations o JOIN t ON o.id = t.id) {log}",
-        (d.rows)("r", CLAIM)
+         c AS (SELECT o.* FROM t {} oncely_operations o ON o.id = t.id) {log}",
+        (d.rows)("r", CLAIM),
+        d.batch_join
     );
     ClaimSql::Steps {
         due: d.placeholders(&due(d)),
@@ -629,21 +649,18 @@ fn claim(d: &Dialect) -> ClaimSql {
 }
 
 /// The `ACCEPTED` entry of every inserted operation and the `EXECUTING` entry of those
-/// leased on accept, over `t` (the batch) and `i` (the inserted rows).
+/// leased on accept, over `l`: the inserted operations' ids with their batch rows.
 fn accept_log(d: &Dialect) -> String {
-    let same = "i.tenant = t.tenant AND i.domain = t.domain AND i.idem_key = t.idem_key";
     log_select(
         d,
         &[
-            format!(
-                "SELECT i.id AS operation_id, 'ACCEPTED' AS kind, 0 AS attempt, \
-                 NULL AS lease_owner, 'ACCEPTED' AS state_after, t.accepted AS detail, \
-                 t.at AS recorded_at, 0 AS n FROM i JOIN t ON {same}"
-            ),
-            format!(
-                "SELECT i.id, 'EXECUTING', 1, t.owner, 'PROCESSING', t.executing, t.at, 1 \
-                 FROM i JOIN t ON {same} WHERE t.attempt = 1"
-            ),
+            "SELECT l.id AS operation_id, 'ACCEPTED' AS kind, 0 AS attempt, \
+             NULL AS lease_owner, 'ACCEPTED' AS state_after, l.accepted AS detail, \
+             l.at AS recorded_at, 0 AS n FROM l"
+                .to_owned(),
+            "SELECT l.id, 'EXECUTING', 1, l.owner, 'PROCESSING', l.executing, l.at, 1 \
+             FROM l WHERE l.attempt = 1"
+                .to_owned(),
         ],
     )
 }
@@ -676,13 +693,15 @@ fn accept(d: &Dialect) -> AcceptSql {
         };
         return AcceptSql::Fused(d.placeholders(&format!(
             "WITH {batch}, i AS ({INSERT_OPERATIONS} {select} {ignore} RETURNING {returned}), \
+             l AS (SELECT i.id, t.* FROM i JOIN t ON i.tenant = t.tenant \
+                 AND i.domain = t.domain AND i.idem_key = t.idem_key), \
              w AS ({WAL_INSERT} {log}){notify} SELECT * FROM i{when}"
         )));
     }
     let insert = format!("{INSERT_OPERATIONS} WITH {batch} {select}");
     let logged = d.placeholders(&format!(
-        "{WAL_INSERT} WITH {batch}, i AS (SELECT * FROM {}) {log}",
-        (d.rows)("s", INSERTED)
+        "{WAL_INSERT} WITH l AS (SELECT * FROM {}) {log}",
+        (d.rows)("r", INSERTED)
     ));
     AcceptSql::Steps(if d.insert_or_ignore {
         AcceptSteps::Returning {

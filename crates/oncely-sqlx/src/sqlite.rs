@@ -31,6 +31,7 @@ const DIALECT: Dialect = Dialect {
     returning: true,
     returning_prefix: "",
     insert_or_ignore: true,
+    batch_join: "JOIN",
     locks: Locks {
         for_update: "",
         skip_locked: "",
@@ -52,11 +53,17 @@ impl_backend!(
     connect
 );
 
+/// Each row object is parsed once, by `json_each` over its fields, and its fields pivoted
+/// into columns: reading `value ->> 'name'` per column would turn the row back into text
+/// and parse it again for every column.
 fn rows(alias: &str, columns: &[Column]) -> String {
     let fields = each(columns, |column| {
-        format!("value ->> '{0}' AS {0}", column.name)
+        format!(
+            "MAX(CASE f.key WHEN '{0}' THEN f.value END) AS {0}",
+            column.name
+        )
     });
-    format!("(SELECT {fields} FROM json_each(?)) AS {alias}")
+    format!("(SELECT {fields} FROM json_each(?) e, json_each(e.value) f GROUP BY e.key) AS {alias}")
 }
 
 /// JSON is kept as text.

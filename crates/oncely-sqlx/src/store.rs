@@ -265,9 +265,8 @@ impl<'a> AcceptPlan<'a> {
         }
     }
 
-    /// The batch rows of `items`; without `payload` for the log statements, which do not
-    /// read it.
-    fn rows(&self, items: &[usize], with_payload: bool) -> Result<Param, StoreError> {
+    /// The batch rows of `items`.
+    fn rows(&self, items: &[usize]) -> Result<Param, StoreError> {
         let rows: Vec<AcceptRow<'_>> = items
             .iter()
             .enumerate()
@@ -289,14 +288,14 @@ impl<'a> AcceptPlan<'a> {
                     } else {
                         OperationState::Accepted.as_str()
                     },
-                    payload: with_payload.then(|| new.payload.to_string()),
+                    payload: new.payload.to_string(),
                     fingerprint: new.fingerprint.as_str(),
                     attempt: i64::from(lease.is_some()),
                     owner: lease.map(|(owner, _)| owner),
                     lease_until: lease.map(|(_, until)| until),
                     last_attempt_at: lease.map(|_| at),
                     at,
-                    accepted: json!({ "eventType": new.event_type }).to_string(),
+                    accepted: accepted_detail(&new.event_type),
                     executing: lease.map(|(_, until)| executing_detail(until).to_string()),
                 }
             })
@@ -350,23 +349,15 @@ impl<'a> AcceptPlan<'a> {
     }
 }
 
+/// The detail of an `ACCEPTED` entry: the domain's event type.
+fn accepted_detail(event_type: &str) -> String {
+    json!({ "eventType": event_type }).to_string()
+}
+
 /// The detail of an `EXECUTING` entry: when its lease ends.
 fn executing_detail(lease_until: i64) -> Value {
     let until = DateTime::from_timestamp_millis(lease_until).unwrap_or(DateTime::<Utc>::MAX_UTC);
     json!({ "leaseUntil": until.to_rfc3339() })
-}
-
-fn inserted_rows(inserted: &[Operation]) -> Result<Param, StoreError> {
-    let rows: Vec<InsertedRow<'_>> = inserted
-        .iter()
-        .map(|operation| InsertedRow {
-            id: operation.id.0,
-            tenant: operation.scope.tenant.as_str(),
-            domain: operation.scope.domain.as_str(),
-            idem_key: operation.scope.key.as_str(),
-        })
-        .collect();
-    batch::param(&rows)
 }
 
 fn by_scope(operations: Vec<Operation>) -> HashMap<String, Operation> {
@@ -387,10 +378,10 @@ impl<B: Backend> SqlStore<B> {
     ) -> Result<(Vec<Operation>, HashMap<String, Operation>), StoreError> {
         let (insert, log) = match steps {
             AcceptSteps::Returning { insert, log } => {
-                let all = plan.rows(&plan.unique, true)?;
+                let all = plan.rows(&plan.unique)?;
                 let rows = fetch::<B>(Exec::Tx(tx), insert, vec![all]).await?;
                 let inserted = operations(&rows)?;
-                self.log_accepts(tx, plan, &inserted, log).await?;
+                self.log_accepts(tx, &inserted, log).await?;
                 return Ok((inserted, HashMap::new()));
             }
             AcceptSteps::Plain { insert, log } => (insert, log),
@@ -414,7 +405,7 @@ impl<B: Backend> SqlStore<B> {
             if new.is_empty() {
                 return Ok((Vec::new(), existing));
             }
-            match execute::<B>(Exec::Tx(tx), insert, vec![plan.rows(&new, true)?]).await {
+            match execute::<B>(Exec::Tx(tx), insert, vec![plan.rows(&new)?]).await {
                 Err(StoreError::Database(error)) if is_unique_violation(error.as_ref()) => {
                     continue;
                 }
@@ -428,7 +419,7 @@ impl<B: Backend> SqlStore<B> {
             )
             .await?;
             let inserted = operations(&rows)?;
-            self.log_accepts(tx, plan, &inserted, log).await?;
+            self.log_accepts(tx, &inserted, log).await?;
             return Ok((inserted, existing));
         }
         Err(StoreError::Database(
@@ -464,26 +455,30 @@ impl<B: Backend> SqlStore<B> {
     async fn log_accepts(
         &self,
         tx: &mut Transaction<'static, B::Db>,
-        plan: &AcceptPlan<'_>,
         inserted: &[Operation],
         log: &str,
     ) -> Result<(), StoreError> {
         if inserted.is_empty() {
             return Ok(());
         }
-        let keys: HashSet<String> = inserted.iter().map(|op| op.scope.to_string()).collect();
-        let items: Vec<usize> = plan
-            .unique
+        let rows: Vec<InsertedRow<'_>> = inserted
             .iter()
-            .copied()
-            .filter(|&index| keys.contains(&plan.key(index)))
+            .map(|operation| {
+                let leased = operation.lease.as_ref().map(|lease| {
+                    let until = millis(lease.until);
+                    (lease.owner.as_str(), executing_detail(until).to_string())
+                });
+                InsertedRow {
+                    id: operation.id.0,
+                    owner: leased.as_ref().map(|(owner, _)| *owner),
+                    attempt: i64::from(operation.attempt_count),
+                    at: millis(operation.created_at),
+                    accepted: accepted_detail(&operation.event_type),
+                    executing: leased.map(|(_, detail)| detail),
+                }
+            })
             .collect();
-        execute::<B>(
-            Exec::Tx(tx),
-            log,
-            vec![plan.rows(&items, false)?, inserted_rows(inserted)?],
-        )
-        .await?;
+        execute::<B>(Exec::Tx(tx), log, vec![batch::param(&rows)?]).await?;
         Ok(())
     }
 }
@@ -518,52 +513,54 @@ impl<B: Backend> SqlStore<B> {
     async fn fenced_write(
         &self,
         sql: &WriteSql,
-        rows: Param,
-        ids: impl Iterator<Item = i64>,
+        mut rows: Vec<WriteRow<'_>>,
         crash: Option<CrashPoint>,
     ) -> Result<Vec<Fenced>, StoreError> {
+        let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
         let applied = match sql {
             WriteSql::Fused(write) => {
                 // One statement: a transaction of its own.
-                let applied = ids_and_attempts(&self.autocommit(write, vec![rows], crash).await?)?;
-                return Ok(fenced(applied, ids));
+                let params = vec![batch::param(&rows)?];
+                ids_and_attempts(&self.autocommit(write, params, crash).await?)?
             }
-            WriteSql::Steps(steps) => self.write_in_steps(steps, rows, crash).await?,
+            WriteSql::Steps(steps) => self.write_in_steps(steps, &mut rows, crash).await?,
         };
-        Ok(fenced(applied, ids))
+        Ok(fenced(applied, ids.into_iter()))
     }
 
     /// A fenced write as several statements in one transaction.
     async fn write_in_steps(
         &self,
         steps: &WriteSteps,
-        rows: Param,
+        rows: &mut [WriteRow<'_>],
         crash: Option<CrashPoint>,
     ) -> Result<Vec<(i64, i64)>, StoreError> {
         let mut tx = self.begin().await?;
-        let applied = match steps {
+        let batch = batch::param(rows)?;
+        let (applied, log) = match steps {
             WriteSteps::Returning { update, log } => {
-                let changed = fetch::<B>(Exec::Tx(&mut tx), update, vec![rows.clone()]).await?;
-                let applied = ids_and_attempts(&changed)?;
-                execute::<B>(Exec::Tx(&mut tx), log, vec![rows, id_batch(&applied)?]).await?;
-                applied
+                let changed = fetch::<B>(Exec::Tx(&mut tx), update, vec![batch]).await?;
+                (ids_and_attempts(&changed)?, log)
             }
             WriteSteps::Locking {
                 select,
                 update,
                 log,
             } => {
-                let locked = fetch::<B>(Exec::Tx(&mut tx), select, vec![rows.clone()]).await?;
+                let locked = fetch::<B>(Exec::Tx(&mut tx), select, vec![batch.clone()]).await?;
                 let applied = ids_and_attempts(&locked)?;
                 if !applied.is_empty() {
-                    let changed =
-                        execute::<B>(Exec::Tx(&mut tx), update, vec![rows.clone()]).await?;
+                    let changed = execute::<B>(Exec::Tx(&mut tx), update, vec![batch]).await?;
                     debug_assert_eq!(changed as usize, applied.len(), "locked rows changed");
                 }
-                execute::<B>(Exec::Tx(&mut tx), log, vec![rows, id_batch(&applied)?]).await?;
-                applied
+                (applied, log)
             }
         };
+        let changed: HashSet<i64> = applied.iter().map(|(id, _)| *id).collect();
+        for row in rows.iter_mut() {
+            row.applied = Some(i64::from(changed.contains(&row.id)));
+        }
+        execute::<B>(Exec::Tx(&mut tx), log, vec![batch::param(rows)?]).await?;
         if let Some(point) = crash {
             self.crash_at(point)?;
         }
@@ -668,7 +665,7 @@ impl<B: Backend> Store for SqlStore<B> {
                 // were taken, if any: they are committed (the insert waited for any writer
                 // of them).
                 let rows = self
-                    .autocommit(sql, vec![plan.rows(&plan.unique, true)?], None)
+                    .autocommit(sql, vec![plan.rows(&plan.unique)?], None)
                     .await?;
                 let inserted = by_scope(operations(&rows)?);
                 let existing = self
@@ -754,14 +751,9 @@ impl<B: Backend> Store for SqlStore<B> {
     }
 
     async fn record_outcomes(&self, batch: Vec<RecordOutcome>) -> Result<Vec<Fenced>, StoreError> {
-        let ids = batch.iter().map(|record| record.fence.id.0);
+        let rows = WriteRow::records(&batch, false)?;
         let fenced = self
-            .fenced_write(
-                &self.statements.record,
-                batch::param(&WriteRow::records(&batch, false)?)?,
-                ids,
-                None,
-            )
+            .fenced_write(&self.statements.record, rows, None)
             .await?;
         // The outcome is committed: a crash here leaves it for the Finalizer (I3).
         self.crash_at(CrashPoint::AfterRecord)?;
@@ -769,22 +761,20 @@ impl<B: Backend> Store for SqlStore<B> {
     }
 
     async fn settle(&self, batch: Vec<RecordOutcome>) -> Result<Vec<Fenced>, StoreError> {
-        let ids = batch.iter().map(|record| record.fence.id.0);
+        let rows = WriteRow::records(&batch, true)?;
         self.fenced_write(
             &self.statements.settle,
-            batch::param(&WriteRow::records(&batch, true)?)?,
-            ids,
+            rows,
             Some(CrashPoint::DuringFinalize),
         )
         .await
     }
 
     async fn finalize(&self, batch: Vec<Transition>) -> Result<Vec<Fenced>, StoreError> {
-        let ids = batch.iter().map(|transition| transition.fence.id.0);
+        let rows = WriteRow::transitions(&batch)?;
         self.fenced_write(
             &self.statements.finalize,
-            batch::param(&WriteRow::transitions(&batch)?)?,
-            ids,
+            rows,
             Some(CrashPoint::DuringFinalize),
         )
         .await
@@ -810,10 +800,8 @@ impl<B: Backend> Store for SqlStore<B> {
     }
 
     async fn reap(&self, batch: Vec<Transition>) -> Result<Vec<Fenced>, StoreError> {
-        let ids = batch.iter().map(|transition| transition.fence.id.0);
-        let rows = batch::param(&WriteRow::transitions(&batch)?)?;
-        self.fenced_write(&self.statements.reap, rows, ids, None)
-            .await
+        let rows = WriteRow::transitions(&batch)?;
+        self.fenced_write(&self.statements.reap, rows, None).await
     }
 
     async fn pending_outcomes(

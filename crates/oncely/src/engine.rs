@@ -66,6 +66,9 @@ pub struct EngineConfig {
     /// worker slot is free, and starts it at once (no claim, no dispatcher hop). Work that
     /// finds no free slot is claimed later as usual.
     pub claim_on_accept: bool,
+    /// How many accept batches, and how many settle batches, may be in the store at once
+    /// (1 to 8): while one commits, the next gathers and is sent.
+    pub batches_in_flight: usize,
 }
 
 impl Default for EngineConfig {
@@ -80,6 +83,7 @@ impl Default for EngineConfig {
             batch_size_max: 256,
             retention: Some(Duration::from_secs(7 * 24 * 3_600)),
             claim_on_accept: true,
+            batches_in_flight: 2,
         }
     }
 }
@@ -101,6 +105,12 @@ impl EngineConfig {
             return fail(format!(
                 "call_timeout ({:?}) must be above zero and below lease_ttl ({:?})",
                 self.call_timeout, self.lease_ttl
+            ));
+        }
+        if !(1..=8).contains(&self.batches_in_flight) {
+            return fail(format!(
+                "batches_in_flight must be 1 to 8, not {}",
+                self.batches_in_flight
             ));
         }
         if self.poll_interval.is_zero() || self.maintenance_interval.is_zero() {
@@ -644,60 +654,116 @@ impl<S: Store, O: Orchestrator> Shared<S, O> {
 
 async fn accept_loop<S: Store, O: Orchestrator>(
     shared: Arc<Shared<S, O>>,
-    mut requests: mpsc::Receiver<AcceptRequest>,
+    requests: mpsc::Receiver<AcceptRequest>,
     finished: mpsc::Sender<Finished>,
 ) {
+    let step = shared.clone();
+    pipelined(&shared, requests, move |batch| {
+        accept_batch(step.clone(), batch, finished.clone())
+    })
+    .await;
+}
+
+/// Receives batches of up to `batch_size_max` and runs `step` on each, with up to
+/// `batches_in_flight` of them at once; returns when the channel is closed and every batch
+/// is done, or at once when a step says the engine crashed (returns false).
+async fn pipelined<S, O, T, F, Fut>(
+    shared: &Shared<S, O>,
+    mut receiver: mpsc::Receiver<T>,
+    mut step: F,
+) where
+    S: Store,
+    O: Orchestrator,
+    T: Send + 'static,
+    F: FnMut(Vec<T>) -> Fut,
+    Fut: Future<Output = bool> + Send + 'static,
+{
+    let mut running = JoinSet::new();
     let mut batch = Vec::with_capacity(shared.config.batch_size_max);
-    while requests
-        .recv_many(&mut batch, shared.config.batch_size_max)
-        .await
-        > 0
-    {
-        if shared.failpoints.is_crashed() {
-            return;
+    // A step that ended false, or panicked: the engine crashed.
+    let crashed = |done: Option<Result<bool, tokio::task::JoinError>>| {
+        matches!(done, Some(Ok(false) | Err(_)))
+    };
+    loop {
+        while running.len() >= shared.config.batches_in_flight {
+            if crashed(running.join_next().await) {
+                return;
+            }
         }
-        let (operations, replies): (Vec<_>, Vec<_>) = batch
-            .drain(..)
-            .map(|request| (request.operation, request.reply))
-            .unzip();
-        // Free worker slots lease what this batch accepts, in the same transaction.
-        let slots = if shared.config.claim_on_accept {
-            shared.free_slots_now(operations.len())
-        } else {
-            Vec::new()
-        };
-        let lease = (!slots.is_empty()).then(|| AcceptLease {
-            owner: shared.owner.clone(),
-            now: shared.now(),
-            lease_ttl: shared.config.lease_ttl,
-            limit: u32::try_from(slots.len()).unwrap_or(u32::MAX),
-        });
-        // A batch that failed (a deadlock, a dropped connection) was rolled back whole,
-        // so it is tried again as it is; callers wait meanwhile.
-        let accepted = shared
-            .persist_or_error("accept", || {
-                shared.store.accept(operations.clone(), lease.clone())
-            })
-            .await;
-        match accepted {
-            Ok(accepted) => {
-                if !start_leased(&shared, &accepted, slots, &finished) {
+        tokio::select! {
+            received = receiver.recv_many(&mut batch, shared.config.batch_size_max) => {
+                if received == 0 {
+                    break;
+                }
+                running.spawn(step(std::mem::take(&mut batch)));
+            }
+            done = running.join_next(), if !running.is_empty() => {
+                if crashed(done) {
                     return;
                 }
-                for (reply, accepted) in replies.into_iter().zip(accepted) {
-                    // A caller that stopped waiting still has its operation accepted.
-                    let _ = reply.send(Ok(accepted));
-                }
             }
-            Err(StoreError::Crashed) => return,
-            Err(error) => {
-                tracing::warn!(%error, "accept failed");
-                let message = error.to_string();
-                for reply in replies {
-                    let error = StoreError::Database(message.clone().into());
-                    let _ = reply.send(Err(error.into()));
-                }
+        }
+    }
+    while !running.is_empty() {
+        if crashed(running.join_next().await) {
+            return;
+        }
+    }
+}
+
+/// Accepts one batch of submissions in one store transaction, leasing what free worker
+/// slots allow, and answers each caller. Returns false when the engine crashed.
+async fn accept_batch<S: Store, O: Orchestrator>(
+    shared: Arc<Shared<S, O>>,
+    batch: Vec<AcceptRequest>,
+    finished: mpsc::Sender<Finished>,
+) -> bool {
+    if shared.failpoints.is_crashed() {
+        return false;
+    }
+    let (operations, replies): (Vec<_>, Vec<_>) = batch
+        .into_iter()
+        .map(|request| (request.operation, request.reply))
+        .unzip();
+    // Free worker slots lease what this batch accepts, in the same transaction.
+    let slots = if shared.config.claim_on_accept {
+        shared.free_slots_now(operations.len())
+    } else {
+        Vec::new()
+    };
+    let lease = (!slots.is_empty()).then(|| AcceptLease {
+        owner: shared.owner.clone(),
+        now: shared.now(),
+        lease_ttl: shared.config.lease_ttl,
+        limit: u32::try_from(slots.len()).unwrap_or(u32::MAX),
+    });
+    // A batch that failed (a deadlock, a dropped connection) was rolled back whole, so it
+    // is tried again as it is; callers wait meanwhile.
+    let accepted = shared
+        .persist_or_error("accept", || {
+            shared.store.accept(operations.clone(), lease.clone())
+        })
+        .await;
+    match accepted {
+        Ok(accepted) => {
+            if !start_leased(&shared, &accepted, slots, &finished) {
+                return false;
             }
+            for (reply, accepted) in replies.into_iter().zip(accepted) {
+                // A caller that stopped waiting still has its operation accepted.
+                let _ = reply.send(Ok(accepted));
+            }
+            true
+        }
+        Err(StoreError::Crashed) => false,
+        Err(error) => {
+            tracing::warn!(%error, "accept failed");
+            let message = error.to_string();
+            for reply in replies {
+                let error = StoreError::Database(message.clone().into());
+                let _ = reply.send(Err(error.into()));
+            }
+            true
         }
     }
 }
@@ -750,14 +816,16 @@ async fn dispatch_loop<S: Store, O: Orchestrator>(
     finished: mpsc::Sender<Finished>,
     mut stop: watch::Receiver<Option<Duration>>,
 ) {
-    loop {
+    'claiming: loop {
         if stop.borrow().is_some() || shared.failpoints.is_crashed() {
             break;
         }
-        let Some(slots) = free_slots(&shared, &mut stop).await else {
+        // Slots are counted, not taken, while the claim runs: an accept may lease them
+        // meanwhile, and it starts its work without a claim at all.
+        let Some(free) = free_slot_count(&shared, &mut stop).await else {
             break;
         };
-        let requested = slots.len();
+        let requested = free.min(shared.config.batch_size_max);
         let claimed = match claim(&shared, requested).await {
             Ok(claimed) => claimed,
             Err(error) => {
@@ -769,7 +837,13 @@ async fn dispatch_loop<S: Store, O: Orchestrator>(
             return;
         }
         let idle = claimed.len() < requested;
-        for (operation, slot) in claimed.into_iter().zip(slots) {
+        for operation in claimed {
+            let slot = tokio::select! {
+                slot = shared.slots.clone().acquire_owned() => slot,
+                // Stopping: what is claimed and not started is left to its lease.
+                _ = stop.changed() => break 'claiming,
+            };
+            let Ok(slot) = slot else { break 'claiming };
             shared.start_attempt(operation, slot, &finished);
         }
         if idle {
@@ -801,19 +875,17 @@ async fn dispatch_loop<S: Store, O: Orchestrator>(
     }
 }
 
-/// Waits for at least one free worker slot, then takes as many more as are free, up to a
-/// batch. `None` when the engine is stopping.
-async fn free_slots<S: Store, O: Orchestrator>(
+/// Waits until at least one worker slot is free, and says how many are. `None` when the
+/// engine is stopping.
+async fn free_slot_count<S: Store, O: Orchestrator>(
     shared: &Shared<S, O>,
     stop: &mut watch::Receiver<Option<Duration>>,
-) -> Option<Vec<OwnedSemaphorePermit>> {
-    let first = tokio::select! {
-        permit = shared.slots.clone().acquire_owned() => permit.ok()?,
+) -> Option<usize> {
+    tokio::select! {
+        permit = shared.slots.acquire() => drop(permit.ok()?),
         _ = stop.changed() => return None,
-    };
-    let mut slots = vec![first];
-    slots.extend(shared.free_slots_now(shared.config.batch_size_max - 1));
-    Some(slots)
+    }
+    Some(shared.slots.available_permits().max(1))
 }
 
 async fn claim<S: Store, O: Orchestrator>(
@@ -912,24 +984,19 @@ async fn call<S: Store, O: Orchestrator>(
 
 async fn record_loop<S: Store, O: Orchestrator>(
     shared: Arc<Shared<S, O>>,
-    mut finished: mpsc::Receiver<Finished>,
+    finished: mpsc::Receiver<Finished>,
 ) {
-    let mut batch = Vec::with_capacity(shared.config.batch_size_max);
-    while finished
-        .recv_many(&mut batch, shared.config.batch_size_max)
-        .await
-        > 0
-    {
-        if !record_and_finalize(&shared, std::mem::take(&mut batch)).await {
-            return;
-        }
-    }
+    let step = shared.clone();
+    pipelined(&shared, finished, move |batch| {
+        record_and_finalize(step.clone(), batch)
+    })
+    .await;
 }
 
 /// Records the batch's outcomes and applies their decisions ([`Store::settle`]: the log
 /// entry first, I3; fenced, I4). Returns false when the engine crashed.
 async fn record_and_finalize<S: Store, O: Orchestrator>(
-    shared: &Shared<S, O>,
+    shared: Arc<Shared<S, O>>,
     batch: Vec<Finished>,
 ) -> bool {
     let now = shared.now();

@@ -265,6 +265,7 @@ pub fn test_config() -> EngineConfig {
         batch_size_max: 16,
         retention: None,
         claim_on_accept: true,
+        batches_in_flight: 2,
     }
 }
 
