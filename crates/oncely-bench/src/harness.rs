@@ -9,6 +9,7 @@ use tokio::process::Command;
 use crate::BenchError;
 use crate::report::{Machine, Report};
 use crate::result::WorkloadResult;
+use crate::soak::SoakSpec;
 use crate::workload::{Load, Spec};
 
 /// The flag a child process is started with, followed by its [`Spec`] as JSON.
@@ -27,7 +28,7 @@ pub struct Plan {
     pub http_seconds: u64,
     /// Database servers to run on: `sqlite`, and PostgreSQL / MySQL URLs.
     pub databases: Vec<String>,
-    /// Also run underway and apalis (built from `peers_manifest` on first use).
+    /// Also run underway, apalis and DBOS (built from `peers_manifest` on first use).
     pub peers: bool,
     /// The peers crate's `Cargo.toml`.
     pub peers_manifest: PathBuf,
@@ -37,22 +38,54 @@ pub struct Plan {
     pub exe: PathBuf,
     /// The command line, for the report.
     pub command: String,
+    /// Rounds of each comparison (e2e, overhead, limit): every system runs once per round,
+    /// in turn, so a ratio is a median of rounds and not one draw.
+    pub rounds: u32,
+    /// Finished payments retained before `bigtable-*` runs, per backend (PostgreSQL
+    /// gets the whole list; SQLite and MySQL the sizes up to `bigtable_other_max`).
+    pub bigtable: Vec<u64>,
+    /// The largest retained size on SQLite and MySQL (their fill is slower).
+    pub bigtable_other_max: u64,
+    /// Seconds of each soak run.
+    pub soak_seconds: u64,
+    /// Seconds of one interval of a soak's timeline.
+    pub soak_interval_seconds: u64,
+    /// Turn PostgreSQL's autovacuum on for the run (and restore it), as production runs
+    /// it; otherwise the server's setting stands.
+    pub autovacuum: bool,
 }
 
 /// A peer's workload, as the peers binary takes it (JSON, one argument).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PeerSpec {
-    /// `underway` or `apalis`.
+    /// `underway`, `apalis` or `dbos`.
     pub system: String,
     /// The load, the same as oncely's.
     pub load: Load,
 }
 
+/// The peers, in the order each round runs them.
+pub const PEERS: [&str; 3] = ["underway", "apalis", "dbos"];
+
 enum Job {
     Child(Spec),
     Peer(PeerSpec),
-    Http { db: String },
+    Http {
+        db: String,
+    },
+    /// A soak in the open loop, at `share` of what the closed-loop soak on `db` sustained.
+    OpenSoak {
+        db: String,
+        share: f64,
+    },
+    /// Sets PostgreSQL's autovacuum (`None`: as configured).
+    Autovacuum(Option<bool>),
+}
+
+struct Scheduled {
+    job: Job,
+    round: Option<u32>,
 }
 
 impl Job {
@@ -61,17 +94,25 @@ impl Job {
             Job::Child(spec) => serde_json::to_string(spec).unwrap_or_default(),
             Job::Peer(peer) => format!("{} {}", peer.system, peer.load.workload),
             Job::Http { db } => format!("http-accept on {db}"),
+            Job::OpenSoak { db, share } => format!("soak-open on {db} at {share} of peak"),
+            Job::Autovacuum(on) => format!("autovacuum {on:?}"),
         }
     }
 
-    fn workload(&self) -> &str {
+    fn workload(&self) -> String {
         match self {
             Job::Child(Spec::Oncely(l) | Spec::Direct(l) | Spec::Queued(l) | Spec::Naive(l)) => {
-                &l.workload
+                l.workload.clone()
             }
-            Job::Child(Spec::Limit { .. }) => "limit",
-            Job::Peer(peer) => &peer.load.workload,
-            Job::Http { .. } => "http-accept",
+            Job::Child(Spec::Limit { .. }) => "limit".to_owned(),
+            Job::Child(Spec::BigTable { retained, .. }) => {
+                format!("bigtable-{}", crate::bigtable::size_label(*retained))
+            }
+            Job::Child(Spec::Soak(soak)) => soak.workload.clone(),
+            Job::Peer(peer) => peer.load.workload.clone(),
+            Job::Http { .. } => "http-accept".to_owned(),
+            Job::OpenSoak { .. } => "soak-open".to_owned(),
+            Job::Autovacuum(_) => "soak".to_owned(),
         }
     }
 }
@@ -84,36 +125,44 @@ impl Plan {
             .map(String::as_str)
     }
 
-    fn jobs(&self) -> Vec<Job> {
-        let load = |workload: &str, db: &str, n: u64, clients, workers, latency_ms| Load {
+    fn load(&self, workload: &str, db: &str, n: u64, clients: usize, workers: usize) -> Load {
+        Load {
             workload: workload.to_owned(),
             db: db.to_owned(),
             n,
             clients,
             workers,
             batch: 256,
-            latency_ms,
-        };
+            latency_ms: 0,
+        }
+    }
+
+    /// The comparison jobs of one round: every system of every compared workload, in
+    /// the same order each round.
+    fn round(&self) -> Vec<Job> {
         let small = |n: u64| if self.quick { n.min(300) } else { n };
         let mut jobs = Vec::new();
-        // Engine-bound: the gateway answers at once; 256 clients keep 64 workers busy.
-        // Concurrency-bound: 20 ms a call; 512 clients, 256 workers.
-        let e2e = [("e2e-0ms", 256, 64, 0), ("e2e-20ms", 512, 256, 20)];
-        for (workload, clients, workers, latency) in e2e {
+        // Engine-bound: the gateway answers at once. Concurrency-bound: 20 ms a call.
+        // Every system gets as many workers as there are clients.
+        let e2e = [("e2e-0ms", 256, 0), ("e2e-20ms", 512, 20)];
+        for (workload, clients, latency) in e2e {
+            let load = |db: &str| Load {
+                latency_ms: latency,
+                ..self.load(workload, db, small(self.n), clients, clients)
+            };
             for db in &self.databases {
-                jobs.push(Job::Child(Spec::Oncely(load(
-                    workload, db, self.n, clients, workers, latency,
-                ))));
+                jobs.push(Job::Child(Spec::Oncely(load(db))));
             }
             if let Some(pg) = self.postgres() {
-                jobs.push(Job::Child(Spec::Naive(load(
-                    workload, pg, self.n, clients, workers, latency,
-                ))));
+                jobs.push(Job::Child(Spec::Naive(Load {
+                    workers: 64,
+                    ..load(pg)
+                })));
                 if self.peers {
-                    for system in ["underway", "apalis"] {
+                    for system in PEERS {
                         jobs.push(Job::Peer(PeerSpec {
                             system: system.to_owned(),
-                            load: load(workload, pg, self.n, clients, workers, latency),
+                            load: peer_load(system, load(pg)),
                         }));
                     }
                 }
@@ -124,46 +173,117 @@ impl Plan {
         let overhead_n = small(self.n / 10).max(100);
         for clients in [1, 8] {
             let workload = format!("overhead-{clients}");
-            jobs.push(Job::Child(Spec::Direct(load(
-                &workload, "-", overhead_n, clients, 64, 0,
-            ))));
+            jobs.push(Job::Child(Spec::Direct(
+                self.load(&workload, "-", overhead_n, clients, 64),
+            )));
             for db in &self.databases {
-                jobs.push(Job::Child(Spec::Oncely(load(
-                    &workload, db, overhead_n, clients, 64, 0,
-                ))));
+                jobs.push(Job::Child(Spec::Oncely(
+                    self.load(&workload, db, overhead_n, clients, 64),
+                )));
             }
         }
         if let Some(pg) = self.postgres() {
             for (batch, writers) in [(1, 16), (256, 4)] {
                 jobs.push(Job::Child(Spec::Limit {
                     db: pg.to_owned(),
-                    n: self.n,
+                    n: small(self.n),
                     batch,
                     writers,
                 }));
             }
         }
+        jobs
+    }
+
+    /// Jobs that run once: how cost grows, HTTP, memory, soaks.
+    fn once(&self) -> Vec<Job> {
+        let mut jobs = Vec::new();
+        if let Some(pg) = self.postgres() {
+            // Throughput against the gateway's latency and the workers.
+            let (latencies, workers): (&[u64], &[usize]) = if self.quick {
+                (&[0, 20], &[64])
+            } else {
+                (&[0, 20, 100], &[64, 256])
+            };
+            for &latency in latencies {
+                for &workers in workers {
+                    let workload = format!("sweep-{latency}ms-w{workers}");
+                    let n = if self.quick { 200 } else { self.n / 2 };
+                    jobs.push(Job::Child(Spec::Oncely(Load {
+                        latency_ms: latency,
+                        ..self.load(&workload, pg, n, 512, workers)
+                    })));
+                }
+            }
+        }
         for db in &self.databases {
-            if !db.starts_with("mysql") {
-                jobs.push(Job::Http { db: db.clone() });
+            for &retained in &self.bigtable {
+                if db.starts_with("postgres") || retained <= self.bigtable_other_max {
+                    let n = if self.quick { 200 } else { self.n / 2 };
+                    jobs.push(Job::Child(Spec::BigTable {
+                        load: self.load("bigtable", db, n, 256, 256),
+                        retained,
+                    }));
+                }
             }
         }
         for db in &self.databases {
             if !db.starts_with("mysql") {
-                jobs.push(Job::Child(Spec::Queued(load(
+                jobs.push(Job::Http { db: db.clone() });
+                jobs.push(Job::Child(Spec::Queued(self.load(
                     "queued",
                     db,
                     self.queued,
                     64,
                     64,
-                    0,
                 ))));
             }
         }
-        jobs.retain(|job| {
-            self.only.is_empty() || self.only.iter().any(|o| job.workload().starts_with(o))
+        for db in &self.databases {
+            jobs.push(Job::Child(Spec::Soak(SoakSpec::closed(self, db, None))));
+            jobs.push(Job::OpenSoak {
+                db: db.clone(),
+                share: 0.7,
+            });
+        }
+        if let Some(pg) = self.postgres().filter(|_| self.autovacuum) {
+            // The same with autovacuum off, as a test server often runs: what happens then.
+            jobs.push(Job::Autovacuum(Some(false)));
+            let note = "autovacuum off";
+            let mut soak = SoakSpec::closed(self, pg, Some(note));
+            soak.workload = "soak-closed-autovacuum-off".to_owned();
+            jobs.push(Job::Child(Spec::Soak(soak)));
+            jobs.push(Job::Autovacuum(Some(true)));
+        }
+        jobs
+    }
+
+    fn jobs(&self) -> Vec<Scheduled> {
+        let mut jobs = Vec::new();
+        for round in 1..=self.rounds.max(1) {
+            jobs.extend(self.round().into_iter().map(|job| Scheduled {
+                job,
+                round: Some(round),
+            }));
+        }
+        jobs.extend(
+            self.once()
+                .into_iter()
+                .map(|job| Scheduled { job, round: None }),
+        );
+        jobs.retain(|scheduled| {
+            let workload = scheduled.job.workload();
+            self.only.is_empty() || self.only.iter().any(|o| workload.starts_with(o.as_str()))
         });
         jobs
+    }
+}
+
+/// A peer's load: apalis fetches in batches of 64 (its default, 10, measured slower).
+fn peer_load(system: &str, load: Load) -> Load {
+    match system {
+        "apalis" => Load { batch: 64, ..load },
+        _ => load,
     }
 }
 
@@ -172,15 +292,64 @@ impl Plan {
 pub async fn run_plan(plan: &Plan) -> Report {
     let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let jobs = plan.jobs();
+    let mut notes = Vec::new();
+    let mut servers = std::collections::BTreeMap::new();
+    for db in &plan.databases {
+        match crate::server::settings(db).await {
+            Ok(settings) => {
+                servers.insert(crate::workload::backend(db).to_owned(), settings);
+            }
+            Err(error) => notes.push(error),
+        }
+    }
+    let pg = plan.postgres().map(str::to_owned);
+    let autovacuum_was = servers
+        .get("postgres")
+        .and_then(|settings| settings.get("autovacuum"))
+        .cloned();
+    let mut autovacuum_changed = false;
+    if let Some(pg) = &pg
+        && plan.autovacuum
+        && autovacuum_was.as_deref() == Some("off")
+    {
+        match crate::server::set_autovacuum(pg, Some(true)).await {
+            Ok(()) => {
+                autovacuum_changed = true;
+                notes.push(
+                    "PostgreSQL's autovacuum was off on this server; it was turned on for the \
+                     run (ALTER SYSTEM) and reset after, except where a workload says otherwise"
+                        .to_owned(),
+                );
+            }
+            Err(error) => notes.push(format!("autovacuum left as it was: {error}")),
+        }
+    }
     let peers_binary = if plan.peers {
         Some(build_peers(plan).await)
     } else {
         None
     };
-    let mut results = Vec::with_capacity(jobs.len());
-    for (i, job) in jobs.iter().enumerate() {
+    let mut results: Vec<WorkloadResult> = Vec::with_capacity(jobs.len());
+    let mut autovacuum = if autovacuum_changed {
+        Some("on".to_owned())
+    } else {
+        autovacuum_was.clone()
+    };
+    for (i, scheduled) in jobs.iter().enumerate() {
+        let job = &scheduled.job;
         tracing::info!("[{}/{}] {}", i + 1, jobs.len(), job.describe());
         let result = match job {
+            Job::Autovacuum(on) => {
+                if let Some(pg) = &pg {
+                    match crate::server::set_autovacuum(pg, *on).await {
+                        Ok(()) => {
+                            autovacuum = on.map(|on| if on { "on" } else { "off" }.to_owned());
+                        }
+                        Err(error) => notes.push(error),
+                    }
+                }
+                continue;
+            }
             Job::Child(spec) => run_child(plan, spec).await,
             Job::Peer(peer) => match &peers_binary {
                 Some(Ok(binary)) => run_peer(binary, peer).await,
@@ -188,14 +357,38 @@ pub async fn run_plan(plan: &Plan) -> Report {
                 None => Err(BenchError::Setup("peers not built".to_owned())),
             },
             Job::Http { db } => crate::http::run(plan, db).await,
+            Job::OpenSoak { db, share } => {
+                let closed = results.iter().find(|r| {
+                    r.workload == "soak-closed" && r.backend == crate::workload::backend(db)
+                });
+                match closed.filter(|r| r.ops_per_sec > 0.0) {
+                    Some(closed) => {
+                        let mut spec = SoakSpec::closed(plan, db, None);
+                        spec.workload = "soak-open".to_owned();
+                        spec.rate = Some((closed.ops_per_sec * share).max(1.0));
+                        run_child(plan, &Spec::Soak(spec)).await
+                    }
+                    None => Err(BenchError::Setup(
+                        "the closed-loop soak it is paced from did not run".to_owned(),
+                    )),
+                }
+            }
         };
-        let result = result.unwrap_or_else(|error| {
+        let mut result = result.unwrap_or_else(|error| {
             let (system, backend) = match job {
                 Job::Peer(peer) => (peer.system.as_str(), "postgres"),
                 _ => ("oncely", "-"),
             };
-            WorkloadResult::failed(job.workload(), system, backend, error.to_string())
+            WorkloadResult::failed(&job.workload(), system, backend, error.to_string())
         });
+        result.round = scheduled.round;
+        if result.backend == "postgres"
+            && let Some(autovacuum) = &autovacuum
+        {
+            result
+                .settings
+                .insert("autovacuum".to_owned(), autovacuum.clone());
+        }
         match result.failure() {
             None => tracing::info!(
                 "  {} {} {}: {:.0} ops/s, p50 {:.2} ms, p99 {:.2} ms",
@@ -210,12 +403,21 @@ pub async fn run_plan(plan: &Plan) -> Report {
         }
         results.push(result);
     }
+    if let Some(pg) = &pg
+        && (autovacuum_changed || autovacuum.as_deref() != autovacuum_was.as_deref())
+        && let Err(error) = crate::server::set_autovacuum(pg, None).await
+    {
+        notes.push(format!("could not reset autovacuum: {error}"));
+    }
     let mut report = Report {
         started_at,
         command: plan.command.clone(),
         quick: plan.quick,
         machine: Machine::here(),
+        servers,
+        notes,
         results,
+        summary: Vec::new(),
         findings: Vec::new(),
     };
     report.derive_findings();
@@ -276,7 +478,7 @@ async fn build_peers(plan: &Plan) -> Result<PathBuf, BenchError> {
     let dir = manifest.parent().unwrap_or(manifest).to_path_buf();
     let target = dir.join("target");
     tracing::info!(
-        "building the peers (underway, apalis) in release mode; the first build takes minutes"
+        "building the peers (underway, apalis, DBOS) in release mode; the first build takes minutes"
     );
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
         .args(["build", "--release", "--manifest-path"])

@@ -161,6 +161,9 @@ pub async fn run(plan: &Plan, db: &str) -> Result<WorkloadResult, BenchError> {
         },
         peak_rss_mib: rss,
         settings: Default::default(),
+        round: None,
+        accept_latency: None,
+        timeline: Vec::new(),
     };
     if accepted == 0 {
         result.errors += 1;
@@ -218,14 +221,14 @@ fn on_path(program: &str) -> Option<std::path::PathBuf> {
         .find(|path| path.is_file())
 }
 
-fn free_port() -> Result<u16, BenchError> {
+pub(crate) fn free_port() -> Result<u16, BenchError> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .map_err(|e| BenchError::Setup(format!("no free port: {e}")))
 }
 
-async fn wait_healthy(port: u16) -> Result<(), BenchError> {
+pub(crate) async fn wait_healthy(port: u16) -> Result<(), BenchError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         if probe(port).await {

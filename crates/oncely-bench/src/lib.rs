@@ -11,16 +11,23 @@
 //! - **overhead-1 / overhead-8**: the same with 1 and 8 clients, beside the same client calling the same
 //!   gateway directly: what oncely adds per payment;
 //! - **http-accept**: `POST /v1/payments` on `oncely serve`, driven by `wrk`;
-//! - **peers**: the same job on underway and apalis (a separate crate, `bench/peers`) and
-//!   on a naive hand-written lifecycle;
+//! - **peers**: the same job on underway, apalis and DBOS (a separate crate,
+//!   `bench/peers`) and on a naive hand-written lifecycle;
 //! - **limit**: the same rows written straight with sqlx, one commit per operation and
 //!   batched: the database's own limit;
-//! - **queued**: peak memory with a large backlog of accepted operations.
+//! - **queued**: peak memory with a large backlog of accepted operations;
+//! - **sweep**: e2e throughput against the gateway's latency and the workers;
+//! - **bigtable**: accept latency and e2e throughput with millions of finished payments
+//!   retained;
+//! - **soak**: `oncely serve` over HTTP for minutes, closed and open loop, interval by
+//!   interval.
 //!
-//! A run fails when any workload errors or loses a payment, never on a timing.
+//! Comparisons run in alternating rounds and are reported as medians with their spread. A
+//! run fails when any workload errors or loses a payment, never on a timing.
 
 #![forbid(unsafe_code)]
 
+pub mod bigtable;
 pub mod drive;
 pub mod gateway;
 pub mod harness;
@@ -30,6 +37,8 @@ pub mod naive;
 pub mod report;
 pub mod result;
 pub mod scratch;
+pub mod server;
+pub mod soak;
 pub mod stats;
 pub mod workload;
 

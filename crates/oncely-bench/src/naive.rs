@@ -38,8 +38,11 @@ pub async fn run(load: &Load) -> Result<WorkloadResult, BenchError> {
         .close()
         .await;
     let connections = u32::try_from(load.workers + load.clients).unwrap_or(200);
+    // As long to get a connection as an operation may take: on a busy machine, 256
+    // clients and the workers share these.
     let pool = PgPoolOptions::new()
         .max_connections(connections.min(90))
+        .acquire_timeout(OPERATION_TIMEOUT)
         .connect(&scratch.url)
         .await
         .map_err(|e| BenchError::Setup(format!("{}: {e}", scratch.url)))?;

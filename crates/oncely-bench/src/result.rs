@@ -41,6 +41,32 @@ pub struct WorkloadResult {
     /// The settings it ran with (workers, clients, batch size, …).
     #[serde(default)]
     pub settings: BTreeMap<String, String>,
+    /// Which round of an alternating comparison this is (from 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round: Option<u32>,
+    /// The latency of the accept alone (bigtable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accept_latency: Option<LatencySummary>,
+    /// Interval by interval (soak).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<Interval>,
+}
+
+/// One interval of a long run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Interval {
+    /// Seconds since the start, at the interval's end.
+    pub at_seconds: f64,
+    /// Operations completed in it, per second.
+    pub ops_per_sec: f64,
+    /// Their latency.
+    pub latency: LatencySummary,
+    /// Errors in it.
+    pub errors: u64,
+    /// The service's resident memory at its end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_mib: Option<f64>,
 }
 
 impl WorkloadResult {
@@ -66,6 +92,9 @@ impl WorkloadResult {
             latency: driven.latencies.summary(),
             peak_rss_mib: crate::stats::peak_rss_mib("self"),
             settings: BTreeMap::new(),
+            round: None,
+            accept_latency: None,
+            timeline: Vec::new(),
         }
     }
 
@@ -115,6 +144,9 @@ impl WorkloadResult {
             latency: LatencySummary::default(),
             peak_rss_mib: None,
             settings: BTreeMap::new(),
+            round: None,
+            accept_latency: None,
+            timeline: Vec::new(),
         }
     }
 }

@@ -44,6 +44,16 @@ pub enum Spec {
     /// The lifecycle written by hand from the seed: one transaction per step, a polling
     /// worker pool, no batching.
     Naive(Load),
+    /// The e2e load on a database already holding `retained` finished payments.
+    BigTable {
+        /// The load.
+        load: Load,
+        /// Finished payments in the tables before it starts.
+        retained: u64,
+    },
+    /// `oncely serve` over HTTP for a long while; throughput, latency and memory per
+    /// interval.
+    Soak(crate::soak::SoakSpec),
 }
 
 /// The shape of a load.
@@ -80,6 +90,8 @@ impl Spec {
                 writers,
             } => limit::run(db, *n, *batch, *writers).await,
             Spec::Naive(load) => naive::run(load).await,
+            Spec::BigTable { load, retained } => crate::bigtable::run(load, *retained).await,
+            Spec::Soak(spec) => crate::soak::run(spec).await,
         }
     }
 }
@@ -93,9 +105,9 @@ fn engine_config(load: &Load) -> EngineConfig {
     }
 }
 
-type Observed = Arc<Finishes<OperationId, OperationState>>;
+pub(crate) type Observed = Arc<Finishes<OperationId, OperationState>>;
 
-async fn start_engine(
+pub(crate) async fn start_engine(
     load: &Load,
     scratch: &Scratch,
     gateway: &Gateway,
@@ -113,7 +125,10 @@ async fn start_engine(
     Ok((Arc::new(engine), finishes))
 }
 
-async fn stop_engine(engine: Arc<Engine<AnyStore, PaymentOrchestrator>>, grace: Duration) {
+pub(crate) async fn stop_engine(
+    engine: Arc<Engine<AnyStore, PaymentOrchestrator>>,
+    grace: Duration,
+) {
     match Arc::try_unwrap(engine) {
         Ok(engine) => {
             let store = engine.store().clone();
@@ -230,7 +245,7 @@ async fn queued(load: &Load) -> Result<WorkloadResult, BenchError> {
     Ok(with_load(result, load).with("measured", "accept latency; RSS with all queued"))
 }
 
-fn with_load(result: WorkloadResult, load: &Load) -> WorkloadResult {
+pub(crate) fn with_load(result: WorkloadResult, load: &Load) -> WorkloadResult {
     result
         .with("clients", load.clients)
         .with("workers", load.workers)

@@ -32,8 +32,43 @@ fn server(variable: &str, default: &str, host_port: &str) -> Option<String> {
     None
 }
 
+/// Keeps every CPU busy until dropped: the quick bench must pass on a loaded machine.
+struct CpuHog {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl CpuHog {
+    fn start() -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let threads = (0..cpus)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut x = 0_u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                    }
+                })
+            })
+            .collect();
+        Self { stop, threads }
+    }
+}
+
+impl Drop for CpuHog {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
 #[test]
-fn quick_bench_runs_every_workload_without_losing_a_payment_and_writes_its_report() {
+fn quick_bench_beside_a_cpu_hog_runs_every_workload_without_losing_a_payment() {
+    let _hog = CpuHog::start();
     let out = tempfile::tempdir().unwrap();
     let mut backends = vec!["sqlite"];
     let mut urls: Vec<String> = Vec::new();
@@ -54,7 +89,8 @@ fn quick_bench_runs_every_workload_without_losing_a_payment_and_writes_its_repor
         urls.extend(["--mysql-url".to_owned(), url]);
     }
     let output = oncely()
-        .args(["bench", "--quick", "--backends", &backends.join(",")])
+        .args(["bench", "--quick", "--keep-autovacuum"])
+        .args(["--backends", &backends.join(",")])
         .args(&urls)
         .arg("--out")
         .arg(out.path())
@@ -87,16 +123,23 @@ fn quick_bench_runs_every_workload_without_losing_a_payment_and_writes_its_repor
         ("overhead-8", "-"),
         ("http-accept", "sqlite"),
         ("queued", "sqlite"),
+        ("bigtable-1k", "sqlite"),
+        ("soak-closed", "sqlite"),
+        ("soak-open", "sqlite"),
     ];
     if backends.contains(&"postgres") {
         expected.extend([
             ("e2e-0ms", "postgres"),
             ("limit", "postgres"),
             ("http-accept", "postgres"),
+            ("sweep-20ms-w64", "postgres"),
+            ("bigtable-0", "postgres"),
+            ("bigtable-1k", "postgres"),
+            ("soak-open", "postgres"),
         ]);
     }
     if backends.contains(&"mysql") {
-        expected.push(("e2e-20ms", "mysql"));
+        expected.extend([("e2e-20ms", "mysql"), ("bigtable-1k", "mysql")]);
     }
     for (workload, backend) in expected {
         assert!(
@@ -107,6 +150,16 @@ fn quick_bench_runs_every_workload_without_losing_a_payment_and_writes_its_repor
         );
     }
     for result in results {
+        let workload = result["workload"].as_str().unwrap();
+        if ["e2e", "overhead", "limit"].iter().any(|w| workload.starts_with(w)) {
+            assert_eq!(result["round"], 1, "one round when quick: {result}");
+        }
+        if workload.starts_with("soak") {
+            assert!(result["timeline"].as_array().unwrap().len() >= 2, "{result}");
+        }
+        if workload.starts_with("bigtable") {
+            assert!(result["acceptLatency"]["p99_ms"].as_f64().unwrap() > 0.0, "{result}");
+        }
         assert_eq!(result["errors"], 0, "{result}");
         assert_eq!(result["lost"], 0, "{result}");
         assert_eq!(result["completed"], result["operations"], "{result}");
@@ -116,6 +169,8 @@ fn quick_bench_runs_every_workload_without_losing_a_payment_and_writes_its_repor
         stdout.contains("| workload | system | backend |"),
         "{stdout}"
     );
+    assert!(out.path().join(format!("{stem}-soak.png")).is_file());
+    assert!(out.path().join(format!("{stem}-bigtable.png")).is_file());
 }
 
 #[test]
