@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use oncely::{Attempt, Engine, IdempotencyKey, InvalidName, Orchestrator, Outcome};
+use oncely::{Attempt, Engine, IdempotencyKey, Orchestrator, Outcome};
 use oncely_sqlx::SqliteStore;
 use serde::{Deserialize, Serialize};
 
@@ -47,10 +47,6 @@ impl Orchestrator for Payments {
     type Command = Pay;
     const DOMAIN: &'static str = "PAYMENT";
     const EVENT_TYPE: &'static str = "PAYMENT_REQUESTED";
-
-    fn business_key(&self, pay: &Pay) -> Result<IdempotencyKey, InvalidName> {
-        IdempotencyKey::new(format!("PAY-{}-{}", pay.customer_id, pay.order_id))
-    }
 
     // No store, no connection, no transaction here: only the call (I5).
     async fn execute(&self, pay: Pay, attempt: Attempt) -> Outcome {

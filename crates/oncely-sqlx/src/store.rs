@@ -494,6 +494,14 @@ fn is_unique_violation(error: &(dyn std::error::Error + 'static)) -> bool {
 // Fenced writes: the fence (I4), the guard of each step (I3), the log (I6).
 // ---------------------------------------------------------------------------------------
 
+/// Each follow-up with the id of the operation whose end submits it.
+fn follow_ups<'a>(
+    ends: impl Iterator<Item = (oncely::OperationId, &'a oncely::FollowUps)>,
+) -> Vec<(i64, NewOperation)> {
+    ends.flat_map(|(id, follow_ups)| follow_ups.iter().map(move |new| (id.0, new.clone())))
+        .collect()
+}
+
 /// Per id of `ids`, whether it is among `applied`.
 fn fenced(applied: Vec<(i64, i64)>, ids: impl Iterator<Item = i64>) -> Vec<Fenced> {
     let applied: HashSet<i64> = applied.into_iter().map(|(id, _)| id).collect();
@@ -508,38 +516,58 @@ fn fenced(applied: Vec<(i64, i64)>, ids: impl Iterator<Item = i64>) -> Vec<Fence
 }
 
 impl<B: Backend> SqlStore<B> {
-    /// Runs one fenced write in its own transaction and returns, per id of `ids`, whether
-    /// it was applied. `crash` is tripped just before the commit.
+    /// Runs one fenced write in its own transaction and returns, per row, whether it was
+    /// applied; inserts the follow-ups of the rows that were, in the same transaction.
+    /// `crash` is tripped just before the commit.
     async fn fenced_write(
         &self,
         sql: &WriteSql,
         mut rows: Vec<WriteRow<'_>>,
+        follow_ups: Vec<(i64, NewOperation)>,
         crash: Option<CrashPoint>,
     ) -> Result<Vec<Fenced>, StoreError> {
         let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
+        if let (WriteSql::Fused(write), true) = (sql, follow_ups.is_empty()) {
+            // One statement: a transaction of its own.
+            let params = vec![batch::param(&rows)?];
+            let applied = ids_and_attempts(&self.autocommit(write, params, crash).await?)?;
+            return Ok(fenced(applied, ids.into_iter()));
+        }
+        let mut tx = self.begin().await?;
         let applied = match sql {
             WriteSql::Fused(write) => {
-                // One statement: a transaction of its own.
                 let params = vec![batch::param(&rows)?];
-                ids_and_attempts(&self.autocommit(write, params, crash).await?)?
+                ids_and_attempts(&fetch::<B>(Exec::Tx(&mut tx), write, params).await?)?
             }
-            WriteSql::Steps(steps) => self.write_in_steps(steps, &mut rows, crash).await?,
+            WriteSql::Steps(steps) => self.write_in_steps(&mut tx, steps, &mut rows).await?,
         };
+        let changed: HashSet<i64> = applied.iter().map(|(id, _)| *id).collect();
+        let submitted: Vec<NewOperation> = follow_ups
+            .into_iter()
+            .filter(|(parent, _)| changed.contains(parent))
+            .map(|(_, new)| new)
+            .collect();
+        if !submitted.is_empty() {
+            self.submit_follow_ups(&mut tx, &submitted).await?;
+        }
+        if let Some(point) = crash {
+            self.crash_at(point)?;
+        }
+        self.commit(tx).await?;
         Ok(fenced(applied, ids.into_iter()))
     }
 
-    /// A fenced write as several statements in one transaction.
+    /// A fenced write as several statements, in `tx`.
     async fn write_in_steps(
         &self,
+        tx: &mut Transaction<'static, B::Db>,
         steps: &WriteSteps,
         rows: &mut [WriteRow<'_>],
-        crash: Option<CrashPoint>,
     ) -> Result<Vec<(i64, i64)>, StoreError> {
-        let mut tx = self.begin().await?;
         let batch = batch::param(rows)?;
         let (applied, log) = match steps {
             WriteSteps::Returning { update, log } => {
-                let changed = fetch::<B>(Exec::Tx(&mut tx), update, vec![batch]).await?;
+                let changed = fetch::<B>(Exec::Tx(tx), update, vec![batch]).await?;
                 (ids_and_attempts(&changed)?, log)
             }
             WriteSteps::Locking {
@@ -547,10 +575,10 @@ impl<B: Backend> SqlStore<B> {
                 update,
                 log,
             } => {
-                let locked = fetch::<B>(Exec::Tx(&mut tx), select, vec![batch.clone()]).await?;
+                let locked = fetch::<B>(Exec::Tx(tx), select, vec![batch.clone()]).await?;
                 let applied = ids_and_attempts(&locked)?;
                 if !applied.is_empty() {
-                    let changed = execute::<B>(Exec::Tx(&mut tx), update, vec![batch]).await?;
+                    let changed = execute::<B>(Exec::Tx(tx), update, vec![batch]).await?;
                     debug_assert_eq!(changed as usize, applied.len(), "locked rows changed");
                 }
                 (applied, log)
@@ -560,12 +588,42 @@ impl<B: Backend> SqlStore<B> {
         for row in rows.iter_mut() {
             row.applied = Some(i64::from(changed.contains(&row.id)));
         }
-        execute::<B>(Exec::Tx(&mut tx), log, vec![batch::param(rows)?]).await?;
-        if let Some(point) = crash {
-            self.crash_at(point)?;
-        }
-        self.commit(tx).await?;
+        execute::<B>(Exec::Tx(tx), log, vec![batch::param(rows)?]).await?;
         Ok(applied)
+    }
+
+    /// Accepts the follow-ups of applied ends, in `tx`: the outbox. A key that is taken
+    /// already (this end was applied before) is left as it is.
+    async fn submit_follow_ups(
+        &self,
+        tx: &mut Transaction<'static, B::Db>,
+        submitted: &[NewOperation],
+    ) -> Result<(), StoreError> {
+        let plan = AcceptPlan::new(submitted, None);
+        let (inserted, _) = self.accept_in(tx, &plan).await?;
+        if inserted.len() < plan.unique.len() {
+            tracing::debug!(
+                submitted = plan.unique.len(),
+                inserted = inserted.len(),
+                "follow-ups whose keys were taken already were left as they are"
+            );
+        }
+        Ok(())
+    }
+
+    /// Inserts the plan's new scopes with their log entries, in `tx`.
+    async fn accept_in(
+        &self,
+        tx: &mut Transaction<'static, B::Db>,
+        plan: &AcceptPlan<'_>,
+    ) -> Result<(Vec<Operation>, HashMap<String, Operation>), StoreError> {
+        match &self.statements.accept {
+            AcceptSql::Fused(sql) => {
+                let rows = fetch::<B>(Exec::Tx(tx), sql, vec![plan.rows(&plan.unique)?]).await?;
+                Ok((operations(&rows)?, HashMap::new()))
+            }
+            AcceptSql::Steps(steps) => self.insert_new(tx, steps, plan).await,
+        }
     }
 
     /// Appends log entries given in full, in their order, in `tx`.
@@ -673,9 +731,9 @@ impl<B: Backend> Store for SqlStore<B> {
                     .await?;
                 (inserted, existing)
             }
-            AcceptSql::Steps(steps) => {
+            AcceptSql::Steps(_) => {
                 let mut tx = self.begin().await?;
-                let (inserted, mut existing) = self.insert_new(&mut tx, steps, &plan).await?;
+                let (inserted, mut existing) = self.accept_in(&mut tx, &plan).await?;
                 let inserted = by_scope(inserted);
                 let taken = self
                     .taken(Exec::Tx(&mut tx), &plan, &inserted, &existing)
@@ -752,8 +810,9 @@ impl<B: Backend> Store for SqlStore<B> {
 
     async fn record_outcomes(&self, batch: Vec<RecordOutcome>) -> Result<Vec<Fenced>, StoreError> {
         let rows = WriteRow::records(&batch, false)?;
+        // Only a record's finalize applies a decision: its follow-ups go with that.
         let fenced = self
-            .fenced_write(&self.statements.record, rows, None)
+            .fenced_write(&self.statements.record, rows, Vec::new(), None)
             .await?;
         // The outcome is committed: a crash here leaves it for the Finalizer (I3).
         self.crash_at(CrashPoint::AfterRecord)?;
@@ -762,9 +821,11 @@ impl<B: Backend> Store for SqlStore<B> {
 
     async fn settle(&self, batch: Vec<RecordOutcome>) -> Result<Vec<Fenced>, StoreError> {
         let rows = WriteRow::records(&batch, true)?;
+        let follow_ups = follow_ups(batch.iter().map(|r| (r.fence.id, &r.follow_ups)));
         self.fenced_write(
             &self.statements.settle,
             rows,
+            follow_ups,
             Some(CrashPoint::DuringFinalize),
         )
         .await
@@ -772,9 +833,11 @@ impl<B: Backend> Store for SqlStore<B> {
 
     async fn finalize(&self, batch: Vec<Transition>) -> Result<Vec<Fenced>, StoreError> {
         let rows = WriteRow::transitions(&batch)?;
+        let follow_ups = follow_ups(batch.iter().map(|t| (t.fence.id, &t.follow_ups)));
         self.fenced_write(
             &self.statements.finalize,
             rows,
+            follow_ups,
             Some(CrashPoint::DuringFinalize),
         )
         .await
@@ -801,7 +864,9 @@ impl<B: Backend> Store for SqlStore<B> {
 
     async fn reap(&self, batch: Vec<Transition>) -> Result<Vec<Fenced>, StoreError> {
         let rows = WriteRow::transitions(&batch)?;
-        self.fenced_write(&self.statements.reap, rows, None).await
+        let follow_ups = follow_ups(batch.iter().map(|t| (t.fence.id, &t.follow_ups)));
+        self.fenced_write(&self.statements.reap, rows, follow_ups, None)
+            .await
     }
 
     async fn pending_outcomes(

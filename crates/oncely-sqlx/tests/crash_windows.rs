@@ -5,9 +5,14 @@
 //! windows between the two steps are tested on a store that settles in two, as the
 //! `Store` trait's default does.
 //!
+//! Every charge submits a receipt as its follow-up (the transactional outbox), delivered
+//! by a second engine that only the process after the crash runs: the window between an
+//! end and its follow-up's delivery is in every test.
+//!
 //! Each test checks, for every operation: it is `COMPLETED`; the fake API performed one
 //! side effect for its key; no attempt was started after an outcome was recorded, and the
-//! recorded outcome is the one kept (I3). Each test also checks that its window was really
+//! recorded outcome is the one kept (I3); its receipt exists once, exactly when its end
+//! committed, and was delivered once. Each test also checks that its window was really
 //! hit, so that a failpoint that never fires cannot pass for a recovery.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -18,10 +23,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::{Charge, FakeApi, TestDb, drive_until_terminal, engine, eventually, key};
+use common::{
+    Charge, ChargeOrchestrator, FakeApi, ReceiptOrchestrator, TestDb, drive_until_terminal,
+    eventually, key, receipt_key, test_config,
+};
 use oncely::faults::{FaultPlan, FaultyStore};
 use oncely::{
-    Clock, CrashPoint, Failpoints, ManualClock, Operation, OperationState, Scope, WalEntry, WalKind,
+    Clock, CrashPoint, DomainName, Engine, EngineBuilder, Failpoints, ListFilter, ManualClock,
+    Operation, OperationState, Orchestrator, Scope, Store, WalEntry, WalKind,
 };
 
 /// How the store of the engine that dies settles outcomes.
@@ -38,6 +47,12 @@ const OPERATIONS: i64 = 24;
 /// What a crash-and-recover run leaves behind for the assertions.
 struct Run {
     api: FakeApi,
+    /// The receipts' API.
+    receipt_api: FakeApi,
+    /// The receipt of each operation, after the recovery.
+    receipts: Vec<Operation>,
+    /// Receipts in the store, all told.
+    receipt_count: usize,
     restart: DateTime<Utc>,
     /// key → calls the API had received when the first engine died.
     calls_at_crash: HashMap<String, u32>,
@@ -70,9 +85,41 @@ impl Run {
     }
 }
 
+/// An engine for charges that submit receipts.
+fn charges<S: Store>(
+    store: S,
+    api: &FakeApi,
+    clock: &ManualClock,
+) -> EngineBuilder<S, ChargeOrchestrator> {
+    Engine::builder(store, ChargeOrchestrator::new(api.clone()).with_receipts())
+        .config(test_config())
+        .clock(clock.clone())
+}
+
+/// An engine that delivers receipts.
+fn receipts<S: Store>(
+    store: S,
+    api: &FakeApi,
+    clock: &ManualClock,
+) -> EngineBuilder<S, ReceiptOrchestrator> {
+    Engine::builder(store, ReceiptOrchestrator { api: api.clone() })
+        .config(test_config())
+        .clock(clock.clone())
+}
+
+async fn receipt_count<S: Store>(store: &S) -> usize {
+    let filter = ListFilter {
+        domain: Some(DomainName::new(ReceiptOrchestrator::DOMAIN).unwrap()),
+        limit: 1_000,
+        ..ListFilter::default()
+    };
+    store.list(filter).await.unwrap().items.len()
+}
+
 async fn crash_and_recover(point: CrashPoint, settle: Settle) -> Run {
     let db = TestDb::new();
     let api = FakeApi::default();
+    let receipt_api = FakeApi::default();
     let clock = ManualClock::starting_now();
     let failpoints = Failpoints::default();
     failpoints.arm(point);
@@ -90,7 +137,7 @@ async fn crash_and_recover(point: CrashPoint, settle: Settle) -> Run {
     }
     let store = FaultyStore::new(db.open().await.with_failpoints(failpoints.clone()), faults);
     let first = Arc::new(
-        engine(store, &api, &clock)
+        charges(store, &api, &clock)
             .failpoints(failpoints.clone())
             .start()
             .unwrap(),
@@ -122,7 +169,10 @@ async fn crash_and_recover(point: CrashPoint, settle: Settle) -> Run {
     // Finalizer's.
     clock.advance(Duration::from_secs(3_600));
     let restart = clock.now();
-    let second = engine(db.open().await, &api, &clock).start().unwrap();
+    let second = charges(db.open().await, &api, &clock).start().unwrap();
+    let delivering = receipts(db.open().await, &receipt_api, &clock)
+        .start()
+        .unwrap();
     let mut scopes: Vec<Scope> = Vec::new();
     for (key, command) in commands {
         // The client retries every request; each is new or a replay, never a conflict.
@@ -133,9 +183,19 @@ async fn crash_and_recover(point: CrashPoint, settle: Settle) -> Run {
     for scope in &scopes {
         histories.push(second.history(scope).await.unwrap());
     }
+    let receipt_scopes: Vec<Scope> = scopes
+        .iter()
+        .map(|scope| delivering.scope(receipt_key(scope.key.as_str())))
+        .collect();
+    let receipts = drive_until_terminal(&delivering, &clock, &receipt_scopes).await;
+    let receipt_count = receipt_count(delivering.store()).await;
     second.shutdown(Duration::from_secs(5)).await;
+    delivering.shutdown(Duration::from_secs(5)).await;
     let run = Run {
         api,
+        receipt_api,
+        receipts,
+        receipt_count,
         restart,
         calls_at_crash,
         answers_at_crash,
@@ -187,7 +247,28 @@ fn assert_each_operation_ended_exactly_once(run: &Run) {
             Some(WalKind::Finalized),
             "{key}"
         );
+
+        // The outbox: the receipt was committed with the end, never without it, and
+        // delivered once.
+        let receipt = &run.receipts[index];
+        assert_eq!(
+            receipt.created_at < run.restart,
+            run.has(index, WalKind::Finalized, true),
+            "{key}: a receipt exists before the restart exactly when the end committed then"
+        );
+        assert_eq!(receipt.state, OperationState::Completed, "{key}: receipt");
+        let receipt_key = receipt.scope.key.as_str();
+        assert_eq!(
+            run.receipt_api.side_effects(receipt_key),
+            1,
+            "{receipt_key}"
+        );
     }
+    assert_eq!(
+        run.receipt_count,
+        run.operations.len(),
+        "one receipt per charge"
+    );
 }
 
 #[tokio::test]
@@ -308,4 +389,67 @@ async fn crash_during_settle_rolls_the_outcome_back_with_its_finalize_and_charge
         assert_eq!(run.api.calls(key), 2, "{key}: called again after the crash");
         assert_eq!(run.api.side_effects(key), 1, "{key}: but charged once");
     }
+}
+
+#[tokio::test]
+async fn a_crash_during_a_follow_ups_delivery_delivers_it_once() {
+    let db = TestDb::new();
+    let (api, receipt_api) = (FakeApi::default(), FakeApi::default());
+    let clock = ManualClock::starting_now();
+    let failpoints = Failpoints::default();
+    failpoints.arm(CrashPoint::DuringCall);
+    receipt_api.crash_during_call(failpoints.clone());
+
+    // One process: the charges end, their receipts are committed with them, and the
+    // process dies in the middle of delivering one.
+    let charging = charges(db.open().await, &api, &clock).start().unwrap();
+    let first = receipts(
+        db.open().await.with_failpoints(failpoints.clone()),
+        &receipt_api,
+        &clock,
+    )
+    .failpoints(failpoints.clone())
+    .start()
+    .unwrap();
+    let mut scopes = Vec::new();
+    for i in 0..OPERATIONS {
+        let command = Charge::new("outbox", 100 + i);
+        let submitted = charging.submit(key(&format!("out-{i:02}")), command).await;
+        scopes.push(submitted.unwrap().operation.scope);
+    }
+    drive_until_terminal(&charging, &clock, &scopes).await;
+    eventually("a delivery to crash", || failpoints.is_crashed()).await;
+    charging.shutdown(Duration::from_secs(5)).await;
+    drop(first);
+    receipt_api.stop_crashing();
+    let interrupted: Vec<String> = scopes
+        .iter()
+        .map(|scope| receipt_key(scope.key.as_str()).to_string())
+        .filter(|key| receipt_api.calls(key) == 1 && receipt_api.answered(key).is_empty())
+        .collect();
+    assert!(
+        !interrupted.is_empty(),
+        "no delivery was in flight at the crash"
+    );
+
+    // The next process delivers what is left, the interrupted one again under its key.
+    clock.advance(Duration::from_secs(3_600));
+    let second = receipts(db.open().await, &receipt_api, &clock)
+        .start()
+        .unwrap();
+    let receipt_scopes: Vec<Scope> = scopes
+        .iter()
+        .map(|scope| second.scope(receipt_key(scope.key.as_str())))
+        .collect();
+    let delivered = drive_until_terminal(&second, &clock, &receipt_scopes).await;
+    for receipt in &delivered {
+        let key = receipt.scope.key.as_str();
+        assert_eq!(receipt.state, OperationState::Completed, "{key}");
+        assert_eq!(receipt_api.side_effects(key), 1, "{key}: delivered once");
+    }
+    for key in &interrupted {
+        assert_eq!(receipt_api.calls(key), 2, "{key}: tried again with its key");
+    }
+    assert_eq!(receipt_count(second.store()).await, scopes.len());
+    second.shutdown(Duration::from_secs(5)).await;
 }

@@ -180,12 +180,10 @@ async fn retries_exhausted_end_in_timeout_and_an_operator_retry_finishes_them() 
     let db = TestDb::new();
     let api = FakeApi::default();
     let clock = ManualClock::starting_now();
-    let mut orchestrator = common::ChargeOrchestrator::new(api.clone());
-    orchestrator.policy = RetryPolicy {
-        attempts_max: 2,
-        ..RetryPolicy::default()
-    };
+    let orchestrator = common::ChargeOrchestrator::new(api.clone());
+    // The engine's policy wins over the orchestrator's (5 attempts).
     let engine = oncely::Engine::builder(db.open().await, orchestrator)
+        .retry_policy(RetryPolicy::default().attempts(2))
         .config(common::test_config())
         .clock(clock.clone())
         .start()

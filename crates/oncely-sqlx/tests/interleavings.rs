@@ -253,6 +253,7 @@ impl World {
                 outcome,
                 decision: decision.clone(),
                 now,
+                follow_ups: Vec::new(),
             }])
             .await
             .unwrap()
@@ -294,6 +295,7 @@ impl World {
                 fence: fence.clone(),
                 decision: decision.clone(),
                 now,
+                follow_ups: Vec::new(),
             }])
             .await
             .unwrap()
@@ -338,6 +340,7 @@ impl World {
                     fence: operation.fence().unwrap(),
                     decision: decide_reap(&policy(), operation, self.now),
                     now: self.now,
+                    follow_ups: Vec::new(),
                 }
             })
             .collect();

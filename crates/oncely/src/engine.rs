@@ -35,8 +35,8 @@ use crate::outcome::Outcome;
 use crate::retry::RetryPolicy;
 use crate::state::OperationState;
 use crate::store::{
-    AcceptLease, Accepted, ClaimRequest, Decision, Fenced, ListFilter, NewOperation, Page,
-    RecordOutcome, Store, StoreError, Transition,
+    AcceptLease, Accepted, ClaimRequest, Decision, Fenced, FollowUps, ListFilter, NewOperation,
+    Page, RecordOutcome, Store, StoreError, Transition,
 };
 
 /// How an engine runs. Every field has a bound; [`EngineConfig::validate`] checks them.
@@ -139,6 +139,7 @@ pub struct EngineBuilder<S, O> {
     owner: Option<LeaseOwner>,
     failpoints: Failpoints,
     on_terminal: Option<TerminalObserver>,
+    retry_policy: Option<RetryPolicy>,
 }
 
 /// Called with each operation this engine moves to a terminal state; see
@@ -162,6 +163,14 @@ impl<S: Store, O: Orchestrator> EngineBuilder<S, O> {
     pub fn lease_ttl(mut self, lease_ttl: Duration) -> Self {
         self.config.lease_ttl = lease_ttl;
         self.config.call_timeout = lease_ttl.mul_f64(0.8);
+        self
+    }
+
+    /// Retries this engine's operations by `policy` instead of the orchestrator's
+    /// [`retry_policy`](Orchestrator::retry_policy): the same domain may retry differently
+    /// in different deployments.
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.retry_policy = Some(policy);
         self
     }
 
@@ -203,7 +212,9 @@ impl<S: Store, O: Orchestrator> EngineBuilder<S, O> {
         let (finished_tx, finished_rx) = mpsc::channel(self.config.workers);
         let (stop_tx, stop_rx) = watch::channel(None);
         let shared = Arc::new(Shared {
-            policy: self.orchestrator.retry_policy(),
+            policy: self
+                .retry_policy
+                .unwrap_or_else(|| self.orchestrator.retry_policy()),
             store: self.store,
             orchestrator: self.orchestrator,
             domain,
@@ -316,6 +327,7 @@ impl<S: Store, O: Orchestrator> Engine<S, O> {
             owner: None,
             failpoints: Failpoints::default(),
             on_terminal: None,
+            retry_policy: None,
         }
     }
 
@@ -367,7 +379,14 @@ impl<S: Store, O: Orchestrator> Engine<S, O> {
     ) -> Result<Submission, Error> {
         let key = match key {
             Some(key) => key,
-            None => self.shared.orchestrator.business_key(&command)?,
+            None => match self.shared.orchestrator.business_key(&command) {
+                Some(key) => key?,
+                None => {
+                    return Err(Error::MissingKey {
+                        domain: self.shared.domain.to_string(),
+                    });
+                }
+            },
         };
         let payload = serde_json::to_value(&command).map_err(Error::Command)?;
         let operation = NewOperation {
@@ -548,6 +567,31 @@ impl<S: Store, O: Orchestrator> Drop for Engine<S, O> {
 impl<S: Store, O: Orchestrator> Shared<S, O> {
     fn now(&self) -> DateTime<Utc> {
         self.clock.now()
+    }
+
+    /// What `decision` submits (the orchestrator's follow-ups), as operations to insert
+    /// with it: the same tenant, the orchestrator's keys.
+    fn follow_ups(
+        &self,
+        operation: &Operation,
+        decision: &Decision,
+        now: DateTime<Utc>,
+    ) -> FollowUps {
+        self.orchestrator
+            .follow_ups(operation, decision)
+            .into_iter()
+            .map(|follow_up| NewOperation {
+                scope: Scope::new(
+                    operation.scope.tenant.clone(),
+                    follow_up.domain,
+                    follow_up.key,
+                ),
+                event_type: follow_up.event_type,
+                fingerprint: Fingerprint::of_json(&follow_up.payload),
+                payload: follow_up.payload,
+                now,
+            })
+            .collect()
     }
 
     /// Up to `wanted` worker slots that are free right now, without waiting.
@@ -1002,17 +1046,21 @@ async fn record_and_finalize<S: Store, O: Orchestrator>(
     let now = shared.now();
     let records: Vec<RecordOutcome> = batch
         .iter()
-        .map(|attempt| RecordOutcome {
-            fence: attempt.fence.clone(),
-            decision: decide(
+        .map(|attempt| {
+            let decision = decide(
                 &shared.policy,
                 &attempt.operation,
                 &attempt.outcome,
                 attempt.unknown,
                 now,
-            ),
-            outcome: attempt.outcome.clone(),
-            now,
+            );
+            RecordOutcome {
+                fence: attempt.fence.clone(),
+                follow_ups: shared.follow_ups(&attempt.operation, &decision, now),
+                decision,
+                outcome: attempt.outcome.clone(),
+                now,
+            }
         })
         .collect();
     // On failure the outcome is not in the log: the lease expires and the Reaper retries
@@ -1175,6 +1223,7 @@ async fn finalize_pending<S: Store, O: Orchestrator>(
             let fence = pending.operation.fence()?;
             Some(Transition {
                 fence,
+                follow_ups: shared.follow_ups(&pending.operation, &pending.decision, now),
                 decision: pending.decision,
                 now,
             })
@@ -1202,9 +1251,11 @@ async fn reap_expired<S: Store, O: Orchestrator>(
     let transitions: Vec<Transition> = expired
         .iter()
         .filter_map(|operation| {
+            let decision = decide_reap(&shared.policy, operation, now);
             Some(Transition {
                 fence: operation.fence()?,
-                decision: decide_reap(&shared.policy, operation, now),
+                follow_ups: shared.follow_ups(operation, &decision, now),
+                decision,
                 now,
             })
         })

@@ -30,6 +30,13 @@ pub enum Error {
         /// Its state.
         state: OperationState,
     },
+    /// The submit gave no key and the domain has no business key to use instead. Nothing
+    /// was stored.
+    #[error("an idempotency key is required: domain {domain} has no business key")]
+    MissingKey {
+        /// The domain.
+        domain: String,
+    },
     /// The command could not be turned into JSON. Nothing was stored.
     #[error("the command cannot be serialized: {0}")]
     Command(#[source] serde_json::Error),
@@ -50,6 +57,7 @@ impl Error {
         match self {
             Self::Store(error) => error.is_retryable(),
             Self::InvalidName(_)
+            | Self::MissingKey { .. }
             | Self::Conflict { .. }
             | Self::NotFound { .. }
             | Self::NotRetryable { .. }

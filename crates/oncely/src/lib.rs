@@ -83,11 +83,11 @@ pub use key::{DomainName, IdempotencyKey, InvalidName, Scope, TenantId};
 pub use operation::{
     Fence, Fingerprint, Lease, LeaseOwner, Operation, OperationId, WalEntry, WalKind,
 };
-pub use orchestrator::{Attempt, Orchestrator};
+pub use orchestrator::{Attempt, FollowUp, Orchestrator};
 pub use outcome::Outcome;
 pub use retry::RetryPolicy;
 pub use state::OperationState;
 pub use store::{
-    AcceptLease, Accepted, ClaimRequest, Decision, Fenced, ListFilter, NewOperation, Page,
-    PendingOutcome, RecordOutcome, Store, StoreError, Transition,
+    AcceptLease, Accepted, ClaimRequest, Decision, Fenced, FollowUps, ListFilter, NewOperation,
+    Page, PendingOutcome, RecordOutcome, Store, StoreError, Transition,
 };

@@ -5,9 +5,11 @@ use std::future::Future;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::key::{IdempotencyKey, InvalidName, Scope};
+use crate::key::{DomainName, IdempotencyKey, InvalidName, Scope};
+use crate::operation::Operation;
 use crate::outcome::Outcome;
 use crate::retry::RetryPolicy;
+use crate::store::Decision;
 
 /// What `execute` knows about the attempt it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +27,20 @@ impl Attempt {
     pub fn idempotency_key(&self) -> &IdempotencyKey {
         &self.scope.key
     }
+}
+
+/// An operation that the end of another submits: see [`Orchestrator::follow_ups`]. It
+/// belongs to the same tenant as the operation it follows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FollowUp {
+    /// Its domain.
+    pub domain: DomainName,
+    /// Its key, derived from the operation's (`{key}:completed`).
+    pub key: IdempotencyKey,
+    /// Its domain's event type.
+    pub event_type: String,
+    /// Its command, as JSON, in the form its domain stores it.
+    pub payload: serde_json::Value,
 }
 
 /// A domain: the command it takes and the external call it makes.
@@ -47,8 +63,8 @@ impl Attempt {
 ///     const DOMAIN: &'static str = "EMAIL";
 ///     const EVENT_TYPE: &'static str = "EMAIL_REQUESTED";
 ///
-///     fn business_key(&self, command: &SendEmail) -> Result<IdempotencyKey, InvalidName> {
-///         IdempotencyKey::new(format!("MAIL-{}", command.to))
+///     fn business_key(&self, command: &SendEmail) -> Option<Result<IdempotencyKey, InvalidName>> {
+///         Some(IdempotencyKey::new(format!("MAIL-{}", command.to)))
 ///     }
 ///
 ///     async fn execute(&self, command: SendEmail, attempt: Attempt) -> Outcome {
@@ -68,12 +84,25 @@ pub trait Orchestrator: Send + Sync + 'static {
     const EVENT_TYPE: &'static str;
 
     /// The key to use when the caller gives none: built from the command's business fields,
-    /// as the seed's `PAY-{customerId}-{orderId}-{paymentMethod}`.
-    fn business_key(&self, command: &Self::Command) -> Result<IdempotencyKey, InvalidName>;
+    /// as the seed's `PAY-{customerId}-{orderId}-{paymentMethod}`. `None` (the default)
+    /// when callers always give a key: a submit without one is then refused.
+    fn business_key(&self, command: &Self::Command) -> Option<Result<IdempotencyKey, InvalidName>> {
+        let _ = command;
+        None
+    }
 
     /// How failed attempts are retried. The seed's policy by default.
     fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy::default()
+    }
+
+    /// Operations that `decision` submits, in the same transaction that applies it (a
+    /// transactional outbox): a payment's completion and the webhook that announces it.
+    /// Give each a key derived from the operation's, so that applying the same decision
+    /// twice (a Finalizer's retry) submits it once. None by default.
+    fn follow_ups(&self, operation: &Operation, decision: &Decision) -> Vec<FollowUp> {
+        let _ = (operation, decision);
+        Vec::new()
     }
 
     /// Makes the external call once and says how it went. Forward

@@ -46,6 +46,35 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// Exponential backoff from `base` to `max`, with the default limit of attempts:
+    /// `RetryPolicy::exponential(Duration::from_secs(1), Duration::from_secs(60)).attempts(8)`.
+    pub fn exponential(base: Duration, max: Duration) -> Self {
+        Self {
+            backoff_base: base,
+            backoff_max: max,
+            ..Self::default()
+        }
+    }
+
+    /// The same, giving up after `attempts` attempts (at least 1).
+    pub fn attempts(mut self, attempts: u32) -> Self {
+        self.attempts_max = attempts.max(1);
+        self
+    }
+
+    /// The same, with each backoff drawn from `[b/2, b]` to spread retries.
+    pub fn with_jitter(mut self) -> Self {
+        self.jitter = true;
+        self
+    }
+
+    /// The same, ending an attempt whose outcome is unknown as `TIMEOUT` instead of
+    /// retrying it: for APIs that do not honour idempotency keys.
+    pub fn without_retrying_unknown_outcomes(mut self) -> Self {
+        self.retry_unknown_outcome = false;
+        self
+    }
+
     /// The backoff after attempt number `attempt` (counted from 1) failed.
     pub fn backoff(&self, attempt: u32) -> Duration {
         let factor = 1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX);
@@ -73,6 +102,22 @@ mod tests {
         let seconds: Vec<u64> = (0..=6).map(|n| policy.backoff(n).as_secs()).collect();
         assert_eq!(seconds, [10, 20, 40, 80, 160, 300, 300]);
         assert_eq!(policy.backoff(u32::MAX), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn a_policy_is_one_line() {
+        let policy = RetryPolicy::exponential(Duration::from_secs(1), Duration::from_secs(8))
+            .attempts(4)
+            .with_jitter();
+        assert_eq!((policy.attempts_max, policy.jitter), (4, true));
+        assert!(policy.backoff(1) <= Duration::from_secs(2));
+        assert!(policy.backoff(9) <= Duration::from_secs(8));
+        assert_eq!(RetryPolicy::default().attempts(0).attempts_max, 1);
+        assert!(
+            !RetryPolicy::default()
+                .without_retrying_unknown_outcomes()
+                .retry_unknown_outcome
+        );
     }
 
     #[test]

@@ -87,6 +87,13 @@ impl ClaimRequest {
     }
 }
 
+/// Operations that the end of another submits in the same transaction as that end (a
+/// transactional outbox): a payment's completion and the webhook that announces it, under
+/// a key derived from the payment's, so a crash can neither lose the second nor send it
+/// twice. Inserted only when the end they follow is applied; a key already taken is left
+/// as it is.
+pub type FollowUps = Vec<NewOperation>;
+
 /// An outcome to append to the write-ahead log, fenced by its attempt, with the decision
 /// the engine made of it. The decision is logged too, so that the Finalizer applies
 /// exactly what the worker would have, whatever the policy is when it runs.
@@ -100,6 +107,8 @@ pub struct RecordOutcome {
     pub decision: Decision,
     /// When it was recorded.
     pub now: DateTime<Utc>,
+    /// What the decision submits, when it is applied.
+    pub follow_ups: FollowUps,
 }
 
 /// What an attempt's end does to its operation: computed by the engine from the outcome
@@ -155,6 +164,8 @@ pub struct Transition {
     pub decision: Decision,
     /// When.
     pub now: DateTime<Utc>,
+    /// What the move submits, when it is applied.
+    pub follow_ups: FollowUps,
 }
 
 /// Whether a fenced write matched its operation.
@@ -383,6 +394,7 @@ pub async fn settle_in_two_steps<S: Store + ?Sized>(
             fence: record.fence,
             decision: record.decision,
             now: record.now,
+            follow_ups: record.follow_ups,
         })
         .collect();
     let mut finalized = store.finalize(transitions).await?.into_iter();

@@ -15,8 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use oncely::{
-    Attempt, CrashPoint, Engine, EngineBuilder, EngineConfig, Failpoints, IdempotencyKey,
-    InvalidName, ManualClock, Operation, Orchestrator, Outcome, RetryPolicy, Scope, Store,
+    Attempt, CrashPoint, Decision, DomainName, Engine, EngineBuilder, EngineConfig, Failpoints,
+    FollowUp, IdempotencyKey, InvalidName, ManualClock, Operation, OperationState, Orchestrator,
+    Outcome, RetryPolicy, Scope, Store,
 };
 use oncely_sqlx::SqliteStore;
 use serde::{Deserialize, Serialize};
@@ -184,6 +185,9 @@ impl FakeApi {
 pub struct ChargeOrchestrator {
     pub api: FakeApi,
     pub policy: RetryPolicy,
+    /// Whether a completed charge submits a receipt ([`ReceiptOrchestrator`]) as its
+    /// follow-up, under the key `{key}:receipt`.
+    pub receipts: bool,
 }
 
 impl ChargeOrchestrator {
@@ -191,7 +195,36 @@ impl ChargeOrchestrator {
         Self {
             api,
             policy: RetryPolicy::default(),
+            receipts: false,
         }
+    }
+
+    pub fn with_receipts(mut self) -> Self {
+        self.receipts = true;
+        self
+    }
+}
+
+/// The key of the receipt of the charge `key`.
+pub fn receipt_key(key: &str) -> IdempotencyKey {
+    IdempotencyKey::new(format!("{key}:receipt")).unwrap()
+}
+
+/// Sends receipts through its own fake API: the follow-ups of completed charges.
+#[derive(Debug, Clone)]
+pub struct ReceiptOrchestrator {
+    pub api: FakeApi,
+}
+
+impl Orchestrator for ReceiptOrchestrator {
+    type Command = Charge;
+    const DOMAIN: &'static str = "TEST_RECEIPT";
+    const EVENT_TYPE: &'static str = "TEST_RECEIPT_REQUESTED";
+
+    async fn execute(&self, command: Charge, attempt: Attempt) -> Outcome {
+        ChargeOrchestrator::new(self.api.clone())
+            .execute(command, attempt)
+            .await
     }
 }
 
@@ -200,12 +233,29 @@ impl Orchestrator for ChargeOrchestrator {
     const DOMAIN: &'static str = "TEST_CHARGE";
     const EVENT_TYPE: &'static str = "TEST_CHARGE_REQUESTED";
 
-    fn business_key(&self, command: &Charge) -> Result<IdempotencyKey, InvalidName> {
-        IdempotencyKey::new(format!("CHARGE-{}-{}", command.customer, command.amount))
+    fn business_key(&self, command: &Charge) -> Option<Result<IdempotencyKey, InvalidName>> {
+        Some(IdempotencyKey::new(format!(
+            "CHARGE-{}-{}",
+            command.customer, command.amount
+        )))
     }
 
     fn retry_policy(&self) -> RetryPolicy {
         self.policy.clone()
+    }
+
+    fn follow_ups(&self, operation: &Operation, decision: &Decision) -> Vec<FollowUp> {
+        if !self.receipts || decision.target_state() != OperationState::Completed {
+            return Vec::new();
+        }
+        let mut receipt: Charge = serde_json::from_value(operation.payload.clone()).unwrap();
+        receipt.behaviour = Behaviour::Charge;
+        vec![FollowUp {
+            domain: DomainName::new(ReceiptOrchestrator::DOMAIN).unwrap(),
+            key: receipt_key(operation.scope.key.as_str()),
+            event_type: ReceiptOrchestrator::EVENT_TYPE.to_owned(),
+            payload: serde_json::to_value(receipt).unwrap(),
+        }]
     }
 
     async fn execute(&self, command: Charge, attempt: Attempt) -> Outcome {
@@ -300,8 +350,8 @@ pub fn key(text: &str) -> IdempotencyKey {
 
 /// Moves the clock past every lease and backoff until each operation is terminal.
 /// Panics after a bounded number of rounds (I2 broken).
-pub async fn drive_until_terminal<S: Store>(
-    engine: &Engine<S, ChargeOrchestrator>,
+pub async fn drive_until_terminal<S: Store, O: Orchestrator>(
+    engine: &Engine<S, O>,
     clock: &ManualClock,
     scopes: &[Scope],
 ) -> Vec<Operation> {

@@ -89,6 +89,7 @@ pub fn reap_transition(operation: &Operation, now: DateTime<Utc>) -> Transition 
         fence: operation.fence().unwrap(),
         decision: decide_reap(&RetryPolicy::default(), operation, now),
         now,
+        follow_ups: Vec::new(),
     }
 }
 
@@ -111,6 +112,7 @@ pub async fn record<S: Store>(
             outcome,
             decision: decision.clone(),
             now,
+            follow_ups: Vec::new(),
         }])
         .await
         .unwrap()
@@ -129,6 +131,7 @@ pub async fn finalize<S: Store>(
             fence: fence.clone(),
             decision,
             now,
+            follow_ups: Vec::new(),
         }])
         .await
         .unwrap()
@@ -741,6 +744,7 @@ pub async fn settle<S: Store>(
             outcome,
             decision,
             now,
+            follow_ups: Vec::new(),
         }])
         .await
         .unwrap()
@@ -939,6 +943,125 @@ pub async fn a_reap_from_a_stale_read_loses_to_an_outcome_recorded_since<S: Stor
     );
 }
 
+/// The follow-up of `parent`'s end: an operation under `{parent}:event`.
+fn follow_up(parent: &str, now: DateTime<Utc>) -> NewOperation {
+    new_operation(&format!("{parent}:event"), 7, now)
+}
+
+pub async fn follow_ups_are_inserted_with_an_applied_end_only<S: Store>(store: S) {
+    for key in ["settled", "finalized", "reaped", "zombie"] {
+        accept(&store, key, at(0)).await;
+    }
+    let claimed = claim(&store, "w", at(1), 4).await;
+    let by_key = |key: &str| {
+        claimed
+            .iter()
+            .find(|o| o.scope.key.as_str() == key)
+            .unwrap()
+            .clone()
+    };
+    let exists = |key: String| {
+        let store = &store;
+        async move { store.get(&scope(&key)).await.unwrap() }
+    };
+
+    // A settle that applies inserts its follow-up with it, ready to be claimed.
+    let settled = by_key("settled");
+    let outcome = ok_outcome("tx");
+    let decision = decide(&RetryPolicy::default(), &settled, &outcome, false, at(2));
+    let applied = store
+        .settle(vec![RecordOutcome {
+            fence: settled.fence().unwrap(),
+            outcome,
+            decision,
+            now: at(2),
+            follow_ups: vec![follow_up("settled", at(2))],
+        }])
+        .await
+        .unwrap();
+    assert_eq!(applied, [Fenced::Applied]);
+    let event = exists("settled:event".into())
+        .await
+        .expect("inserted with the settle");
+    assert_eq!(event.state, OperationState::Accepted);
+    assert_eq!(kinds(&store, "settled:event").await, [WalKind::Accepted]);
+
+    // So does a finalize (the Finalizer's path after a crash).
+    let finalized = by_key("finalized");
+    let fence = finalized.fence().unwrap();
+    let (_, decision) = record(&store, &finalized, &fence, ok_outcome("t"), at(2)).await;
+    let applied = store
+        .finalize(vec![Transition {
+            fence: fence.clone(),
+            decision,
+            now: at(3),
+            follow_ups: vec![follow_up("finalized", at(3))],
+        }])
+        .await
+        .unwrap();
+    assert_eq!(applied, [Fenced::Applied]);
+    assert!(exists("finalized:event".into()).await.is_some());
+
+    // And a reap (a give-up may be announced too).
+    let expired = store.expired_leases(&domain(), at(40), 10).await.unwrap();
+    let expired_one = |key: &str| {
+        expired
+            .iter()
+            .find(|o| o.scope.key.as_str() == key)
+            .unwrap()
+    };
+    let mut transition = reap_transition(expired_one("reaped"), at(40));
+    transition.follow_ups = vec![follow_up("reaped", at(40))];
+    let zombie_reaped = reap_transition(expired_one("zombie"), at(40));
+    let applied = store.reap(vec![transition, zombie_reaped]).await.unwrap();
+    assert_eq!(applied, [Fenced::Applied, Fenced::Applied]);
+    assert!(exists("reaped:event".into()).await.is_some());
+
+    // A rejected end inserts nothing: the zombie's lease was reaped.
+    let zombie = by_key("zombie");
+    let outcome = ok_outcome("late");
+    let decision = decide(&RetryPolicy::default(), &zombie, &outcome, false, at(41));
+    let rejected = store
+        .settle(vec![RecordOutcome {
+            fence: zombie.fence().unwrap(),
+            outcome,
+            decision,
+            now: at(41),
+            follow_ups: vec![follow_up("zombie", at(41))],
+        }])
+        .await
+        .unwrap();
+    assert_eq!(rejected, [Fenced::Rejected]);
+    assert!(
+        exists("zombie:event".into()).await.is_none(),
+        "no follow-up of a zombie"
+    );
+
+    // A follow-up whose key is taken already is left as it is: ends are applied once, and
+    // a second submit of the same event changes nothing.
+    let before = exists("settled:event".into()).await.unwrap();
+    let again = claim(&store, "w2", at(100), 10).await;
+    let repeat = again
+        .iter()
+        .find(|o| o.scope.key.as_str() == "reaped")
+        .unwrap();
+    let outcome = ok_outcome("t3");
+    let decision = decide(&RetryPolicy::default(), repeat, &outcome, false, at(101));
+    let applied = store
+        .settle(vec![RecordOutcome {
+            fence: repeat.fence().unwrap(),
+            outcome,
+            decision,
+            now: at(101),
+            follow_ups: vec![follow_up("settled", at(101))],
+        }])
+        .await
+        .unwrap();
+    assert_eq!(applied, [Fenced::Applied]);
+    let after = exists("settled:event".into()).await.unwrap();
+    assert_eq!((after.id, after.created_at), (before.id, before.created_at));
+}
+
 /// Instantiates every conformance test for one backend. `$open` is an async fn returning
 /// `(guard, store)`; the guard keeps the database alive for the test.
 #[macro_export]
@@ -966,6 +1089,7 @@ macro_rules! conformance_suite {
             a_zombies_settle_is_kept_in_the_log_and_changes_nothing,
             finalize_and_reap_check_the_lease_owner_too,
             a_reap_from_a_stale_read_loses_to_an_outcome_recorded_since,
+            follow_ups_are_inserted_with_an_applied_end_only,
         );
     };
     (@tests $open:path; $($name:ident),* $(,)?) => {
