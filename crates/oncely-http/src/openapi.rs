@@ -1,31 +1,57 @@
-//! `/openapi.json`: an OpenAPI 3.1 document built from [`ROUTES`], the same table the
-//! router is built from, so a route cannot be served without being documented.
+//! `/openapi.json`: an OpenAPI 3.1 document built from [`DOMAIN_ROUTES`] and
+//! [`SERVICE_ROUTES`], the tables the routers are built from, so a route cannot be served
+//! without being documented. Each domain's request schema is derived from its request type.
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
-use crate::ApiConfig;
-
-/// One documented route. `{resource}` in the path is the configured resource name.
+/// A route a domain serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RouteDoc {
+pub enum RouteId {
+    /// `POST /v1/{resource}`.
+    Create,
+    /// `GET /v1/{resource}`.
+    List,
+    /// `GET /v1/{resource}/{key}`.
+    Get,
+    /// `GET /v1/{resource}/{key}/history`.
+    History,
+    /// `POST /v1/{resource}/{key}/retry`.
+    Retry,
+}
+
+impl RouteId {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::List => "list",
+            Self::Get => "get",
+            Self::History => "history",
+            Self::Retry => "retry",
+        }
+    }
+}
+
+/// One documented route. `{resource}` in the path is the domain's resource name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteDoc<Id> {
     /// `get` or `post`.
     pub method: &'static str,
     /// The path template.
     pub path: &'static str,
-    /// The handler it is served by; also the OpenAPI `operationId`.
-    pub operation_id: &'static str,
+    /// The handler it is served by.
+    pub id: Id,
     /// One line.
     pub summary: &'static str,
     /// Status codes it answers with, and what they mean.
     pub responses: &'static [(u16, &'static str)],
 }
 
-/// Every route of a domain's API.
-pub const ROUTES: &[RouteDoc] = &[
+/// Every route of one domain.
+pub const DOMAIN_ROUTES: &[RouteDoc<RouteId>] = &[
     RouteDoc {
         method: "post",
         path: "/v1/{resource}",
-        operation_id: "create",
+        id: RouteId::Create,
         summary: "Accept a command under Idempotency-Key (or the business key); Prefer: wait=N waits up to N s (≤ 60) for the end",
         responses: &[
             (
@@ -40,7 +66,7 @@ pub const ROUTES: &[RouteDoc] = &[
                 400,
                 "malformed JSON, a bad key, a bad Prefer, or a missing key where one is required",
             ),
-            (413, "body over 64 KiB"),
+            (413, "body over the domain's limit"),
             (415, "not application/json"),
             (
                 422,
@@ -55,14 +81,14 @@ pub const ROUTES: &[RouteDoc] = &[
     RouteDoc {
         method: "get",
         path: "/v1/{resource}",
-        operation_id: "list",
+        id: RouteId::List,
         summary: "List operations, newest first: ?state=&limit=(1..1000, 50)&cursor=",
         responses: &[(200, "one page"), (400, "a bad state, limit or cursor")],
     },
     RouteDoc {
         method: "get",
         path: "/v1/{resource}/{key}",
-        operation_id: "get",
+        id: RouteId::Get,
         summary: "One operation: state, attempts, outcome, error, timestamps",
         responses: &[
             (200, "the operation"),
@@ -73,7 +99,7 @@ pub const ROUTES: &[RouteDoc] = &[
     RouteDoc {
         method: "get",
         path: "/v1/{resource}/{key}/history",
-        operation_id: "history",
+        id: RouteId::History,
         summary: "The operation's write-ahead log, oldest first",
         responses: &[
             (200, "the log"),
@@ -84,84 +110,131 @@ pub const ROUTES: &[RouteDoc] = &[
     RouteDoc {
         method: "post",
         path: "/v1/{resource}/{key}/retry",
-        operation_id: "retry",
+        id: RouteId::Retry,
         summary: "Operator retry of a FAILED or TIMEOUT operation, under the same key",
         responses: &[
             (200, "the operation, ACCEPTED again"),
+            (400, "a bad key"),
             (404, "no such operation"),
             (409, "the operation is not FAILED or TIMEOUT"),
         ],
     },
+];
+
+/// A route the service serves once, whatever its domains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceRouteId {
+    /// `GET /healthz`.
+    Health,
+    /// `GET /readyz`.
+    Ready,
+    /// `GET /openapi.json`.
+    OpenApi,
+}
+
+/// Every route of the service itself.
+pub const SERVICE_ROUTES: &[RouteDoc<ServiceRouteId>] = &[
     RouteDoc {
         method: "get",
         path: "/healthz",
-        operation_id: "health",
+        id: ServiceRouteId::Health,
         summary: "The process is up",
         responses: &[(200, "ok")],
     },
     RouteDoc {
         method: "get",
         path: "/readyz",
-        operation_id: "ready",
-        summary: "The store answers",
-        responses: &[(200, "ready"), (503, "the store is unavailable")],
+        id: ServiceRouteId::Ready,
+        summary: "Every domain's store answers",
+        responses: &[(200, "ready"), (503, "a store is unavailable")],
     },
     RouteDoc {
         method: "get",
         path: "/openapi.json",
-        operation_id: "openapi",
+        id: ServiceRouteId::OpenApi,
         summary: "This document",
         responses: &[(200, "OpenAPI 3.1")],
     },
 ];
 
-fn schema_for(operation_id: &str, status: u16) -> Value {
-    if status >= 400 {
-        return json!({ "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } });
-    }
-    let schema = match operation_id {
-        "create" | "get" | "retry" => "Operation",
-        "list" => "Page",
-        "history" => "History",
-        _ => return json!({ "text/plain": { "schema": { "type": "string" } } }),
-    };
+/// What the document needs of one mounted domain.
+#[derive(Debug, Clone)]
+pub struct DocumentedDomain {
+    /// Its resource name.
+    pub resource: &'static str,
+    /// Its request's JSON Schema.
+    pub request_schema: Value,
+    /// Whether a create must carry `Idempotency-Key`.
+    pub key_required: bool,
+}
+
+fn content(schema: &str) -> Value {
     json!({ "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } })
 }
 
-/// The document for `config`.
-pub fn openapi_document(config: &ApiConfig) -> Value {
-    let mut paths = serde_json::Map::new();
-    for route in ROUTES {
-        let path = route.path.replace("{resource}", config.resource);
-        let responses: serde_json::Map<String, Value> = route
-            .responses
-            .iter()
-            .map(|(status, description)| {
-                (
-                    status.to_string(),
-                    json!({ "description": description, "content": schema_for(route.operation_id, *status) }),
-                )
+fn responses(route_responses: &[(u16, &str)], success: impl Fn(u16) -> Value) -> Value {
+    let responses: Map<String, Value> = route_responses
+        .iter()
+        .map(|(status, description)| {
+            let body = if *status >= 400 {
+                json!({ "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } })
+            } else {
+                success(*status)
+            };
+            (
+                status.to_string(),
+                json!({ "description": description, "content": body }),
+            )
+        })
+        .collect();
+    Value::Object(responses)
+}
+
+/// The schema name of a domain's request (`payments` → `PaymentsRequest`).
+fn request_name(resource: &str) -> String {
+    let mut name: String = resource
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let mut chars = part.chars();
+            chars.next().map_or_else(String::new, |first| {
+                first.to_ascii_uppercase().to_string() + chars.as_str()
             })
-            .collect();
+        })
+        .collect();
+    name.push_str("Request");
+    name
+}
+
+fn domain_paths(domain: &DocumentedDomain, paths: &mut Map<String, Value>) {
+    for route in DOMAIN_ROUTES {
+        let path = route.path.replace("{resource}", domain.resource);
+        let success = |_status| match route.id {
+            RouteId::Create | RouteId::Get | RouteId::Retry => content("Operation"),
+            RouteId::List => content("Page"),
+            RouteId::History => content("History"),
+        };
         let mut operation = json!({
-            "operationId": route.operation_id,
+            "operationId": format!("{}-{}", domain.resource, route.id.name()),
+            "tags": [domain.resource],
             "summary": route.summary,
-            "responses": responses,
+            "responses": responses(route.responses, success),
         });
         let mut parameters = Vec::new();
         if route.path.contains("{key}") {
-            parameters.push(json!({ "name": "key", "in": "path", "required": true, "schema": { "type": "string", "minLength": 1, "maxLength": 255 } }));
+            parameters.push(json!({ "name": "key", "in": "path", "required": true, "schema": { "type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$" } }));
         }
-        if route.operation_id == "create" {
-            parameters.push(json!({ "name": "Idempotency-Key", "in": "header", "required": config.require_idempotency_key, "schema": { "type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$" } }));
+        if route.id == RouteId::Create {
+            parameters.push(json!({ "name": "Idempotency-Key", "in": "header", "required": domain.key_required, "schema": { "type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$" } }));
             parameters.push(json!({ "name": "Prefer", "in": "header", "required": false, "schema": { "type": "string", "examples": ["wait=10"] } }));
-            operation["requestBody"] = json!({ "required": true, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Request" } } } });
+            operation["requestBody"] =
+                json!({ "required": true, "content": content(&request_name(domain.resource)) });
         }
-        if route.operation_id == "list" {
+        if route.id == RouteId::List {
             parameters.push(json!({ "name": "state", "in": "query", "schema": { "enum": ["ACCEPTED", "PROCESSING", "COMPLETED", "FAILED", "TIMEOUT"] } }));
             parameters.push(json!({ "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000 } }));
             parameters
-                .push(json!({ "name": "cursor", "in": "query", "schema": { "type": "string" } }));
+                .push(json!({ "name": "cursor", "in": "query", "schema": { "type": "string", "pattern": "^[0-9]+$" } }));
         }
         if !parameters.is_empty() {
             operation["parameters"] = Value::Array(parameters);
@@ -169,28 +242,76 @@ pub fn openapi_document(config: &ApiConfig) -> Value {
         let entry = paths.entry(path).or_insert_with(|| json!({}));
         entry[route.method] = operation;
     }
+}
+
+/// The document of a service with `domains`.
+pub fn openapi_document(title: &str, domains: &[DocumentedDomain]) -> Value {
+    let mut paths = Map::new();
+    let mut schemas = shared_schemas();
+    for domain in domains {
+        domain_paths(domain, &mut paths);
+        schemas.insert(request_name(domain.resource), domain.request_schema.clone());
+    }
+    for route in SERVICE_ROUTES {
+        let success = |_status| match route.id {
+            ServiceRouteId::OpenApi => {
+                json!({ "application/json": { "schema": { "type": "object" } } })
+            }
+            ServiceRouteId::Health | ServiceRouteId::Ready => {
+                json!({ "text/plain": { "schema": { "type": "string" } } })
+            }
+        };
+        let operation = json!({
+            "operationId": route.path.trim_start_matches('/').replace(['.', '/'], "-"),
+            "tags": ["service"],
+            "summary": route.summary,
+            "responses": responses(route.responses, success),
+        });
+        let entry = paths
+            .entry(route.path.to_owned())
+            .or_insert_with(|| json!({}));
+        entry[route.method] = operation;
+    }
     json!({
         "openapi": "3.1.0",
-        "info": { "title": format!("oncely {}", config.resource), "version": env!("CARGO_PKG_VERSION") },
+        "info": { "title": title, "version": env!("CARGO_PKG_VERSION") },
         "paths": paths,
-        "components": { "schemas": {
-            "Request": config.request_schema,
-            "Operation": { "type": "object", "required": ["key", "tenant", "domain", "eventType", "state", "attempts", "request", "createdAt", "updatedAt"], "properties": {
-                "key": { "type": "string" }, "tenant": { "type": "string" }, "domain": { "type": "string" }, "eventType": { "type": "string" },
-                "state": { "enum": ["ACCEPTED", "PROCESSING", "COMPLETED", "FAILED", "TIMEOUT"] },
-                "attempts": { "type": "integer" }, "request": { "type": "object" },
-                "outcome": { "type": ["object", "null"] },
-                "error": { "type": ["object", "null"], "properties": { "code": { "type": ["string", "null"] }, "message": { "type": "string" } } },
-                "nextRetryAt": { "type": ["string", "null"], "format": "date-time" },
-                "createdAt": { "type": "string", "format": "date-time" },
-                "updatedAt": { "type": "string", "format": "date-time" },
-                "completedAt": { "type": ["string", "null"], "format": "date-time" }
-            } },
-            "Page": { "type": "object", "properties": { "items": { "type": "array", "items": { "$ref": "#/components/schemas/Operation" } }, "nextCursor": { "type": ["string", "null"] } } },
-            "History": { "type": "object", "properties": { "key": { "type": "string" }, "entries": { "type": "array", "items": { "type": "object" } } } },
-            "Problem": { "type": "object", "required": ["type", "title", "status", "detail"], "properties": {
-                "type": { "type": "string", "format": "uri" }, "title": { "type": "string" }, "status": { "type": "integer" },
-                "detail": { "type": "string" }, "key": { "type": "string" } } }
-        } }
+        "components": { "schemas": schemas },
     })
+}
+
+fn shared_schemas() -> Map<String, Value> {
+    let schemas = json!({
+        "Operation": { "type": "object", "required": ["key", "tenant", "domain", "eventType", "state", "attempts", "request", "createdAt", "updatedAt"], "properties": {
+            "key": { "type": "string" }, "tenant": { "type": "string" }, "domain": { "type": "string" }, "eventType": { "type": "string" },
+            "state": { "enum": ["ACCEPTED", "PROCESSING", "COMPLETED", "FAILED", "TIMEOUT"] },
+            "attempts": { "type": "integer" }, "request": { "type": "object" },
+            "outcome": { "type": ["object", "null"] },
+            "error": { "type": ["object", "null"], "properties": { "code": { "type": ["string", "null"] }, "message": { "type": "string" } } },
+            "nextRetryAt": { "type": ["string", "null"], "format": "date-time" },
+            "createdAt": { "type": "string", "format": "date-time" },
+            "updatedAt": { "type": "string", "format": "date-time" },
+            "completedAt": { "type": ["string", "null"], "format": "date-time" }
+        } },
+        "Page": { "type": "object", "properties": { "items": { "type": "array", "items": { "$ref": "#/components/schemas/Operation" } }, "nextCursor": { "type": ["string", "null"] } } },
+        "History": { "type": "object", "properties": { "key": { "type": "string" }, "entries": { "type": "array", "items": { "type": "object" } } } },
+        "Problem": { "type": "object", "required": ["type", "title", "status", "detail"], "properties": {
+            "type": { "type": "string", "format": "uri" }, "title": { "type": "string" }, "status": { "type": "integer" },
+            "detail": { "type": "string" }, "key": { "type": "string" } } }
+    });
+    match schemas {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_schemas_are_named_after_their_resource() {
+        assert_eq!(request_name("payments"), "PaymentsRequest");
+        assert_eq!(request_name("file-uploads"), "FileUploadsRequest");
+    }
 }

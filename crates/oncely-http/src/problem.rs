@@ -108,6 +108,9 @@ impl Problem {
                 error.to_string(),
             )
             .with_key(scope.key.as_str()),
+            Error::MissingKey { .. } => {
+                Self::bad_request("missing-idempotency-key", error.to_string())
+            }
             Error::Command(_) => Self::invalid(error.to_string()),
             Error::Stopped => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,

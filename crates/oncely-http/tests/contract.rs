@@ -10,10 +10,8 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode};
 use oncely::{Engine, EngineConfig};
 use oncely_gateway_sim::{GatewaySim, RunningSim, SimConfig};
-use oncely_http::{ApiConfig, PROBLEM_JSON, ROUTES};
-use oncely_payment::{
-    GatewayClient, GatewayTimeouts, PaymentCommand, PaymentOrchestrator, PaymentRequest,
-};
+use oncely_http::{DOMAIN_ROUTES, PROBLEM_JSON, SERVICE_ROUTES, Service};
+use oncely_payment::{GatewayClient, GatewayTimeouts, PaymentOrchestrator};
 use oncely_sqlx::SqliteStore;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -44,11 +42,12 @@ async fn api_with(sim: SimConfig, require_key: bool) -> TestApi {
         .config(config)
         .start()
         .unwrap();
-    let mut api_config = ApiConfig::new("payments");
-    api_config.require_idempotency_key = require_key;
-    let router = oncely_http::routes(Arc::new(engine), api_config, |request: PaymentRequest| {
-        PaymentCommand::try_from(request)
-    });
+    let router = Service::builder()
+        .require_idempotency_key(require_key)
+        .domain(engine)
+        .build()
+        .unwrap()
+        .router();
     TestApi {
         router,
         _dir: dir,
@@ -425,18 +424,21 @@ async fn every_route_is_in_the_openapi_document_and_served() {
     assert_eq!(document["openapi"], "3.1.0");
     let paths = document["paths"].as_object().unwrap();
     let documented: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
-    assert_eq!(documented, ROUTES.len());
-    for route in ROUTES {
-        let path = route.path.replace("{resource}", "payments");
+    assert_eq!(documented, DOMAIN_ROUTES.len() + SERVICE_ROUTES.len());
+    let routes = DOMAIN_ROUTES
+        .iter()
+        .map(|r| (r.method, r.path))
+        .chain(SERVICE_ROUTES.iter().map(|r| (r.method, r.path)));
+    for (method, path) in routes {
+        let path = path.replace("{resource}", "payments");
         assert!(
-            paths[&path][route.method].is_object(),
-            "{} {path} undocumented",
-            route.method
+            paths[&path][method].is_object(),
+            "{method} {path} undocumented"
         );
         let uri = path.replace("{key}", "probe");
         let answer = api
             .send(
-                &route.method.to_uppercase(),
+                &method.to_uppercase(),
                 &uri,
                 &[("idempotency-key", "probe")],
                 Some(payment(1).to_string()),
@@ -444,14 +446,12 @@ async fn every_route_is_in_the_openapi_document_and_served() {
             .await;
         assert_ne!(
             answer.body["type"], "urn:oncely:problem:no-route",
-            "{} {uri} not served",
-            route.method
+            "{method} {uri} not served"
         );
         assert_ne!(
             answer.status,
             StatusCode::METHOD_NOT_ALLOWED,
-            "{} {uri}",
-            route.method
+            "{method} {uri}"
         );
     }
 }

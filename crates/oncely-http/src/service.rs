@@ -1,0 +1,259 @@
+//! [`Service`]: one HTTP service assembled from domains — each domain's routes under
+//! `/v1/{resource}`, and the service's own routes (health, readiness, OpenAPI) once.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use futures_util::future::BoxFuture;
+use oncely::{Engine, ListFilter, Store};
+use schemars::generate::SchemaSettings;
+use serde_json::Value;
+
+use crate::domain::HttpDomain;
+use crate::openapi::{DocumentedDomain, SERVICE_ROUTES, ServiceRouteId, openapi_document};
+use crate::problem::Problem;
+use crate::routes::{self, DomainApi};
+
+/// Why a service could not be assembled.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Two domains claim the same resource name.
+    #[error("two domains are served as /v1/{0}")]
+    DuplicateResource(&'static str),
+    /// Two domains have the same domain name, so their operations would mix.
+    #[error("two domains are named {0}")]
+    DuplicateDomain(String),
+    /// A service needs a domain to serve.
+    #[error("a service needs at least one domain")]
+    NoDomain,
+}
+
+/// One domain, as the service sees it: its routes, its documentation, its engine.
+trait Mounted: Send + Sync {
+    fn router(&self) -> Router;
+    fn documented(&self) -> DocumentedDomain;
+    fn domain(&self) -> String;
+    fn ready(&self) -> BoxFuture<'_, Result<(), Problem>>;
+    fn shutdown(&self, grace: Duration) -> BoxFuture<'_, ()>;
+}
+
+impl<S: Store, O: HttpDomain> Mounted for Arc<DomainApi<S, O>> {
+    fn router(&self) -> Router {
+        routes::router(self.clone())
+    }
+
+    fn documented(&self) -> DocumentedDomain {
+        DocumentedDomain {
+            resource: O::RESOURCE,
+            request_schema: request_schema::<O::Request>(),
+            key_required: self.require_idempotency_key,
+        }
+    }
+
+    fn domain(&self) -> String {
+        self.engine.domain().to_string()
+    }
+
+    fn ready(&self) -> BoxFuture<'_, Result<(), Problem>> {
+        Box::pin(async move {
+            let probe = ListFilter {
+                limit: 1,
+                ..ListFilter::default()
+            };
+            self.engine.list(probe).await?;
+            Ok(())
+        })
+    }
+
+    fn shutdown(&self, grace: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(self.engine.shutdown(grace))
+    }
+}
+
+/// The JSON Schema of a request type, self-contained (no references to resolve).
+fn request_schema<T: schemars::JsonSchema>() -> Value {
+    let generator = SchemaSettings::draft2020_12()
+        .with(|settings| settings.inline_subschemas = true)
+        .into_generator();
+    let mut schema = generator.into_root_schema_for::<T>().to_value();
+    if let Value::Object(map) = &mut schema {
+        map.remove("$schema");
+        map.remove("$defs");
+    }
+    schema
+}
+
+/// Assembles a [`Service`]; see [`Service::builder`].
+#[derive(Default)]
+pub struct ServiceBuilder {
+    domains: Vec<Box<dyn Mounted>>,
+    require_idempotency_key: bool,
+    title: Option<String>,
+}
+
+impl ServiceBuilder {
+    /// Serves `engine`'s domain under `/v1/{O::RESOURCE}`. The service owns the engine
+    /// from now on and shuts it down with itself.
+    pub fn domain<S: Store, O: HttpDomain>(mut self, engine: Engine<S, O>) -> Self {
+        self.domains.push(Box::new(Arc::new(DomainApi {
+            engine: Arc::new(engine),
+            require_idempotency_key: self.require_idempotency_key,
+        })));
+        self
+    }
+
+    /// Refuse creates without `Idempotency-Key` (`400`) in the domains added after this,
+    /// instead of using their business keys.
+    pub fn require_idempotency_key(mut self, required: bool) -> Self {
+        self.require_idempotency_key = required;
+        self
+    }
+
+    /// The title of `/openapi.json` (`oncely` by default).
+    pub fn title(mut self, title: impl Into<String>) -> Self {
+        self.title = Some(title.into());
+        self
+    }
+
+    /// The service, with every domain's routes and the service routes in one router.
+    pub fn build(self) -> Result<Service, ServiceError> {
+        if self.domains.is_empty() {
+            return Err(ServiceError::NoDomain);
+        }
+        let mut resources = HashSet::new();
+        let mut names = HashSet::new();
+        for mounted in &self.domains {
+            let resource = mounted.documented().resource;
+            if !resources.insert(resource) {
+                return Err(ServiceError::DuplicateResource(resource));
+            }
+            if !names.insert(mounted.domain()) {
+                return Err(ServiceError::DuplicateDomain(mounted.domain()));
+            }
+        }
+        let documented: Vec<DocumentedDomain> =
+            self.domains.iter().map(|m| m.documented()).collect();
+        let title = self.title.unwrap_or_else(|| "oncely".to_owned());
+        let document = Arc::new(openapi_document(&title, &documented));
+        let domains: Arc<[Box<dyn Mounted>]> = self.domains.into();
+        let mut router = Router::new();
+        for mounted in domains.iter() {
+            router = router.merge(mounted.router());
+        }
+        for route in SERVICE_ROUTES {
+            router = match route.id {
+                ServiceRouteId::Health => router.route(route.path, get(|| async { "ok" })),
+                ServiceRouteId::Ready => {
+                    let domains = domains.clone();
+                    router.route(
+                        route.path,
+                        get(move || {
+                            let domains = domains.clone();
+                            async move { ready(&domains).await }
+                        }),
+                    )
+                }
+                ServiceRouteId::OpenApi => {
+                    let document = document.clone();
+                    router.route(
+                        route.path,
+                        get(move || {
+                            let document = document.clone();
+                            async move { Json(document.as_ref().clone()) }
+                        }),
+                    )
+                }
+            };
+        }
+        let router = router.fallback(|| async {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "no-route",
+                "No such route",
+                "see /openapi.json",
+            )
+        });
+        Ok(Service {
+            router,
+            domains,
+            document,
+        })
+    }
+}
+
+async fn ready(domains: &[Box<dyn Mounted>]) -> axum::response::Response {
+    for mounted in domains {
+        if let Err(problem) = mounted.ready().await {
+            return problem.into_response();
+        }
+    }
+    "ready".into_response()
+}
+
+/// An HTTP service of one or more domains.
+///
+/// ```no_run
+/// # use oncely_http::Service;
+/// # async fn run<S: oncely::Store, O: oncely_http::HttpDomain>(engine: oncely::Engine<S, O>)
+/// #     -> Result<(), Box<dyn std::error::Error>> {
+/// let service = Service::builder().domain(engine).build()?;
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+/// // Serves until Ctrl-C, then lets running calls finish for 10 s.
+/// service
+///     .serve(listener, async { let _ = tokio::signal::ctrl_c().await; }, std::time::Duration::from_secs(10))
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub struct Service {
+    router: Router,
+    domains: Arc<[Box<dyn Mounted>]>,
+    document: Arc<Value>,
+}
+
+impl Service {
+    /// Starts assembling a service.
+    pub fn builder() -> ServiceBuilder {
+        ServiceBuilder::default()
+    }
+
+    /// Its routes, to serve (or to nest in a router of your own).
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    /// Its OpenAPI 3.1 document.
+    pub fn openapi(&self) -> &Value {
+        &self.document
+    }
+
+    /// Serves on `listener` until `signal` resolves, then stops taking requests, lets
+    /// running calls finish for up to `grace`, and shuts every engine down.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        signal: impl Future<Output = ()> + Send + 'static,
+        grace: Duration,
+    ) -> std::io::Result<()> {
+        axum::serve(listener, self.router.clone())
+            .with_graceful_shutdown(signal)
+            .await?;
+        self.shutdown(grace).await;
+        Ok(())
+    }
+
+    /// Shuts every domain's engine down, letting running calls finish for up to `grace`.
+    pub async fn shutdown(&self, grace: Duration) {
+        let stopping: Vec<_> = self
+            .domains
+            .iter()
+            .map(|mounted| mounted.shutdown(grace))
+            .collect();
+        futures_util::future::join_all(stopping).await;
+    }
+}
