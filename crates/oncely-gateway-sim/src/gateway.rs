@@ -1,126 +1,22 @@
-//! The gateway's HTTP surface, its ledger, and its faults.
+//! The simulated payment gateway: its HTTP surface and its ledger.
 
-use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Json, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use sqlx::Row;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+use sqlx::sqlite::SqlitePool;
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+use crate::sim::{self, Faults, RunningSim, SimConfig, SimError, ledger_failed, now_ms, problem};
 
-/// How the simulated gateway misbehaves. Rates are probabilities per request, 0 to 1.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SimConfig {
-    /// Seeds every random draw: the same seed and requests give the same faults.
-    pub seed: u64,
-    /// Shortest added latency.
-    pub latency_min: Duration,
-    /// Longest added latency (uniform between the two).
-    pub latency_max: Duration,
-    /// Share of requests answered `503`.
-    pub error_rate: f64,
-    /// Share of requests answered `429` with `Retry-After: 1`.
-    pub rate_limit_rate: f64,
-    /// Share of keys that are declined (`402`), the same way every time.
-    pub decline_rate: f64,
-    /// Share of requests that hang for `hang` before a `504`: past a client's timeout.
-    pub timeout_rate: f64,
-    /// How long a hanging request hangs.
-    pub hang: Duration,
-    /// Share of charges committed to the ledger whose answer is then lost.
-    pub lost_answer_rate: f64,
-}
-
-impl Default for SimConfig {
-    fn default() -> Self {
-        Self {
-            seed: 0,
-            latency_min: Duration::ZERO,
-            latency_max: Duration::ZERO,
-            error_rate: 0.0,
-            rate_limit_rate: 0.0,
-            decline_rate: 0.0,
-            timeout_rate: 0.0,
-            hang: Duration::from_secs(30),
-            lost_answer_rate: 0.0,
-        }
-    }
-}
-
-impl SimConfig {
-    fn validate(&self) -> Result<(), SimError> {
-        let rates = [
-            ("error rate", self.error_rate),
-            ("rate-limit rate", self.rate_limit_rate),
-            ("decline rate", self.decline_rate),
-            ("timeout rate", self.timeout_rate),
-            ("lost-answer rate", self.lost_answer_rate),
-        ];
-        for (name, rate) in rates {
-            if !(0.0..=1.0).contains(&rate) {
-                return Err(SimError::Config(format!(
-                    "{name} must be 0 to 1, not {rate}"
-                )));
-            }
-        }
-        if self.error_rate + self.rate_limit_rate + self.timeout_rate > 1.0 {
-            return Err(SimError::Config(
-                "error, rate-limit and timeout rates together must not exceed 1".into(),
-            ));
-        }
-        if self.latency_min > self.latency_max {
-            return Err(SimError::Config(
-                "latency min must not exceed latency max".into(),
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// What went wrong starting the simulator.
-#[derive(Debug, thiserror::Error)]
-pub enum SimError {
-    /// A fault rate or latency is out of range.
-    #[error("invalid simulator configuration: {0}")]
-    Config(String),
-    /// The ledger could not be opened.
-    #[error("cannot open the ledger at {url:?}: {source}")]
-    Ledger {
-        /// The ledger URL.
-        url: String,
-        /// The driver's error.
-        #[source]
-        source: sqlx::Error,
-    },
-    /// The ledger schema could not be created.
-    #[error("cannot create the ledger schema: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    /// The address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: String,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
-}
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/gateway");
 
 /// The body of `POST /v1/charges`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -187,76 +83,40 @@ struct MemoryLedger {
 #[derive(Debug)]
 pub struct GatewaySim {
     ledger: LedgerStore,
-    config: SimConfig,
-    rng: Mutex<fastrand::Rng>,
+    faults: Faults,
     /// The number of the last charge: charges are numbered from it, not by counting the
     /// ledger (a count costs a scan of the whole ledger per charge).
     numbered: std::sync::atomic::AtomicI64,
 }
 
-/// A simulator serving in the background; dropping it does not stop it, [`RunningSim::stop`] does.
-#[derive(Debug)]
-pub struct RunningSim {
-    /// Where it listens.
-    pub addr: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl RunningSim {
-    /// Its base URL, `http://ADDR`.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Stops serving.
-    pub fn stop(self) {
-        self.task.abort();
-    }
-}
-
 impl GatewaySim {
     /// Opens (creating) the ledger at `ledger_url` (`sqlite://PATH` or `sqlite::memory:`).
     pub async fn open(ledger_url: &str, config: SimConfig) -> Result<Arc<Self>, SimError> {
-        config.validate()?;
-        let ledger_error = |source| SimError::Ledger {
-            url: ledger_url.to_owned(),
-            source,
-        };
-        let options = SqliteConnectOptions::from_str(ledger_url)
-            .map_err(ledger_error)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10));
-        let ledger = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options)
-            .await
-            .map_err(ledger_error)?;
-        MIGRATOR.run(&ledger).await?;
+        let faults = Faults::new(config)?;
+        let ledger = sim::open_ledger(ledger_url, &MIGRATOR).await?;
         let last: i64 = sqlx::query_scalar(
             "SELECT COALESCE(MAX(CAST(SUBSTR(transaction_id, 5) AS INTEGER)), 0) FROM charges",
         )
         .fetch_one(&ledger)
         .await
-        .map_err(ledger_error)?;
-        Ok(Self::with_ledger(LedgerStore::Sqlite(ledger), config, last))
+        .map_err(|source| SimError::Ledger {
+            url: ledger_url.to_owned(),
+            source,
+        })?;
+        Ok(Self::with_ledger(LedgerStore::Sqlite(ledger), faults, last))
     }
 
     /// A simulator whose ledger lives in memory only, for benchmarks: every request costs
     /// what a provider's HTTP answer costs, and no database write.
     pub fn in_memory(config: SimConfig) -> Result<Arc<Self>, SimError> {
-        config.validate()?;
         let ledger = LedgerStore::Memory(Mutex::new(MemoryLedger::default()));
-        Ok(Self::with_ledger(ledger, config, 0))
+        Ok(Self::with_ledger(ledger, Faults::new(config)?, 0))
     }
 
-    fn with_ledger(ledger: LedgerStore, config: SimConfig, last: i64) -> Arc<Self> {
-        let rng = Mutex::new(fastrand::Rng::with_seed(config.seed));
+    fn with_ledger(ledger: LedgerStore, faults: Faults, last: i64) -> Arc<Self> {
         Arc::new(Self {
             ledger,
-            config,
-            rng,
+            faults,
             numbered: std::sync::atomic::AtomicI64::new(last),
         })
     }
@@ -272,23 +132,7 @@ impl GatewaySim {
 
     /// Serves on `addr` (`127.0.0.1:0` picks a free port) in a background task.
     pub async fn spawn(self: Arc<Self>, addr: &str) -> Result<RunningSim, SimError> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| SimError::Bind {
-                addr: addr.to_owned(),
-                source,
-            })?;
-        let local = listener.local_addr().map_err(|source| SimError::Bind {
-            addr: addr.to_owned(),
-            source,
-        })?;
-        let router = self.router();
-        let task = tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, router).await {
-                tracing::error!(%error, "gateway simulator stopped");
-            }
-        });
-        Ok(RunningSim { addr: local, task })
+        sim::spawn(self.router(), addr, "gateway").await
     }
 
     /// Every charge, oldest first.
@@ -324,59 +168,6 @@ impl GatewaySim {
             })
             .collect()
     }
-
-    fn draw(&self) -> f64 {
-        self.rng
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .f64()
-    }
-
-    fn latency(&self) -> Duration {
-        let span = self.config.latency_max - self.config.latency_min;
-        self.config.latency_min + span.mul_f64(self.draw())
-    }
-
-    /// Declines are a property of the card, not of the request: stable per key and seed.
-    fn declines(&self, key: &str) -> bool {
-        let digest = Sha256::digest(format!("{}:{key}", self.config.seed).as_bytes());
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&digest[..8]);
-        let unit = u64::from_be_bytes(first) as f64 / u64::MAX as f64;
-        unit < self.config.decline_rate
-    }
-}
-
-fn problem(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    let body = serde_json::json!({ "code": code, "message": message.into() });
-    (status, Json(body)).into_response()
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
-}
-
-enum Fault {
-    RateLimited,
-    Unavailable,
-    Hang,
-}
-
-fn fault(sim: &GatewaySim) -> Option<Fault> {
-    let draw = sim.draw();
-    let config = &sim.config;
-    if draw < config.rate_limit_rate {
-        Some(Fault::RateLimited)
-    } else if draw < config.rate_limit_rate + config.error_rate {
-        Some(Fault::Unavailable)
-    } else if draw < config.rate_limit_rate + config.error_rate + config.timeout_rate {
-        Some(Fault::Hang)
-    } else {
-        None
-    }
 }
 
 async fn charge(
@@ -409,40 +200,17 @@ async fn charge(
             "amount must be positive",
         );
     }
-    tokio::time::sleep(sim.latency()).await;
-    match fault(&sim) {
-        Some(Fault::RateLimited) => {
-            let mut response = problem(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "slow down");
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return response;
-        }
-        Some(Fault::Unavailable) => {
-            return problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "try again later",
-            );
-        }
-        Some(Fault::Hang) => {
-            tokio::time::sleep(sim.config.hang).await;
-            return problem(
-                StatusCode::GATEWAY_TIMEOUT,
-                "timeout",
-                "the issuer did not answer",
-            );
-        }
-        None => {}
+    if let Some(fault) = sim.faults.before_serving().await {
+        return fault;
     }
-    if sim.declines(&key) {
+    if sim.faults.declines(&key) {
         return problem(
             StatusCode::PAYMENT_REQUIRED,
             "card_declined",
             "the issuer declined the card",
         );
     }
-    let lose_answer = sim.draw() < sim.config.lost_answer_rate;
+    let lose_answer = sim.faults.loses_answer();
     match record(&sim, &key, &body).await {
         Ok(Recorded::Conflict) => problem(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -452,7 +220,7 @@ async fn charge(
         Ok(Recorded::Charge { charge, replayed }) => {
             if lose_answer {
                 tracing::info!(%key, transaction = %charge.transaction_id, "simulating a lost answer after the charge");
-                return lost_answer();
+                return sim::lost_answer();
             }
             let mut response = Json(serde_json::json!({
                 "transactionId": charge.transaction_id,
@@ -466,30 +234,8 @@ async fn charge(
             }
             response
         }
-        Err(error) => {
-            tracing::error!(%error, "ledger write failed");
-            problem(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "ledger_error",
-                "the ledger failed",
-            )
-        }
+        Err(error) => ledger_failed(&error),
     }
-}
-
-/// Headers go out; the body fails: the client sees the connection break mid-answer.
-fn lost_answer() -> Response {
-    let broken = futures_util::stream::once(async {
-        Err::<axum::body::Bytes, std::io::Error>(std::io::Error::new(
-            std::io::ErrorKind::ConnectionReset,
-            "simulated lost answer",
-        ))
-    });
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from_stream(broken))
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
 enum Recorded {
@@ -512,7 +258,7 @@ impl GatewaySim {
 
 async fn record(sim: &GatewaySim, key: &str, body: &ChargeBody) -> Result<Recorded, sqlx::Error> {
     let canonical = serde_json::to_string(body).unwrap_or_default();
-    let fingerprint = format!("{:x}", Sha256::digest(canonical.as_bytes()));
+    let fingerprint = sim::fingerprint(canonical.as_bytes());
     let pool = match &sim.ledger {
         LedgerStore::Sqlite(pool) => pool,
         LedgerStore::Memory(memory) => {
@@ -608,13 +354,6 @@ fn charge_from(
 async fn ledger(State(sim): State<Arc<GatewaySim>>) -> Response {
     match sim.charges().await {
         Ok(charges) => Json(Ledger { charges }).into_response(),
-        Err(error) => {
-            tracing::error!(%error, "ledger read failed");
-            problem(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "ledger_error",
-                "the ledger failed",
-            )
-        }
+        Err(error) => ledger_failed(&error),
     }
 }

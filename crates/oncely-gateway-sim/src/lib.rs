@@ -1,7 +1,8 @@
-//! A simulated payment gateway, for trying oncely without a real one and for tests that
-//! try hard to break it.
+//! Simulated providers, for trying oncely without real ones and for tests that try hard to
+//! break it: a payment gateway and a webhook receiver.
 //!
-//! It behaves as a payment provider that honours idempotency keys does:
+//! The gateway ([`GatewaySim`]) behaves as a payment provider that honours idempotency
+//! keys does:
 //!
 //! - `POST /v1/charges` with an `Idempotency-Key` header charges once per key. The same
 //!   key with the same body returns the same charge (`Idempotent-Replayed: true`); the same
@@ -11,14 +12,27 @@
 //!   restarts ([`GatewaySim::open`]); benchmarks keep it in memory instead
 //!   ([`GatewaySim::in_memory`]).
 //!
-//! Faults are drawn from one random generator seeded with [`SimConfig::seed`], so a run
-//! is reproducible: latency, `503`s, `429`s (with `Retry-After`), declines (stable per
-//! key, as an issuer's would be), requests that hang past the client's timeout, and
-//! "charge committed but answer lost": the ledger write commits, then the connection
+//! The webhook receiver ([`WebhookSim`]) behaves as a careful Standard Webhooks consumer:
+//!
+//! - `POST /v1/webhooks` (or any path under it) checks `webhook-signature` against the
+//!   shared `whsec_` secret and the `webhook-timestamp` against the clock (5 minutes),
+//!   and records the event once per `webhook-id`: a repeat with the same body is counted
+//!   and answered `200` again, a repeat with another body is refused (`409`).
+//! - `GET /v1/deliveries` lists every event received and every request refused.
+//! - Its ledger is SQLite too, and survives restarts.
+//!
+//! Both draw their faults from one random generator seeded with [`SimConfig::seed`], so a
+//! run is reproducible: latency, `503`s, `429`s (with `Retry-After`), keys refused for
+//! good (stable per key, as a declined card is), requests that hang past the client's
+//! timeout, and "recorded but answer lost": the ledger write commits, then the connection
 //! breaks before the body is sent.
 
 #![forbid(unsafe_code)]
 
-mod server;
+mod gateway;
+mod sim;
+mod webhooks;
 
-pub use server::{Charge, ChargeBody, GatewaySim, Ledger, RunningSim, SimConfig, SimError};
+pub use gateway::{Charge, ChargeBody, GatewaySim, Ledger};
+pub use sim::{RunningSim, SimConfig, SimError};
+pub use webhooks::{Deliveries, Delivery, Rejection, WebhookSim};
