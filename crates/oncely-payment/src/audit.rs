@@ -48,6 +48,9 @@ pub enum DiscrepancyKind {
     ChargeWithoutOperation,
     /// A charge whose operation ended `FAILED` or `TIMEOUT`: the customer paid, we think not.
     ChargedButNotCompleted,
+    /// A payment that ended `COMPLETED` or `FAILED` with no `payment.completed` /
+    /// `payment.failed` notification, though payment events are on.
+    EventMissing,
 }
 
 /// One mismatch.
@@ -149,6 +152,33 @@ pub fn reconcile(operations: &[Operation], charges: &[LedgerCharge]) -> AuditRep
         .sort_by(|a, b| (a.kind, &a.key).cmp(&(b.kind, &b.key)));
     report.non_terminal.sort();
     report
+}
+
+/// The payments among `payments` that ended `COMPLETED` or `FAILED` without the
+/// notification announcing it among `notifications` (for services that send payment
+/// events: [`PaymentOrchestrator::with_events`](crate::PaymentOrchestrator::with_events)).
+pub fn missing_events(payments: &[Operation], notifications: &[Operation]) -> Vec<Discrepancy> {
+    let sent: HashMap<&str, &Operation> = notifications
+        .iter()
+        .map(|n| (n.scope.key.as_str(), n))
+        .collect();
+    let mut missing: Vec<Discrepancy> = payments
+        .iter()
+        .filter_map(|payment| {
+            let suffix = crate::event_suffix(payment.state)?;
+            let key = crate::event_key(payment.scope.key.as_str(), suffix);
+            let announced = sent
+                .get(key.as_str())
+                .is_some_and(|n| n.scope.tenant == payment.scope.tenant);
+            (!announced).then(|| Discrepancy {
+                kind: DiscrepancyKind::EventMissing,
+                key: payment.scope.key.to_string(),
+                detail: format!("{}, but no notification {key}", payment.state),
+            })
+        })
+        .collect();
+    missing.sort_by(|a, b| a.key.cmp(&b.key));
+    missing
 }
 
 fn check_completed(operation: &Operation, found: &[&LedgerCharge], report: &mut AuditReport) {
@@ -283,5 +313,26 @@ mod tests {
             ]
         );
         assert!(!report.is_clean());
+    }
+
+    #[test]
+    fn a_payment_that_ended_without_its_event_is_found() {
+        let payments = [
+            operation("p1", OperationState::Completed, Some("t1")),
+            operation("p2", OperationState::Failed, None),
+            operation("p3", OperationState::Completed, Some("t3")),
+            // Neither ended for good nor announced.
+            operation("p4", OperationState::Timeout, None),
+        ];
+        let notifications = [
+            operation("p1:completed", OperationState::Completed, None),
+            operation("p2:failed", OperationState::Accepted, None),
+            // Announced the wrong way.
+            operation("p3:failed", OperationState::Completed, None),
+        ];
+        let missing = missing_events(&payments, &notifications);
+        let keys: Vec<&str> = missing.iter().map(|d| d.key.as_str()).collect();
+        assert_eq!(keys, ["p3"]);
+        assert_eq!(missing[0].kind, DiscrepancyKind::EventMissing);
     }
 }

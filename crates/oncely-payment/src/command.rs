@@ -4,6 +4,7 @@ use std::fmt;
 
 use oncely::{IdempotencyKey, InvalidName};
 use rust_decimal::Decimal;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Why a payment request was refused. Nothing is stored for a refused request.
@@ -87,26 +88,42 @@ fn amount_max() -> Decimal {
 }
 
 /// A request to charge a customer, as it comes in (JSON), before any check. Unknown fields
-/// are refused, so a typo never passes silently.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// are refused, so a typo never passes silently. Its JSON Schema (`/openapi.json`) is
+/// derived from it; the checks are [`PaymentCommand`]'s `TryFrom`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PaymentRequest {
     /// The order being paid.
+    #[schemars(range(min = 1))]
     pub order_id: i64,
-    /// How much: an exact decimal, as a JSON number or string.
+    /// How much: an exact decimal, as a JSON number or string, above zero, at most two
+    /// decimal places.
+    #[schemars(schema_with = "amount_schema")]
     pub amount: Decimal,
     /// How (`CARD`, `BANK_TRANSFER`, …).
+    #[schemars(regex(pattern = "^[A-Za-z0-9_-]{1,50}$"))]
     pub payment_method: String,
     /// Who pays.
+    #[schemars(range(min = 1))]
     pub customer_id: i64,
     /// ISO 4217; `USD` when absent.
     #[serde(default)]
+    #[schemars(regex(pattern = "^[A-Z]{3}$"))]
     pub currency: Option<String>,
 }
 
-/// A checked payment command: every value in it is valid.
+fn amount_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": ["string", "number"],
+        "description": "exact decimal > 0, at most 2 decimal places",
+        "examples": ["25.00"]
+    })
+}
+
+/// A checked payment command: every value in it is valid. Stored as its request and read
+/// back through the same checks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(try_from = "PaymentRequest", into = "PaymentRequest")]
 pub struct PaymentCommand {
     order_id: i64,
     amount: Decimal,
@@ -130,6 +147,18 @@ impl TryFrom<PaymentRequest> for PaymentCommand {
             request.customer_id,
             currency,
         )
+    }
+}
+
+impl From<PaymentCommand> for PaymentRequest {
+    fn from(command: PaymentCommand) -> Self {
+        Self {
+            order_id: command.order_id,
+            amount: command.amount,
+            payment_method: command.payment_method,
+            customer_id: command.customer_id,
+            currency: Some(command.currency.0),
+        }
     }
 }
 
@@ -236,6 +265,24 @@ mod tests {
         assert_eq!(from_number.currency().as_str(), "USD");
         let json = serde_json::to_value(&from_number).unwrap();
         assert_eq!(json["amount"], "10.10", "stored as a string, never a float");
+        assert_eq!(json["currency"], "USD");
+    }
+
+    #[test]
+    fn a_stored_command_is_read_back_through_the_same_checks() {
+        let good =
+            request(r#"{"orderId":1,"amount":"1.50","paymentMethod":"CARD","customerId":2}"#)
+                .unwrap();
+        let stored = serde_json::to_value(&good).unwrap();
+        assert_eq!(
+            serde_json::from_value::<PaymentCommand>(stored).unwrap(),
+            good
+        );
+        // A row edited by hand into an invalid command is refused on the way back.
+        let edited =
+            serde_json::json!({"orderId":1,"amount":"-1","paymentMethod":"CARD","customerId":2});
+        let error = serde_json::from_value::<PaymentCommand>(edited).unwrap_err();
+        assert!(error.to_string().contains("greater than zero"), "{error}");
     }
 
     #[test]
