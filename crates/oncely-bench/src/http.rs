@@ -71,6 +71,12 @@ pub async fn run(plan: &Plan, db: &str) -> Result<WorkloadResult, BenchError> {
         .args(["serve", "--db", &scratch.url, "--retention", "off"])
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--sim-listen", &format!("127.0.0.1:{sim_port}")])
+        .args([
+            "--webhook-sim-listen",
+            "127.0.0.1:0",
+            "--payment-webhook-url",
+            "off",
+        ])
         .current_dir(dir.path())
         .env("ONCELY_LOG", "warn")
         .stdin(Stdio::null())

@@ -99,6 +99,12 @@ pub async fn run(spec: &SoakSpec) -> Result<WorkloadResult, BenchError> {
         ])
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--workers", &spec.workers.to_string()])
+        .args([
+            "--webhook-sim-listen",
+            "127.0.0.1:0",
+            "--payment-webhook-url",
+            "off",
+        ])
         .current_dir(dir.path())
         .env("ONCELY_LOG", "warn")
         .stdin(Stdio::null())

@@ -1,7 +1,9 @@
-//! `oncely chaos`: several `oncely serve` nodes on one database and a faulty simulated
-//! gateway; payments with duplicates and conflicting bodies sent to random nodes; random
-//! nodes SIGKILLed and restarted throughout; then every payment must end, and the audit
-//! must be clean.
+//! `oncely chaos`: several `oncely serve` nodes on one database, a faulty simulated
+//! gateway and a faulty simulated webhook receiver; payments (each announcing its end as a
+//! webhook) and notifications, with duplicates and conflicting bodies, sent to random
+//! nodes; random nodes SIGKILLed and restarted throughout; then every operation must end,
+//! every webhook must have arrived once per `webhook-id` with a valid signature, and the
+//! audit must be clean.
 //!
 //! It runs this very binary as child processes, so what it tests is what users run.
 
@@ -15,12 +17,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use oncely::{ListFilter, OperationState, Store};
-use oncely_payment::audit::{AuditReport, reconcile};
-use oncely_payment::{GatewayClient, GatewayTimeouts};
+use oncely_reqwest::WebhookSecret;
 use oncely_sqlx::AnyStore;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::audit::Audit;
 use crate::duration;
 
 /// Flags of `oncely chaos`.
@@ -36,10 +38,14 @@ pub(crate) struct ChaosArgs {
     /// Distinct payments to send (plus 25 % duplicate requests and a few conflicting ones).
     #[arg(long, default_value_t = 300)]
     payments: usize,
+    /// Distinct notifications to send, mixed with the payments (duplicates and conflicts
+    /// likewise). Each payment that ends sends one more, its event.
+    #[arg(long, default_value_t = 100)]
+    notifications: usize,
     /// How many times a random node is SIGKILLed and restarted.
     #[arg(long, default_value_t = 10)]
     kills: usize,
-    /// Seed of the gateway's faults and of the choice of nodes.
+    /// Seed of the simulators' faults and of the choice of nodes.
     #[arg(long, default_value_t = 2026)]
     seed: u64,
     /// Concurrent clients.
@@ -61,12 +67,21 @@ pub(crate) struct ChaosArgs {
 #[serde(rename_all = "camelCase")]
 struct ChaosReport {
     nodes: usize,
+    /// Where the simulated gateway listened.
+    gateway: String,
+    /// Where the simulated webhook receiver listened: the prefix of every notification's
+    /// URL, for a later `oncely audit --webhook-endpoint`.
+    webhooks: String,
     payments: usize,
+    notifications: usize,
     requests: usize,
     kills: usize,
     unexpected_answers: Vec<String>,
+    /// Notifications (payment events included) that did not end COMPLETED: with no
+    /// declines at the receiver, every one must arrive.
+    undelivered: Vec<String>,
     seconds: f64,
-    audit: AuditReport,
+    audit: Audit,
 }
 
 struct Node {
@@ -78,9 +93,11 @@ struct Cluster {
     exe: PathBuf,
     db: String,
     gateway: String,
+    webhooks: String,
+    secret: WebhookSecret,
     workdir: PathBuf,
     nodes: Vec<Node>,
-    gateway_child: Option<Child>,
+    simulators: Vec<Child>,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -106,44 +123,36 @@ impl Cluster {
         command
     }
 
-    fn start_gateway(&mut self, port: u16, seed: u64) -> anyhow::Result<()> {
+    /// Starts `gateway-sim` or `webhook-sim` with the run's faults, its ledger in the
+    /// work directory.
+    fn start_simulator(
+        &mut self,
+        which: &str,
+        port: u16,
+        seed: u64,
+        extra: &[&str],
+    ) -> anyhow::Result<()> {
         let child = self
             .command()
-            .args(["gateway-sim", "--listen", &format!("127.0.0.1:{port}")])
+            .args([which, "--listen", &format!("127.0.0.1:{port}")])
             .arg("--ledger")
             .arg(format!(
                 "sqlite://{}",
-                self.workdir.join("ledger.db").display()
+                self.workdir.join(format!("{which}.db")).display()
             ))
-            .args([
-                "--seed",
-                &seed.to_string(),
-                "--latency-min",
-                "1ms",
-                "--latency-max",
-                "15ms",
-            ])
-            .args([
-                "--error-rate",
-                "0.05",
-                "--rate-limit-rate",
-                "0.05",
-                "--decline-rate",
-                "0.05",
-            ])
-            .args([
-                "--timeout-rate",
-                "0.02",
-                "--hang",
-                "2s",
-                "--lost-answer-rate",
-                "0.05",
-            ])
+            .args(["--seed", &seed.to_string()])
+            .args(["--latency-min", "1ms", "--latency-max", "15ms"])
+            .args(["--error-rate", "0.05", "--rate-limit-rate", "0.05"])
+            .args(["--timeout-rate", "0.02", "--hang", "2s"])
+            .args(["--lost-answer-rate", "0.05"])
+            .args(extra)
+            // webhook-sim checks signatures with it; the secret stays out of argv.
+            .env("ONCELY_WEBHOOK_SECRET", self.secret.expose())
             .stdout(Stdio::null())
-            .stderr(log_to(&self.workdir, "gateway.log")?)
+            .stderr(log_to(&self.workdir, &format!("{which}.log"))?)
             .spawn()
-            .context("starting oncely gateway-sim")?;
-        self.gateway_child = Some(child);
+            .with_context(|| format!("starting oncely {which}"))?;
+        self.simulators.push(child);
         Ok(())
     }
 
@@ -161,14 +170,25 @@ impl Cluster {
             .args(["--gateway-url", &self.gateway])
             .args(["--lease-ttl", "3s", "--gateway-timeout", "1s"])
             .args(["--backoff-base", "50ms", "--backoff-max", "500ms"])
+            .args(["--attempts-max", "30", "--poll-interval", "50ms"])
+            .args(["--workers", "16"])
+            .env("ONCELY_WEBHOOK_SECRET", self.secret.expose())
             .args([
-                "--attempts-max",
-                "30",
-                "--poll-interval",
-                "50ms",
-                "--workers",
-                "16",
+                "--webhook-allow",
+                self.webhooks.trim_start_matches("http://"),
             ])
+            .args([
+                "--payment-webhook-url",
+                &format!("{}/v1/webhooks/payments", self.webhooks),
+            ])
+            .args(["--webhook-timeout", "1s", "--webhook-workers", "16"])
+            .args([
+                "--webhook-backoff-base",
+                "50ms",
+                "--webhook-backoff-max",
+                "500ms",
+            ])
+            .args(["--webhook-attempts-max", "30"])
             .stdout(Stdio::null())
             .stderr(log_to(&self.workdir, &format!("node-{index}.log"))?)
             .spawn()
@@ -202,7 +222,7 @@ impl Drop for Cluster {
                 let _ = child.wait();
             }
         }
-        if let Some(mut child) = self.gateway_child.take() {
+        for child in &mut self.simulators {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -224,41 +244,70 @@ async fn wait_healthy(client: &reqwest::Client, base: &str) -> anyhow::Result<()
 
 #[derive(Debug, Clone)]
 struct Request {
+    /// `/v1/payments` or `/v1/notifications`.
+    path: &'static str,
     key: String,
     body: Value,
     conflicting: bool,
 }
 
-/// Distinct payments, a duplicate after every fourth, then conflicting bodies for keys
-/// that are surely accepted by then.
-fn plan(run: &str, payments: usize) -> (Vec<Request>, Vec<Request>) {
-    let body = |order: usize, cents: usize| {
-        json!({
+/// Distinct payments and notifications, interleaved; a duplicate after every fourth; then
+/// conflicting bodies for keys that are surely accepted by then.
+fn plan(
+    run: &str,
+    payments: usize,
+    notifications: usize,
+    webhooks: &str,
+) -> (Vec<Request>, Vec<Request>) {
+    let payment = |order: usize, cents: usize| Request {
+        path: "/v1/payments",
+        key: format!("chaos-{run}-p{order:05}"),
+        body: json!({
             "orderId": order + 1,
             "customerId": 1 + order % 13,
             "amount": format!("{}.{:02}", 1 + order % 97, cents % 100),
             "paymentMethod": "CARD",
-        })
+        }),
+        conflicting: false,
     };
+    let notification = |n: usize, version: usize| Request {
+        path: "/v1/notifications",
+        key: format!("chaos-{run}-n{n:05}"),
+        body: json!({
+            "url": format!("{webhooks}/v1/webhooks/orders"),
+            "eventType": "order.shipped",
+            "payload": { "order": n, "version": version },
+        }),
+        conflicting: false,
+    };
+    let total = payments + notifications;
     let mut first: Vec<Request> = Vec::new();
-    for order in 0..payments {
-        first.push(Request {
-            key: format!("chaos-{run}-{order:05}"),
-            body: body(order, order),
-            conflicting: false,
+    for i in 0..total {
+        // Spread the notifications evenly among the payments.
+        let n = i * notifications / total.max(1);
+        let is_notification = (i + 1) * notifications / total.max(1) > n;
+        first.push(if is_notification {
+            notification(n, 1)
+        } else {
+            payment(i - n, i - n)
         });
-        if order % 4 == 3 {
+        if i % 4 == 3 {
             let duplicate = first[first.len() / 2].clone();
             first.push(duplicate);
         }
     }
+    let conflicting = |mut request: Request| {
+        request.conflicting = true;
+        request
+    };
     let conflicts = (0..payments)
         .step_by(40)
-        .map(|order| Request {
-            key: format!("chaos-{run}-{order:05}"),
-            body: body(order, order + 1),
-            conflicting: true,
-        })
+        .map(|order| conflicting(payment(order, order + 1)))
+        .chain(
+            (0..notifications)
+                .step_by(40)
+                .map(|n| conflicting(notification(n, 2))),
+        )
         .collect();
     (first, conflicts)
 }
@@ -281,7 +330,7 @@ async fn send(
             .map(|mut rng| rng.usize(..urls.len()))
             .unwrap_or(0);
         let sent = client
-            .post(format!("{}/v1/payments", urls[node]))
+            .post(format!("{}{}", urls[node], request.path))
             .header("Idempotency-Key", &request.key)
             .json(&request.body)
             .send()
@@ -345,12 +394,23 @@ async fn in_flight(store: &AnyStore) -> anyhow::Result<usize> {
     Ok(count)
 }
 
-async fn audit(store: &AnyStore, gateway: &str) -> anyhow::Result<AuditReport> {
-    let operations = crate::audit::all_payments(store).await?;
-    let charges = GatewayClient::new(gateway, GatewayTimeouts::default())?
-        .ledger()
-        .await?;
-    Ok(reconcile(&operations, &charges))
+/// Keys of the notifications that did not end COMPLETED.
+async fn undelivered(store: &AnyStore) -> anyhow::Result<Vec<String>> {
+    let mut keys = Vec::new();
+    for state in [OperationState::Failed, OperationState::Timeout] {
+        let filter = ListFilter {
+            domain: Some(oncely::DomainName::new("NOTIFICATION")?),
+            state: Some(state),
+            limit: oncely::store::LIST_LIMIT_MAX,
+            ..ListFilter::default()
+        };
+        let page = store.list(filter).await?;
+        keys.extend(page.items.into_iter().map(|op| {
+            let why = op.error_message.unwrap_or_default();
+            format!("{} {}: {why}", op.scope.key, op.state)
+        }));
+    }
+    Ok(keys)
 }
 
 pub(crate) async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
@@ -368,11 +428,14 @@ pub(crate) async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
         .with_context(|| format!("opening {}", args.db))?
         .close()
         .await;
-    let gateway_port = free_port()?;
+    let (gateway_port, webhooks_port) = (free_port()?, free_port()?);
+    let secret = WebhookSecret::generate()?;
     let mut cluster = Cluster {
         exe: std::env::current_exe()?,
         db: args.db.clone(),
         gateway: format!("http://127.0.0.1:{gateway_port}"),
+        webhooks: format!("http://127.0.0.1:{webhooks_port}"),
+        secret: secret.clone(),
         workdir: workdir.clone(),
         nodes: (0..args.nodes)
             .map(|_| {
@@ -382,13 +445,21 @@ pub(crate) async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
                 })
             })
             .collect::<anyhow::Result<_>>()?,
-        gateway_child: None,
+        simulators: Vec::new(),
     };
-    cluster.start_gateway(gateway_port, args.seed)?;
+    cluster.start_simulator(
+        "gateway-sim",
+        gateway_port,
+        args.seed,
+        &["--decline-rate", "0.05"],
+    )?;
+    // No declines at the receiver: every notification must arrive.
+    cluster.start_simulator("webhook-sim", webhooks_port, args.seed.wrapping_add(2), &[])?;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?;
     wait_healthy(&client, &cluster.gateway).await?;
+    wait_healthy(&client, &cluster.webhooks).await?;
     for index in 0..args.nodes {
         cluster.start(index)?;
     }
@@ -396,13 +467,18 @@ pub(crate) async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
     for url in &urls {
         wait_healthy(&client, url).await?;
     }
-    tracing::info!(nodes = args.nodes, payments = args.payments, kills = args.kills, workdir = %workdir.display(), "chaos: starting");
+    tracing::info!(nodes = args.nodes, payments = args.payments, notifications = args.notifications, kills = args.kills, workdir = %workdir.display(), "chaos: starting");
 
     let run_id = format!(
         "{:x}",
         args.seed ^ u64::from(started.elapsed().subsec_nanos())
     );
-    let (first, conflicts) = plan(&run_id, args.payments);
+    let (first, conflicts) = plan(
+        &run_id,
+        args.payments,
+        args.notifications,
+        &cluster.webhooks,
+    );
     let rng = Arc::new(Mutex::new(fastrand::Rng::with_seed(args.seed)));
     let progress = Arc::new(AtomicUsize::new(0));
     let total = first.len();
@@ -444,7 +520,7 @@ pub(crate) async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
     while in_flight(&store).await? > 0 {
         ensure!(
             Instant::now() < deadline,
-            "payments still in flight after {:?}",
+            "operations still in flight after {:?}",
             args.timeout
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -452,8 +528,17 @@ pub(crate) async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
     for index in 0..args.nodes {
         cluster.kill(index)?;
     }
-    // The gateway stays up until its ledger is read.
-    let audit = audit(&store, &cluster.gateway).await.context("auditing")?;
+    // The simulators stay up until their ledgers are read.
+    let books = crate::audit::Books {
+        gateway: Some(&cluster.gateway),
+        webhooks: Some((&cluster.webhooks, &cluster.webhooks)),
+        payment_events: true,
+    };
+    let audit = crate::audit::audit(&store, books)
+        .await
+        .context("auditing")?;
+    let (gateway, webhooks) = (cluster.gateway.clone(), cluster.webhooks.clone());
+    let undelivered = undelivered(&store).await?;
     drop(cluster);
     store.close().await;
 
@@ -469,25 +554,32 @@ pub(crate) async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
         })
         .map(|(request, status)| format!("{} answered {status}", request.key))
         .collect::<Vec<_>>();
-    let payments = answers
-        .iter()
-        .filter(|(r, _)| !r.conflicting)
-        .map(|(r, _)| r.key.clone())
-        .collect::<HashSet<_>>()
-        .len();
+    let distinct = |path: &str| {
+        answers
+            .iter()
+            .filter(|(r, _)| !r.conflicting && r.path == path)
+            .map(|(r, _)| r.key.clone())
+            .collect::<HashSet<_>>()
+            .len()
+    };
     let report = ChaosReport {
         nodes: args.nodes,
-        payments,
+        gateway,
+        webhooks,
+        payments: distinct("/v1/payments"),
+        notifications: distinct("/v1/notifications"),
         requests: answers.len(),
         kills: args.kills,
         unexpected_answers,
+        undelivered,
         seconds: started.elapsed().as_secs_f64(),
         audit,
     };
     print(&report, args.json)?;
     Ok(report.unexpected_answers.is_empty()
+        && report.undelivered.is_empty()
         && report.audit.is_clean()
-        && report.audit.non_terminal.is_empty())
+        && report.audit.in_flight() == 0)
 }
 
 fn tempfile_dir(keep: Option<&Path>) -> anyhow::Result<tempfile::TempDir> {
@@ -514,8 +606,8 @@ fn print(report: &ChaosReport, json: bool) -> anyhow::Result<()> {
     writeln!(out, "nodes          {}", report.nodes)?;
     writeln!(
         out,
-        "payments       {} ({} requests)",
-        report.payments, report.requests
+        "sent           {} payments, {} notifications ({} requests)",
+        report.payments, report.notifications, report.requests
     )?;
     writeln!(out, "kills          {}", report.kills)?;
     writeln!(out, "time           {:.1} s", report.seconds)?;
@@ -523,22 +615,10 @@ fn print(report: &ChaosReport, json: bool) -> anyhow::Result<()> {
     for line in report.unexpected_answers.iter().take(20) {
         writeln!(out, "  {line}")?;
     }
-    let states: Vec<String> = report
-        .audit
-        .operations
-        .iter()
-        .map(|(s, n)| format!("{s} {n}"))
-        .collect();
-    writeln!(out, "operations     {}", states.join(", "))?;
-    writeln!(out, "charges        {}", report.audit.charges)?;
-    writeln!(out, "non-terminal   {}", report.audit.non_terminal.len())?;
-    writeln!(out, "discrepancies  {}", report.audit.discrepancies.len())?;
-    for discrepancy in report.audit.discrepancies.iter().take(20) {
-        writeln!(
-            out,
-            "  {:?} {} {}",
-            discrepancy.kind, discrepancy.key, discrepancy.detail
-        )?;
+    writeln!(out, "undelivered    {}", report.undelivered.len())?;
+    for line in report.undelivered.iter().take(20) {
+        writeln!(out, "  {line}")?;
     }
+    crate::audit::write_table(&mut out, &report.audit)?;
     Ok(())
 }

@@ -4,8 +4,9 @@ mod audit;
 mod bench;
 mod chaos;
 mod duration;
-mod gateway_sim;
+mod new;
 mod serve;
+mod sims;
 
 use std::process::ExitCode;
 
@@ -35,11 +36,15 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Runs the payment service: HTTP API, workers, Finalizer and Reaper. With no flags:
-    /// SQLite in ./oncely.db, 127.0.0.1:8080, and a simulated gateway in-process.
+    /// Runs the service: payments and notifications over HTTP, their workers, Finalizer
+    /// and Reaper. With no flags: SQLite in ./oncely.db, 127.0.0.1:8080, a simulated
+    /// gateway and a simulated webhook receiver in-process.
     Serve(serve::ServeArgs),
     /// Runs the simulated payment gateway, with faults by flag.
-    GatewaySim(gateway_sim::GatewaySimArgs),
+    GatewaySim(sims::GatewaySimArgs),
+    /// Runs the simulated webhook receiver: checks signatures, records each webhook-id
+    /// once, with faults by flag.
+    WebhookSim(sims::WebhookSimArgs),
     /// Several serve nodes on one database, a faulty gateway, random SIGKILLs; then
     /// checks every payment ended and the audit is clean. Exits 1 otherwise.
     Chaos(chaos::ChaosArgs),
@@ -50,6 +55,10 @@ enum Command {
     /// JSON, a markdown table and a PNG chart. Exits 1 if a workload errors or loses a
     /// payment.
     Bench(bench::BenchArgs),
+    /// Writes a new domain: one .rs file with its request type, its orchestrator calling
+    /// an HTTP API and a test against a stub of that API, in a new workspace crate or in
+    /// a crate of yours (--into).
+    New(new::NewArgs),
     /// Creates the database if needed and brings its schema up to date.
     Migrate {
         /// The database: `sqlite://PATH` (created if missing), `sqlite::memory:` or
@@ -85,10 +94,12 @@ async fn main() -> ExitCode {
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Serve(args) => serve::run(args).await.map(|()| true),
-        Command::GatewaySim(args) => gateway_sim::run(args).await.map(|()| true),
+        Command::GatewaySim(args) => sims::gateway(args).await.map(|()| true),
+        Command::WebhookSim(args) => sims::webhooks(args).await.map(|()| true),
         Command::Audit(args) => audit::run(args).await,
         Command::Chaos(args) => chaos::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::New(args) => new::run(args).map(|()| true),
         Command::Migrate { db } => migrate(&db).await.map(|()| true),
     };
     match result {

@@ -1,15 +1,14 @@
-//! `oncely serve`: the payment service.
+//! `oncely serve`: payments and notifications, one service, one database.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use oncely::{Engine, EngineConfig, RetryPolicy};
-use oncely_gateway_sim::{GatewaySim, SimConfig};
-use oncely_http::ApiConfig;
-use oncely_payment::{
-    GatewayClient, GatewayTimeouts, PaymentCommand, PaymentOrchestrator, PaymentRequest,
-};
+use oncely_gateway_sim::{GatewaySim, SimConfig, WebhookSim};
+use oncely_http::Service;
+use oncely_notification::Notifier;
+use oncely_payment::{GatewayClient, PaymentOrchestrator};
+use oncely_reqwest::{Destinations, Timeouts, WebhookClient, WebhookSecret};
 use oncely_sqlx::AnyStore;
 use tokio::net::TcpListener;
 
@@ -18,47 +17,25 @@ use crate::duration;
 /// Flags of `oncely serve`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServeArgs {
-    /// The database: `sqlite://PATH` (created if missing) or `postgres://USER@HOST/DB`.
+    /// The database: `sqlite://PATH` (created if missing), `postgres://USER@HOST/DB` or
+    /// `mysql://USER@HOST/DB`.
     #[arg(long, env = "ONCELY_DB", default_value = "sqlite://oncely.db")]
     db: String,
     /// Where to listen.
     #[arg(long, env = "ONCELY_LISTEN", default_value = "127.0.0.1:8080")]
     listen: String,
-    /// The payment gateway's base URL. Without it, a simulated gateway runs in-process
-    /// on --sim-listen, with its ledger in ./oncely-gateway.db.
-    #[arg(long, env = "ONCELY_GATEWAY_URL")]
-    gateway_url: Option<String>,
-    /// Where the in-process simulated gateway listens (only without --gateway-url); its
-    /// GET /v1/ledger is what `oncely audit --gateway` reads.
-    #[arg(long, env = "ONCELY_SIM_LISTEN", default_value = "127.0.0.1:8081")]
-    sim_listen: String,
-    /// Gateway calls running at once.
-    #[arg(long, env = "ONCELY_WORKERS", default_value_t = 64)]
-    workers: usize,
-    /// Refuse payments without an Idempotency-Key header (400) instead of using the
-    /// business key PAY-{customerId}-{orderId}-{paymentMethod}.
+    /// Refuse creates without an Idempotency-Key header (400) instead of using the
+    /// domain's business key (payments: PAY-{customerId}-{orderId}-{paymentMethod}).
     #[arg(long, env = "ONCELY_REQUIRE_IDEMPOTENCY_KEY")]
     require_idempotency_key: bool,
-    /// How long a worker's claim on a payment lasts before another may take it over.
+    /// How long a worker's claim on an operation lasts before another may take it over.
     #[arg(long, env = "ONCELY_LEASE_TTL", default_value = "60s", value_parser = duration::parse)]
     lease_ttl: Duration,
-    /// Gateway request timeout (must be below the lease).
-    #[arg(long, env = "ONCELY_GATEWAY_TIMEOUT", default_value = "10s", value_parser = duration::parse)]
-    gateway_timeout: Duration,
-    /// Base of the retry backoff: min(backoff-max, 2^attempt × this).
-    #[arg(long, env = "ONCELY_BACKOFF_BASE", default_value = "10s", value_parser = duration::parse)]
-    backoff_base: Duration,
-    /// Longest retry backoff.
-    #[arg(long, env = "ONCELY_BACKOFF_MAX", default_value = "300s", value_parser = duration::parse)]
-    backoff_max: Duration,
-    /// Attempts before a payment is given up as TIMEOUT.
-    #[arg(long, env = "ONCELY_ATTEMPTS_MAX", default_value_t = 5)]
-    attempts_max: u32,
     /// How often idle workers look for due retries.
     #[arg(long, env = "ONCELY_POLL_INTERVAL", default_value = "500ms", value_parser = duration::parse)]
     poll_interval: Duration,
-    /// How long finished payments are kept; older ones are purged with their log and their
-    /// keys can be used again. `off` keeps them for ever.
+    /// How long finished operations are kept; older ones are purged with their log and
+    /// their keys can be used again. `off` keeps them for ever.
     #[arg(long, env = "ONCELY_RETENTION", default_value = "7d", value_parser = duration::parse_optional)]
     retention: std::option::Option<Duration>, // spelled out: clap would parse the inner type
     /// Do not migrate the database at start (run `oncely migrate` as a deploy step
@@ -68,12 +45,161 @@ pub(crate) struct ServeArgs {
     /// How long running calls may finish after SIGTERM or SIGINT.
     #[arg(long, env = "ONCELY_SHUTDOWN_GRACE", default_value = "10s", value_parser = duration::parse)]
     shutdown_grace: Duration,
+
+    /// The payment gateway's base URL. Without it, a simulated gateway runs in-process
+    /// on --sim-listen, with its ledger in ./oncely-gateway.db.
+    #[arg(long, env = "ONCELY_GATEWAY_URL", help_heading = "Payments")]
+    gateway_url: Option<String>,
+    /// Where the in-process simulated gateway listens (only without --gateway-url); its
+    /// GET /v1/ledger is what `oncely audit --gateway` reads.
+    #[arg(
+        long,
+        env = "ONCELY_SIM_LISTEN",
+        default_value = "127.0.0.1:8081",
+        help_heading = "Payments"
+    )]
+    sim_listen: String,
+    /// Gateway calls running at once.
+    #[arg(
+        long,
+        env = "ONCELY_WORKERS",
+        default_value_t = 64,
+        help_heading = "Payments"
+    )]
+    workers: usize,
+    /// Gateway request timeout (must be below four fifths of the lease).
+    #[arg(long, env = "ONCELY_GATEWAY_TIMEOUT", default_value = "10s", value_parser = duration::parse, help_heading = "Payments")]
+    gateway_timeout: Duration,
+    /// Base of the retry backoff: min(backoff-max, 2^attempt × this).
+    #[arg(long, env = "ONCELY_BACKOFF_BASE", default_value = "10s", value_parser = duration::parse, help_heading = "Payments")]
+    backoff_base: Duration,
+    /// Longest retry backoff.
+    #[arg(long, env = "ONCELY_BACKOFF_MAX", default_value = "300s", value_parser = duration::parse, help_heading = "Payments")]
+    backoff_max: Duration,
+    /// Attempts before a payment is given up as TIMEOUT.
+    #[arg(
+        long,
+        env = "ONCELY_ATTEMPTS_MAX",
+        default_value_t = 5,
+        help_heading = "Payments"
+    )]
+    attempts_max: u32,
+    /// Where payment.completed / payment.failed events go, as notifications sent in the
+    /// same transaction as the payment's end. Default: the built-in webhook receiver when
+    /// it runs (no --webhook-secret), otherwise off. `off` turns them off.
+    #[arg(long, env = "ONCELY_PAYMENT_WEBHOOK_URL", help_heading = "Payments")]
+    payment_webhook_url: Option<String>,
+
+    /// The whsec_ secret notifications are signed with (Standard Webhooks). Required to
+    /// send to real endpoints; without it, a webhook receiver runs in-process on
+    /// --webhook-sim-listen with a secret generated for this run, and notifications may go
+    /// there only.
+    #[arg(
+        long,
+        env = "ONCELY_WEBHOOK_SECRET",
+        hide_env_values = true,
+        help_heading = "Notifications"
+    )]
+    webhook_secret: Option<String>,
+    /// Hosts notifications may go to, comma-separated: `hooks.example.com`,
+    /// `*.example.com`, an IP, each with an optional `:port`. Listed hosts may be internal;
+    /// without a list, any host whose addresses are all public is allowed. Loopback,
+    /// private, link-local and unspecified addresses are refused unless listed.
+    #[arg(
+        long,
+        env = "ONCELY_WEBHOOK_ALLOW",
+        value_delimiter = ',',
+        help_heading = "Notifications"
+    )]
+    webhook_allow: Vec<String>,
+    /// Where the in-process webhook receiver listens (only without --webhook-secret); its
+    /// GET /v1/deliveries is what `oncely audit --webhooks` reads. Ledger:
+    /// ./oncely-webhooks.db.
+    #[arg(
+        long,
+        env = "ONCELY_WEBHOOK_SIM_LISTEN",
+        default_value = "127.0.0.1:8082",
+        help_heading = "Notifications"
+    )]
+    webhook_sim_listen: String,
+    /// Webhook deliveries running at once.
+    #[arg(
+        long,
+        env = "ONCELY_WEBHOOK_WORKERS",
+        default_value_t = 16,
+        help_heading = "Notifications"
+    )]
+    webhook_workers: usize,
+    /// Webhook request timeout (must be below four fifths of the lease).
+    #[arg(long, env = "ONCELY_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = duration::parse, help_heading = "Notifications")]
+    webhook_timeout: Duration,
+    /// Base of the delivery retry backoff.
+    #[arg(long, env = "ONCELY_WEBHOOK_BACKOFF_BASE", default_value = "1s", value_parser = duration::parse, help_heading = "Notifications")]
+    webhook_backoff_base: Duration,
+    /// Longest delivery retry backoff.
+    #[arg(long, env = "ONCELY_WEBHOOK_BACKOFF_MAX", default_value = "300s", value_parser = duration::parse, help_heading = "Notifications")]
+    webhook_backoff_max: Duration,
+    /// Attempts before a notification is given up as TIMEOUT.
+    #[arg(
+        long,
+        env = "ONCELY_WEBHOOK_ATTEMPTS_MAX",
+        default_value_t = 10,
+        help_heading = "Notifications"
+    )]
+    webhook_attempts_max: u32,
+}
+
+/// One domain's engine settings, as flags give them.
+struct DomainFlags<'a> {
+    name: &'a str,
+    workers: usize,
+    timeout: Duration,
+    attempts_max: u32,
+    backoff_base: Duration,
+    backoff_max: Duration,
+}
+
+impl DomainFlags<'_> {
+    fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy::exponential(self.backoff_base, self.backoff_max).attempts(self.attempts_max)
+    }
+
+    fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            connect: Duration::from_secs(3).min(self.timeout),
+            request: self.timeout,
+        }
+    }
 }
 
 impl ServeArgs {
-    fn engine_config(&self) -> anyhow::Result<EngineConfig> {
-        let config = EngineConfig {
+    fn payments(&self) -> DomainFlags<'_> {
+        DomainFlags {
+            name: "--gateway-timeout",
             workers: self.workers,
+            timeout: self.gateway_timeout,
+            attempts_max: self.attempts_max,
+            backoff_base: self.backoff_base,
+            backoff_max: self.backoff_max,
+        }
+    }
+
+    fn notifications(&self) -> DomainFlags<'_> {
+        DomainFlags {
+            name: "--webhook-timeout",
+            workers: self.webhook_workers,
+            timeout: self.webhook_timeout,
+            attempts_max: self.webhook_attempts_max,
+            backoff_base: self.webhook_backoff_base,
+            backoff_max: self.webhook_backoff_max,
+        }
+    }
+
+    /// The engine settings of one domain: its own workers and call timeout, the lease,
+    /// polling and retention of the service.
+    fn engine_config(&self, domain: &DomainFlags<'_>) -> anyhow::Result<EngineConfig> {
+        let config = EngineConfig {
+            workers: domain.workers,
             lease_ttl: self.lease_ttl,
             call_timeout: self.lease_ttl.mul_f64(0.8),
             poll_interval: self.poll_interval,
@@ -84,22 +210,14 @@ impl ServeArgs {
         };
         config.validate()?;
         anyhow::ensure!(
-            self.gateway_timeout < config.call_timeout,
-            "--gateway-timeout ({:?}) must be below four fifths of --lease-ttl ({:?})",
-            self.gateway_timeout,
+            domain.timeout < config.call_timeout,
+            "{} ({:?}) must be below four fifths of --lease-ttl ({:?})",
+            domain.name,
+            domain.timeout,
             self.lease_ttl
         );
-        anyhow::ensure!(self.attempts_max >= 1, "--attempts-max must be at least 1");
+        anyhow::ensure!(domain.attempts_max >= 1, "attempts must be at least 1");
         Ok(config)
-    }
-
-    fn retry_policy(&self) -> RetryPolicy {
-        RetryPolicy {
-            attempts_max: self.attempts_max,
-            backoff_base: self.backoff_base,
-            backoff_max: self.backoff_max,
-            ..RetryPolicy::default()
-        }
     }
 }
 
@@ -117,8 +235,59 @@ async fn gateway_url(args: &ServeArgs) -> anyhow::Result<String> {
     Ok(url)
 }
 
+/// Where notifications may go and how they are signed, and where payment events go.
+struct Webhooks {
+    client: WebhookClient,
+    payment_events: Option<String>,
+}
+
+async fn webhooks(args: &ServeArgs) -> anyhow::Result<Webhooks> {
+    let timeouts = args.notifications().timeouts();
+    let (secret, destinations, receiver) = match &args.webhook_secret {
+        Some(secret) => {
+            let secret = WebhookSecret::new(secret).context("--webhook-secret")?;
+            (secret, Destinations::allowing(&args.webhook_allow), None)
+        }
+        None => {
+            anyhow::ensure!(
+                args.webhook_allow.is_empty(),
+                "--webhook-allow needs --webhook-secret: without one, notifications go only to the built-in receiver"
+            );
+            let secret = WebhookSecret::generate()?;
+            let ledger = "sqlite://oncely-webhooks.db";
+            let sim = WebhookSim::open(ledger, secret.expose(), SimConfig::default())
+                .await
+                .context("starting the in-process webhook receiver")?;
+            let running = sim.spawn(&args.webhook_sim_listen).await?;
+            let url = format!("{}/v1/webhooks", running.url());
+            tracing::warn!(%url, ledger, "SIMULATION: no --webhook-secret given, notifications go only to the built-in webhook receiver, signed with a secret made for this run");
+            let only_it = Destinations::allowing([running.addr.to_string()]);
+            (secret, only_it, Some(url))
+        }
+    };
+    let client = WebhookClient::new(secret, destinations, timeouts)?;
+    let payment_events = match args.payment_webhook_url.as_deref() {
+        Some("off") => None,
+        Some(url) => {
+            client
+                .check(url)
+                .await
+                .with_context(|| format!("--payment-webhook-url {url}"))?;
+            Some(url.to_owned())
+        }
+        None => receiver,
+    };
+    Ok(Webhooks {
+        client,
+        payment_events,
+    })
+}
+
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let config = args.engine_config()?;
+    let payments = args.payments();
+    let notifications = args.notifications();
+    let payment_config = args.engine_config(&payments)?;
+    let notification_config = args.engine_config(&notifications)?;
     let store = if args.no_migrate {
         AnyStore::open_without_migrating(&args.db).await
     } else {
@@ -126,38 +295,34 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     .with_context(|| format!("opening the database at {}", args.db))?;
     let gateway = gateway_url(&args).await?;
-    let timeouts = GatewayTimeouts {
-        connect: Duration::from_secs(3).min(args.gateway_timeout),
-        request: args.gateway_timeout,
-    };
-    let client = GatewayClient::new(&gateway, timeouts)?;
-    let orchestrator = PaymentOrchestrator::new(client).with_retry_policy(args.retry_policy());
-    let engine = Arc::new(
-        Engine::builder(store, orchestrator)
-            .config(config)
-            .start()?,
-    );
-    let mut api = ApiConfig::new("payments");
-    api.require_idempotency_key = args.require_idempotency_key;
-    api.request_schema = payment_request_schema();
-    let router = oncely_http::routes(engine.clone(), api, |request: PaymentRequest| {
-        PaymentCommand::try_from(request)
-    });
+    let webhooks = webhooks(&args).await?;
+    let mut orchestrator =
+        PaymentOrchestrator::new(GatewayClient::new(&gateway, payments.timeouts())?);
+    if let Some(url) = &webhooks.payment_events {
+        orchestrator = orchestrator.with_events(url.clone());
+    }
+    let payment_engine = Engine::builder(store.clone(), orchestrator)
+        .config(payment_config)
+        .retry_policy(payments.retry_policy())
+        .start()?;
+    let notification_engine = Engine::builder(store, Notifier(webhooks.client))
+        .config(notification_config)
+        .retry_policy(notifications.retry_policy())
+        .start()?;
+    let service = Service::builder()
+        .require_idempotency_key(args.require_idempotency_key)
+        .domain(payment_engine)
+        .domain(notification_engine)
+        .build()?;
     let listener = TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, db = %args.db, %gateway, "oncely is serving payments");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
+    let events = webhooks.payment_events.as_deref().unwrap_or("off");
+    tracing::info!(listen = %listener.local_addr()?, db = %args.db, %gateway, payment_events = events, "oncely is serving payments and notifications");
+    service
+        .serve(listener, shutdown_signal(), args.shutdown_grace)
         .await
-        .context("serving HTTP")?;
-    match Arc::into_inner(engine) {
-        Some(engine) => engine.shutdown(args.shutdown_grace).await,
-        None => {
-            tracing::warn!("requests still hold the engine; stopping without waiting for calls")
-        }
-    }
-    Ok(())
+        .context("serving HTTP")
 }
 
 async fn shutdown_signal() {
@@ -181,21 +346,6 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = interrupt.await;
     tracing::info!("shutting down: no new requests, finishing running calls");
-}
-
-fn payment_request_schema() -> serde_json::Value {
-    serde_json::json!({
-        "type": "object",
-        "additionalProperties": false,
-        "required": ["orderId", "amount", "paymentMethod", "customerId"],
-        "properties": {
-            "orderId": { "type": "integer", "minimum": 1 },
-            "customerId": { "type": "integer", "minimum": 1 },
-            "amount": { "type": ["string", "number"], "description": "exact decimal > 0, at most 2 decimal places", "examples": ["25.00"] },
-            "paymentMethod": { "type": "string", "pattern": "^[A-Za-z0-9_-]{1,50}$" },
-            "currency": { "type": "string", "pattern": "^[A-Z]{3}$", "default": "USD" }
-        }
-    })
 }
 
 #[cfg(test)]
@@ -228,9 +378,63 @@ mod tests {
     }
 
     #[test]
-    fn a_gateway_timeout_beyond_the_lease_is_refused() {
+    fn a_call_timeout_beyond_the_lease_is_refused_per_domain() {
         let args = parse(&["--lease-ttl", "5s", "--gateway-timeout", "10s"]);
-        assert!(args.engine_config().is_err());
-        assert!(parse(&[]).engine_config().is_ok());
+        let error = args.engine_config(&args.payments()).unwrap_err();
+        assert!(error.to_string().contains("--gateway-timeout"), "{error}");
+        let args = parse(&[
+            "--lease-ttl",
+            "5s",
+            "--webhook-timeout",
+            "4s",
+            "--gateway-timeout",
+            "1s",
+        ]);
+        assert!(args.engine_config(&args.payments()).is_ok());
+        let error = args.engine_config(&args.notifications()).unwrap_err();
+        assert!(error.to_string().contains("--webhook-timeout"), "{error}");
+    }
+
+    #[test]
+    fn each_domain_has_its_own_workers_and_retries() {
+        let args = parse(&[
+            "--workers",
+            "8",
+            "--webhook-workers",
+            "3",
+            "--webhook-attempts-max",
+            "4",
+        ]);
+        assert_eq!(args.engine_config(&args.payments()).unwrap().workers, 8);
+        assert_eq!(
+            args.engine_config(&args.notifications()).unwrap().workers,
+            3
+        );
+        assert_eq!(args.notifications().retry_policy().attempts_max, 4);
+        assert_eq!(args.payments().retry_policy().attempts_max, 5);
+        assert_eq!(args.webhook_allow, Vec::<String>::new());
+        let allow = parse(&["--webhook-allow", "a.example.com,127.0.0.1:9"]).webhook_allow;
+        assert_eq!(allow, ["a.example.com", "127.0.0.1:9"]);
+    }
+
+    #[tokio::test]
+    async fn an_allowlist_without_a_secret_or_a_refused_event_url_stops_the_start() {
+        let args = parse(&["--webhook-allow", "hooks.example.com"]);
+        let error = webhooks(&args).await.err().unwrap();
+        assert!(error.to_string().contains("--webhook-secret"), "{error}");
+        let secret = WebhookSecret::generate().unwrap();
+        let args = parse(&[
+            "--webhook-secret",
+            secret.expose(),
+            "--payment-webhook-url",
+            "http://169.254.169.254/latest",
+        ]);
+        let error = webhooks(&args).await.err().unwrap();
+        assert!(
+            format!("{error:#}").contains("not a public address"),
+            "{error:#}"
+        );
+        let args = parse(&["--webhook-secret", "whsec_short"]);
+        assert!(webhooks(&args).await.is_err());
     }
 }

@@ -151,14 +151,23 @@ fn quick_bench_beside_a_cpu_hog_runs_every_workload_without_losing_a_payment() {
     }
     for result in results {
         let workload = result["workload"].as_str().unwrap();
-        if ["e2e", "overhead", "limit"].iter().any(|w| workload.starts_with(w)) {
+        if ["e2e", "overhead", "limit"]
+            .iter()
+            .any(|w| workload.starts_with(w))
+        {
             assert_eq!(result["round"], 1, "one round when quick: {result}");
         }
         if workload.starts_with("soak") {
-            assert!(result["timeline"].as_array().unwrap().len() >= 2, "{result}");
+            assert!(
+                result["timeline"].as_array().unwrap().len() >= 2,
+                "{result}"
+            );
         }
         if workload.starts_with("bigtable") {
-            assert!(result["acceptLatency"]["p99_ms"].as_f64().unwrap() > 0.0, "{result}");
+            assert!(
+                result["acceptLatency"]["p99_ms"].as_f64().unwrap() > 0.0,
+                "{result}"
+            );
         }
         assert_eq!(result["errors"], 0, "{result}");
         assert_eq!(result["lost"], 0, "{result}");

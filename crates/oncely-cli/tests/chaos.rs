@@ -1,4 +1,5 @@
-//! `oncely chaos` on PostgreSQL: three nodes, random SIGKILLs, a clean audit.
+//! `oncely chaos` on PostgreSQL and MySQL, three nodes each: payments and notifications,
+//! random SIGKILLs, a clean audit of both simulators. (SQLite, one node: end_to_end.rs.)
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -60,21 +61,13 @@ async fn postgres_database() -> Option<(String, String, String)> {
     Some((admin, name, url))
 }
 
-/// Runs a bounded chaos round on `url` and checks its report.
-fn assert_clean_chaos(url: &str) {
+/// Runs a bounded chaos round of `nodes` nodes on `url` and checks its report.
+fn assert_clean_chaos(url: &str, nodes: usize) {
+    let nodes_flag = nodes.to_string();
     let output = oncely()
-        .args([
-            "chaos",
-            "--db",
-            url,
-            "--nodes",
-            "3",
-            "--payments",
-            "300",
-            "--kills",
-            "10",
-            "--json",
-        ])
+        .args(["chaos", "--db", url, "--nodes", &nodes_flag])
+        .args(["--payments", "300", "--notifications", "100"])
+        .args(["--kills", "10", "--json"])
         .output()
         .unwrap();
     let report: Value = serde_json::from_slice(&output.stdout)
@@ -84,12 +77,24 @@ fn assert_clean_chaos(url: &str) {
     let shape = (
         report["nodes"].clone(),
         report["payments"].clone(),
+        report["notifications"].clone(),
         report["kills"].clone(),
     );
-    assert_eq!(shape, (json!(3), json!(300), json!(10)));
-    assert_eq!(report["audit"]["discrepancies"], json!([]));
-    assert_eq!(report["audit"]["nonTerminal"], json!([]));
+    assert_eq!(shape, (json!(nodes), json!(300), json!(100), json!(10)));
+    let audit = &report["audit"];
+    for book in ["payments", "notifications"] {
+        assert_eq!(audit[book]["discrepancies"], json!([]), "{book}");
+        assert_eq!(audit[book]["nonTerminal"], json!([]), "{book}");
+    }
+    assert_eq!(audit["paymentEvents"], json!([]));
     assert_eq!(report["unexpectedAnswers"], json!([]));
+    assert_eq!(report["undelivered"], json!([]));
+    // Every payment that ended COMPLETED or FAILED announced it; the receiver has each
+    // payment event and notification once.
+    let payments = &audit["payments"]["operations"];
+    let ended = payments["COMPLETED"].as_u64().unwrap() + payments["FAILED"].as_u64().unwrap_or(0);
+    let delivered = audit["notifications"]["deliveries"].as_u64().unwrap();
+    assert_eq!(delivered, ended + 100, "{audit:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,7 +102,7 @@ async fn three_nodes_on_postgres_survive_random_sigkills_with_a_clean_audit() {
     let Some((admin, name, url)) = postgres_database().await else {
         return;
     };
-    let result = std::panic::catch_unwind(|| assert_clean_chaos(&url));
+    let result = std::panic::catch_unwind(|| assert_clean_chaos(&url, 3));
     let pool = PgPoolOptions::new().connect(&admin).await.unwrap();
     sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         .execute(&pool)
@@ -142,7 +147,7 @@ async fn three_nodes_on_mysql_survive_random_sigkills_with_a_clean_audit() {
         .database(&name)
         .to_url_lossy()
         .to_string();
-    let result = std::panic::catch_unwind(|| assert_clean_chaos(&url));
+    let result = std::panic::catch_unwind(|| assert_clean_chaos(&url, 3));
     sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
         .execute(&pool)
         .await

@@ -60,8 +60,52 @@ fn migrate_with_a_bad_url_says_why_and_exits_non_zero() {
 fn help_explains_every_command() {
     let output = oncely().arg("--help").output().unwrap();
     let stdout = String::from_utf8(output.stdout).unwrap();
-    for command in ["serve", "gateway-sim", "audit", "migrate"] {
+    for command in [
+        "serve",
+        "gateway-sim",
+        "webhook-sim",
+        "audit",
+        "chaos",
+        "bench",
+        "migrate",
+    ] {
         assert!(stdout.contains(command), "{command} missing from {stdout}");
     }
     assert!(stdout.contains("effectively once"), "{stdout}");
+}
+
+#[test]
+fn audit_needs_a_book_to_compare_with() {
+    let output = oncely()
+        .args(["audit", "--db", "sqlite::memory:"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("--gateway") && stderr.contains("--webhooks"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn webhook_sim_refuses_a_secret_that_is_not_whsec() {
+    let output = oncely()
+        .args([
+            "webhook-sim",
+            "--listen",
+            "127.0.0.1:0",
+            "--ledger",
+            "sqlite::memory:",
+        ])
+        .env("ONCELY_WEBHOOK_SECRET", "hunter2")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("whsec_"), "{stderr}");
+    assert!(
+        !stderr.contains("hunter2"),
+        "the secret is not echoed: {stderr}"
+    );
 }

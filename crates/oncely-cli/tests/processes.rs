@@ -10,19 +10,22 @@ use std::process::{Command, Stdio};
 use serde_json::json;
 
 #[tokio::test]
-async fn sigterm_stops_serve_cleanly_with_the_in_process_simulator() {
+async fn serve_with_no_flags_hosts_payments_and_notifications_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let (port, sim_port) = (free_port(), free_port());
+    let (port, sim_port, hooks_port) = (free_port(), free_port(), free_port());
     let child = oncely()
         .current_dir(dir.path())
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--sim-listen", &format!("127.0.0.1:{sim_port}")])
+        .args(["--webhook-sim-listen", &format!("127.0.0.1:{hooks_port}")])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
+    let hooks = format!("http://127.0.0.1:{hooks_port}");
     wait_healthy(&base).await;
-    let paid = reqwest::Client::new()
+    let client = reqwest::Client::new();
+    let paid = client
         .post(format!("{base}/v1/payments"))
         .header("Prefer", "wait=10")
         .json(&json!({"orderId": 1, "amount": "5.00", "paymentMethod": "CARD", "customerId": 2}))
@@ -38,6 +41,57 @@ async fn sigterm_stops_serve_cleanly_with_the_in_process_simulator() {
         .unwrap();
     assert_eq!(ledger["charges"][0]["idempotencyKey"], "PAY-2-1-CARD");
 
+    // A notification to the built-in receiver is delivered; anywhere else is refused
+    // without a --webhook-secret.
+    let notify = |key: &'static str, url: String| {
+        client
+            .post(format!("{base}/v1/notifications"))
+            .header("Idempotency-Key", key)
+            .header("Prefer", "wait=10")
+            .json(&json!({"url": url, "eventType": "order.shipped", "payload": {"order": 1}}))
+            .send()
+    };
+    let sent = notify("ship-1", format!("{hooks}/v1/webhooks"))
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 200);
+    let refused = notify("ship-2", "https://example.com/hook".into())
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 422);
+    // The payment's event went to the built-in receiver too, in the payment's wake.
+    let mut deliveries = serde_json::Value::Null;
+    for _ in 0..100 {
+        deliveries = reqwest::get(format!("{hooks}/v1/deliveries"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if deliveries["deliveries"].as_array().unwrap().len() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut ids: Vec<&str> = deliveries["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["webhookId"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["PAY-2-1-CARD:completed", "ship-1"], "{deliveries}");
+    assert_eq!(deliveries["rejections"], json!([]), "signatures verified");
+    let document: serde_json::Value = reqwest::get(format!("{base}/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for path in ["/v1/payments", "/v1/notifications"] {
+        assert!(document["paths"][path]["post"].is_object(), "{path}");
+    }
+
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -50,11 +104,17 @@ async fn sigterm_stops_serve_cleanly_with_the_in_process_simulator() {
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{log}");
     assert!(
-        log.contains("SIMULATION"),
-        "the simulation is announced: {log}"
+        log.matches("SIMULATION").count() >= 2,
+        "both simulations are announced: {log}"
+    );
+    assert!(
+        !log.contains("whsec_"),
+        "the generated secret is never logged: {log}"
     );
     assert!(log.contains("engine stopped"), "{log}");
-    assert!(dir.path().join("oncely.db").exists() && dir.path().join("oncely-gateway.db").exists());
+    for file in ["oncely.db", "oncely-gateway.db", "oncely-webhooks.db"] {
+        assert!(dir.path().join(file).exists(), "{file}");
+    }
 }
 
 #[tokio::test]
@@ -120,6 +180,7 @@ async fn serve_without_migrating_is_not_ready_until_the_schema_exists() {
             &format!("127.0.0.1:{port}"),
         ])
         .args(["--sim-listen", &format!("127.0.0.1:{sim_port}")])
+        .args(["--webhook-sim-listen", "127.0.0.1:0"])
         .current_dir(dir.path())
         .stderr(Stdio::null())
         .spawn()
