@@ -46,7 +46,10 @@ pub struct SqlStore<B: Backend> {
     reader: Pool<B::Db>,
     statements: Arc<Statements>,
     failpoints: Failpoints,
-    signal: Option<Arc<Notify>>,
+    /// Notified when work may have been accepted for an idle engine: by another node
+    /// (PostgreSQL's `LISTEN`), or by this process inserting follow-ups into another
+    /// domain. Clones share it, so engines of several domains on one store wake each other.
+    signal: Arc<Notify>,
     _backend: PhantomData<fn() -> B>,
 }
 
@@ -73,7 +76,7 @@ impl<B: Backend> fmt::Debug for SqlStore<B> {
 
 impl<B: Backend> SqlStore<B> {
     /// A store over `writer` (every write) and `reader` (reads; may be the same pool).
-    /// `signal` is notified when another node may have accepted work.
+    /// `signal`, when given, is notified when another node may have accepted work.
     pub(crate) fn from_pools(
         writer: Pool<B::Db>,
         reader: Pool<B::Db>,
@@ -84,7 +87,7 @@ impl<B: Backend> SqlStore<B> {
             reader,
             statements: Arc::new(Statements::new(&B::DIALECT)),
             failpoints: Failpoints::default(),
-            signal,
+            signal: signal.unwrap_or_default(),
             _backend: PhantomData,
         }
     }
@@ -554,6 +557,11 @@ impl<B: Backend> SqlStore<B> {
             self.crash_at(point)?;
         }
         self.commit(tx).await?;
+        if !submitted.is_empty() {
+            // The follow-ups' engines may be idle in this process: start them now rather
+            // than at their next poll.
+            self.signal.notify_waiters();
+        }
         Ok(fenced(applied, ids.into_iter()))
     }
 
@@ -975,12 +983,7 @@ impl<B: Backend> Store for SqlStore<B> {
 
     fn work_signal(&self, _domain: &DomainName) -> impl std::future::Future<Output = ()> + Send {
         let signal = self.signal.clone();
-        async move {
-            match signal {
-                Some(signal) => signal.notified().await,
-                None => std::future::pending().await,
-            }
-        }
+        async move { signal.notified().await }
     }
 
     async fn get(&self, scope: &Scope) -> Result<Option<Operation>, StoreError> {

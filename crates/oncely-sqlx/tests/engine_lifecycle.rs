@@ -576,3 +576,49 @@ async fn an_accept_that_fails_and_rolls_back_is_tried_again_and_stored_once() {
     assert_eq!(api.side_effects("deadlocked"), 1);
     engine.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn a_follow_up_wakes_its_domains_idle_engine_on_the_same_store() {
+    let db = TestDb::new();
+    let (api, receipt_api) = (FakeApi::default(), FakeApi::default());
+    let clock = ManualClock::starting_now();
+    // Polls that never come within the test: only the wake can start the receipt.
+    let config = oncely::EngineConfig {
+        poll_interval: Duration::from_secs(3_600),
+        ..common::test_config()
+    };
+    let store = db.open().await;
+    let orchestrator = common::ChargeOrchestrator::new(api.clone()).with_receipts();
+    let charges = oncely::Engine::builder(store.clone(), orchestrator)
+        .config(config.clone())
+        .clock(clock.clone())
+        .start()
+        .unwrap();
+    let receipts = oncely::Engine::builder(
+        store,
+        common::ReceiptOrchestrator {
+            api: receipt_api.clone(),
+        },
+    )
+    .config(config)
+    .clock(clock.clone())
+    .start()
+    .unwrap();
+    // Both idle before the charge arrives.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let charged = charges
+        .submit(key("woken"), Charge::new("ada", 5))
+        .await
+        .unwrap();
+    charges
+        .wait(&charged.operation.scope, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let receipt = receipts.scope(common::receipt_key("woken"));
+    common::eventually("the receipt to be delivered", || {
+        receipt_api.side_effects(receipt.key.as_str()) == 1
+    })
+    .await;
+    charges.shutdown(Duration::from_secs(5)).await;
+    receipts.shutdown(Duration::from_secs(5)).await;
+}
