@@ -84,6 +84,7 @@ impl HttpDomain for {{Type}}Orchestrator {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use std::sync::{Arc, Mutex};
 

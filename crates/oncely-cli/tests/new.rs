@@ -34,7 +34,8 @@ fn a_generated_domain_compiles_and_passes_its_own_tests() {
     let root = dir.path();
     std::fs::write(
         root.join("Cargo.toml"),
-        "[workspace]\nresolver = \"3\"\nmembers = [\"app\"]\n",
+        // Lints the new crate inherits: the generated file must pass them.
+        "[workspace]\nresolver = \"3\"\nmembers = [\"app\"]\n\n[workspace.lints.rust]\nmissing_docs = \"deny\"\nunreachable_pub = \"deny\"\n",
     )
     .unwrap();
     std::fs::copy(lockfile(), root.join("Cargo.lock")).unwrap();
@@ -70,6 +71,8 @@ fn a_generated_domain_compiles_and_passes_its_own_tests() {
 
     let workspace = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
     assert!(workspace.contains("\"app\", \"sms\""), "{workspace}");
+    let sms = std::fs::read_to_string(root.join("sms/Cargo.toml")).unwrap();
+    assert!(sms.contains("[lints]\nworkspace = true"), "{sms}");
     let lib = std::fs::read_to_string(root.join("app/src/lib.rs")).unwrap();
     assert!(lib.ends_with("pub mod file_upload;\n"), "{lib}");
     let manifest = std::fs::read_to_string(root.join("app/Cargo.toml")).unwrap();

@@ -12,3 +12,7 @@ pub mod audit;
 pub mod domain;
 
 pub use domain::{Notification, NotificationRequest, Notifier};
+
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/domains.md")]
+pub struct DomainsDoctests;
