@@ -1,6 +1,7 @@
 //! [`AnyStore`]: the store a `--db` URL names, chosen by its scheme.
 
 use chrono::{DateTime, Utc};
+use oncely::keys::{ApiKey, KeyStore};
 use oncely::{
     AcceptLease, Accepted, ClaimRequest, DomainName, Fenced, ListFilter, NewOperation, Operation,
     Page, PendingOutcome, RecordOutcome, Scope, Store, StoreError, Transition, WalEntry,
@@ -150,8 +151,13 @@ impl Store for AnyStore {
         delegate!(self, store => store.pending_outcomes(domain, recorded_before, limit))
     }
 
-    async fn retry(&self, scope: &Scope, now: DateTime<Utc>) -> Result<Operation, StoreError> {
-        delegate!(self, store => store.retry(scope, now))
+    async fn retry(
+        &self,
+        scope: &Scope,
+        by: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Operation, StoreError> {
+        delegate!(self, store => store.retry(scope, by, now))
     }
 
     async fn purge(
@@ -177,5 +183,23 @@ impl Store for AnyStore {
 
     async fn history(&self, scope: &Scope) -> Result<Vec<WalEntry>, StoreError> {
         delegate!(self, store => store.history(scope))
+    }
+}
+
+impl KeyStore for AnyStore {
+    async fn create_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        delegate!(self, store => store.create_key(key))
+    }
+
+    async fn keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        delegate!(self, store => store.keys())
+    }
+
+    async fn revoke_key(&self, id: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
+        delegate!(self, store => store.revoke_key(id, at))
+    }
+
+    async fn touch_keys(&self, used: &[(String, DateTime<Utc>)]) -> Result<(), StoreError> {
+        delegate!(self, store => store.touch_keys(used))
     }
 }

@@ -18,6 +18,10 @@ pub enum Param {
     Int(i64),
     /// Text: a name, or a batch of rows as JSON.
     Text(String),
+    /// A nullable integer.
+    IntOpt(Option<i64>),
+    /// Nullable text.
+    TextOpt(Option<String>),
 }
 
 /// Where a statement runs: on the pool (a read, or one statement on its own) or inside a
@@ -88,6 +92,8 @@ macro_rules! impl_backend {
                     query = match param {
                         $crate::backend::Param::Int(value) => query.bind(value),
                         $crate::backend::Param::Text(value) => query.bind(value),
+                        $crate::backend::Param::IntOpt(value) => query.bind(value),
+                        $crate::backend::Param::TextOpt(value) => query.bind(value),
                     };
                 }
                 query

@@ -37,6 +37,7 @@ pub mod backend;
 mod batch;
 #[doc(hidden)]
 pub mod dialect;
+mod keys;
 #[cfg(feature = "mysql")]
 mod mysql;
 #[cfg(feature = "postgres")]

@@ -75,6 +75,14 @@ impl<B: Backend> fmt::Debug for SqlStore<B> {
 }
 
 impl<B: Backend> SqlStore<B> {
+    pub(crate) fn writer(&self) -> &Pool<B::Db> {
+        &self.writer
+    }
+
+    pub(crate) fn reader(&self) -> &Pool<B::Db> {
+        &self.reader
+    }
+
     /// A store over `writer` (every write) and `reader` (reads; may be the same pool).
     /// `signal`, when given, is notified when another node may have accepted work.
     pub(crate) fn from_pools(
@@ -898,7 +906,12 @@ impl<B: Backend> Store for SqlStore<B> {
             .collect()
     }
 
-    async fn retry(&self, scope: &Scope, now: DateTime<Utc>) -> Result<Operation, StoreError> {
+    async fn retry(
+        &self,
+        scope: &Scope,
+        by: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Operation, StoreError> {
         let mut tx = self.begin().await?;
         let current = self
             .get_with(Exec::Tx(&mut tx), scope)
@@ -929,6 +942,7 @@ impl<B: Backend> Store for SqlStore<B> {
         let detail = json!({
             "previousState": current.state,
             "previousError": current.error_message,
+            "by": by,
         });
         self.append(
             &mut tx,

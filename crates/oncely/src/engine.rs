@@ -477,10 +477,15 @@ impl<S: Store, O: Orchestrator> Engine<S, O> {
     /// An operator's retry of a `FAILED` or `TIMEOUT` operation: back to `ACCEPTED` with a
     /// fresh budget of attempts, due now. Its attempts forward the same key (I7).
     pub async fn retry(&self, scope: &Scope) -> Result<Operation, Error> {
+        self.retry_by(scope, None).await
+    }
+
+    /// [`Engine::retry`], recording who asked (an API key's id) in the log entry.
+    pub async fn retry_by(&self, scope: &Scope, by: Option<&str>) -> Result<Operation, Error> {
         let operation = self
             .shared
             .store
-            .retry(scope, self.shared.clock.now())
+            .retry(scope, by, self.shared.clock.now())
             .await?;
         self.shared.wake.notify_one();
         Ok(operation)

@@ -199,8 +199,13 @@ impl<S: Store> Store for FaultyStore<S> {
             .await
     }
 
-    async fn retry(&self, scope: &Scope, now: DateTime<Utc>) -> Result<Operation, StoreError> {
-        self.inner.retry(scope, now).await
+    async fn retry(
+        &self,
+        scope: &Scope,
+        by: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Operation, StoreError> {
+        self.inner.retry(scope, by, now).await
     }
 
     async fn purge(

@@ -68,6 +68,7 @@ pub mod failpoint;
 #[cfg(feature = "failpoints")]
 pub mod faults;
 pub mod key;
+pub mod keys;
 pub mod operation;
 pub mod orchestrator;
 pub mod outcome;
@@ -80,6 +81,7 @@ pub use engine::{Engine, EngineBuilder, EngineConfig, Submission};
 pub use error::Error;
 pub use failpoint::{CrashPoint, Failpoints};
 pub use key::{DomainName, IdempotencyKey, InvalidName, Scope, TenantId};
+pub use keys::{ApiKey, KeySpec, KeyStore, NewKey, Role};
 pub use operation::{
     Fence, Fingerprint, Lease, LeaseOwner, Operation, OperationId, WalEntry, WalKind,
 };

@@ -337,10 +337,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<PendingOutcome>, StoreError>> + Send;
 
     /// Sends a `FAILED` or `TIMEOUT` operation back to `ACCEPTED`, due at `now`, with a
-    /// fresh budget of attempts and an `OPERATOR_RETRIED` entry. The key stays the same (I7).
+    /// fresh budget of attempts and an `OPERATOR_RETRIED` entry naming who asked (`by`: an
+    /// API key's id, say). The key stays the same (I7).
     fn retry(
         &self,
         scope: &Scope,
+        by: Option<&str>,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Operation, StoreError>> + Send;
 

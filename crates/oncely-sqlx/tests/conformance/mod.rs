@@ -439,7 +439,7 @@ pub async fn pending_outcomes_lists_recorded_unfinalized_attempts<S: Store>(stor
 
 pub async fn operator_retry_only_from_failed_or_timeout<S: Store>(store: S) {
     accept(&store, "r", at(0)).await;
-    let not_retryable = store.retry(&scope("r"), at(1)).await;
+    let not_retryable = store.retry(&scope("r"), None, at(1)).await;
     assert!(matches!(
         not_retryable,
         Err(StoreError::NotRetryable {
@@ -447,7 +447,7 @@ pub async fn operator_retry_only_from_failed_or_timeout<S: Store>(store: S) {
             ..
         })
     ));
-    let missing = store.retry(&scope("nope"), at(1)).await;
+    let missing = store.retry(&scope("nope"), None, at(1)).await;
     assert!(matches!(missing, Err(StoreError::NotFound { .. })));
 
     let operation = claim(&store, "w", at(1), 1).await.remove(0);
@@ -457,7 +457,10 @@ pub async fn operator_retry_only_from_failed_or_timeout<S: Store>(store: S) {
     finalize(&store, &fence, decision, at(3)).await;
     assert_eq!(get(&store, "r").await.state, OperationState::Failed);
 
-    let retried = store.retry(&scope("r"), at(4)).await.unwrap();
+    let retried = store
+        .retry(&scope("r"), Some("key-1"), at(4))
+        .await
+        .unwrap();
     assert_eq!(retried.state, OperationState::Accepted);
     assert_eq!((retried.attempt_count, retried.attempt_floor), (1, 1));
     assert_eq!(retried.next_retry_at, Some(at(4)));
@@ -468,7 +471,12 @@ pub async fn operator_retry_only_from_failed_or_timeout<S: Store>(store: S) {
         "attempt numbers keep rising: fences stay unique"
     );
     assert_eq!(again.scope.key.as_str(), "r", "the same key (I7)");
-    assert!(kinds(&store, "r").await.contains(&WalKind::OperatorRetried));
+    let history = store.history(&scope("r")).await.unwrap();
+    let entry = history
+        .iter()
+        .find(|entry| entry.kind == WalKind::OperatorRetried)
+        .unwrap();
+    assert_eq!(entry.detail["by"], "key-1", "who asked is in the log");
 }
 
 pub async fn list_filters_and_pages_newest_first<S: Store>(store: S) {
@@ -1062,6 +1070,67 @@ pub async fn follow_ups_are_inserted_with_an_applied_end_only<S: Store>(store: S
     assert_eq!((after.id, after.created_at), (before.id, before.created_at));
 }
 
+pub async fn api_keys_are_stored_hashed_listed_touched_and_revoked<S: Store + oncely::KeyStore>(
+    store: S,
+) {
+    use oncely::keys::{KeySpec, Role, parse_token};
+    let spec = |tenant: &str, roles: Vec<Role>| KeySpec {
+        tenant: TenantId::new(tenant).unwrap(),
+        roles,
+        name: Some("checkout".into()),
+        expires_at: Some(at(3_600)),
+    };
+    let first = spec("acme", vec![Role::Submit, Role::Read])
+        .issue(at(0))
+        .unwrap();
+    let second = spec("globex", vec![Role::Operate]).issue(at(1)).unwrap();
+    store.create_key(&first.key).await.unwrap();
+    store.create_key(&second.key).await.unwrap();
+    assert!(
+        store.create_key(&first.key).await.is_err(),
+        "ids are unique"
+    );
+
+    let keys = store.keys().await.unwrap();
+    assert_eq!(
+        keys,
+        [first.key.clone(), second.key.clone()],
+        "oldest first, as made"
+    );
+    let (_, secret) = parse_token(&first.token).unwrap();
+    assert!(keys[0].verifies(secret));
+    assert_ne!(keys[0].secret_hash, secret, "only a hash is stored");
+
+    store
+        .touch_keys(&[
+            (first.key.id.clone(), at(10)),
+            (second.key.id.clone(), at(11)),
+        ])
+        .await
+        .unwrap();
+    // An older use recorded later does not move the time back.
+    store
+        .touch_keys(&[(first.key.id.clone(), at(5))])
+        .await
+        .unwrap();
+    let keys = store.keys().await.unwrap();
+    assert_eq!(keys[0].last_used_at, Some(at(10)));
+    assert_eq!(keys[1].last_used_at, Some(at(11)));
+
+    assert!(store.revoke_key(&first.key.id, at(20)).await.unwrap());
+    assert!(
+        !store.revoke_key(&first.key.id, at(21)).await.unwrap(),
+        "once"
+    );
+    assert!(
+        !store.revoke_key("0000000000000000", at(21)).await.unwrap(),
+        "unknown"
+    );
+    let keys = store.keys().await.unwrap();
+    assert_eq!(keys[0].revoked_at, Some(at(20)));
+    assert!(!keys[0].is_active(at(20)) && keys[1].is_active(at(20)));
+}
+
 /// Instantiates every conformance test for one backend. `$open` is an async fn returning
 /// `(guard, store)`; the guard keeps the database alive for the test.
 #[macro_export]
@@ -1090,6 +1159,7 @@ macro_rules! conformance_suite {
             finalize_and_reap_check_the_lease_owner_too,
             a_reap_from_a_stale_read_loses_to_an_outcome_recorded_since,
             follow_ups_are_inserted_with_an_applied_end_only,
+            api_keys_are_stored_hashed_listed_touched_and_revoked,
         );
     };
     (@tests $open:path; $($name:ident),* $(,)?) => {
