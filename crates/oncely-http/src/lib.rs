@@ -36,16 +36,20 @@
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod domain;
 pub mod openapi;
 mod problem;
 mod routes;
+mod server;
 mod service;
 mod view;
 
+pub use auth::{Keys, Principal, RateLimit};
 pub use domain::HttpDomain;
 pub use openapi::{DOMAIN_ROUTES, RouteDoc, RouteId, SERVICE_ROUTES, openapi_document};
 pub use problem::{PROBLEM_JSON, Problem};
 pub use routes::{LIST_LIMIT_DEFAULT, WAIT_SECONDS_MAX};
+pub use server::{ServeOptions, TlsError, tls_config};
 pub use service::{Service, ServiceBuilder, ServiceError};
 pub use view::{HistoryView, OperationView, PageView, WalEntryView};

@@ -2,6 +2,7 @@
 //! [`SERVICE_ROUTES`], the tables the routers are built from, so a route cannot be served
 //! without being documented. Each domain's request schema is derived from its request type.
 
+use oncely::Role;
 use serde_json::{Map, Value, json};
 
 /// A route a domain serves.
@@ -44,6 +45,8 @@ pub struct RouteDoc<Id> {
     pub summary: &'static str,
     /// Status codes it answers with, and what they mean.
     pub responses: &'static [(u16, &'static str)],
+    /// The role an API key needs for it; `None`: no key needed.
+    pub role: Option<Role>,
 }
 
 /// Every route of one domain.
@@ -64,26 +67,28 @@ pub const DOMAIN_ROUTES: &[RouteDoc<RouteId>] = &[
             ),
             (
                 400,
-                "malformed JSON, a bad key, a bad Prefer, or a missing key where one is required",
+                "malformed JSON, an empty, repeated or invalid Idempotency-Key, or a missing one where one is required",
             ),
+            (408, "the body did not arrive within the body timeout"),
             (413, "body over the domain's limit"),
             (415, "not application/json"),
             (
                 422,
-                "unknown or missing fields, invalid values, or the key reused with another body",
-            ),
-            (
-                503,
-                "the store is unavailable or the service is stopping; retrying with the same key is safe",
+                "not a JSON object, a value the schema refuses, a value the domain refuses, or the key reused with another body",
             ),
         ],
+        role: Some(Role::Submit),
     },
     RouteDoc {
         method: "get",
         path: "/v1/{resource}",
         id: RouteId::List,
-        summary: "List operations, newest first: ?state=&limit=(1..1000, 50)&cursor=",
-        responses: &[(200, "one page"), (400, "a bad state, limit or cursor")],
+        summary: "List the tenant's operations, newest first: ?state=&limit=(1..1000, 50)&cursor=",
+        responses: &[
+            (200, "one page"),
+            (400, "a bad state, limit or cursor, or an unknown parameter"),
+        ],
+        role: Some(Role::Read),
     },
     RouteDoc {
         method: "get",
@@ -95,6 +100,7 @@ pub const DOMAIN_ROUTES: &[RouteDoc<RouteId>] = &[
             (400, "a bad key"),
             (404, "no such operation"),
         ],
+        role: Some(Role::Read),
     },
     RouteDoc {
         method: "get",
@@ -106,6 +112,7 @@ pub const DOMAIN_ROUTES: &[RouteDoc<RouteId>] = &[
             (400, "a bad key"),
             (404, "no such operation"),
         ],
+        role: Some(Role::Read),
     },
     RouteDoc {
         method: "post",
@@ -118,6 +125,7 @@ pub const DOMAIN_ROUTES: &[RouteDoc<RouteId>] = &[
             (404, "no such operation"),
             (409, "the operation is not FAILED or TIMEOUT"),
         ],
+        role: Some(Role::Operate),
     },
 ];
 
@@ -140,6 +148,7 @@ pub const SERVICE_ROUTES: &[RouteDoc<ServiceRouteId>] = &[
         id: ServiceRouteId::Health,
         summary: "The process is up",
         responses: &[(200, "ok")],
+        role: None,
     },
     RouteDoc {
         method: "get",
@@ -147,6 +156,7 @@ pub const SERVICE_ROUTES: &[RouteDoc<ServiceRouteId>] = &[
         id: ServiceRouteId::Ready,
         summary: "Every domain's store answers",
         responses: &[(200, "ready"), (503, "a store is unavailable")],
+        role: None,
     },
     RouteDoc {
         method: "get",
@@ -154,6 +164,7 @@ pub const SERVICE_ROUTES: &[RouteDoc<ServiceRouteId>] = &[
         id: ServiceRouteId::OpenApi,
         summary: "This document",
         responses: &[(200, "OpenAPI 3.1")],
+        role: None,
     },
 ];
 
@@ -171,6 +182,26 @@ pub struct DocumentedDomain {
 fn content(schema: &str) -> Value {
     json!({ "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } })
 }
+
+/// What every route that needs a key can answer besides its own statuses.
+const GUARDED_RESPONSES: &[(u16, &str)] = &[
+    (
+        401,
+        "no API key, or one that is unknown, expired or revoked (WWW-Authenticate says which)",
+    ),
+    (
+        403,
+        "the key lacks the role, or (protected mode) the client is not on this machine",
+    ),
+    (
+        429,
+        "over the key's rate limit; Retry-After and RateLimit say when to come back",
+    ),
+    (
+        503,
+        "the store is unavailable or the service is stopping; retrying with the same key is safe",
+    ),
+];
 
 fn responses(route_responses: &[(u16, &str)], success: impl Fn(u16) -> Value) -> Value {
     let responses: Map<String, Value> = route_responses
@@ -214,19 +245,32 @@ fn domain_paths(domain: &DocumentedDomain, paths: &mut Map<String, Value>) {
             RouteId::List => content("Page"),
             RouteId::History => content("History"),
         };
+        let mut documented: Vec<(u16, &str)> = route.responses.to_vec();
+        if route.role.is_some() {
+            for extra in GUARDED_RESPONSES {
+                if !documented.iter().any(|(status, _)| *status == extra.0) {
+                    documented.push(*extra);
+                }
+            }
+            documented.sort_by_key(|(status, _)| *status);
+        }
         let mut operation = json!({
             "operationId": format!("{}-{}", domain.resource, route.id.name()),
             "tags": [domain.resource],
             "summary": route.summary,
-            "responses": responses(route.responses, success),
+            "responses": responses(&documented, success),
         });
+        if let Some(role) = route.role {
+            operation["security"] = json!([{ "apiKey": [] }]);
+            operation["description"] = json!(format!("Needs an API key with the `{role}` role."));
+        }
         let mut parameters = Vec::new();
         if route.path.contains("{key}") {
             parameters.push(json!({ "name": "key", "in": "path", "required": true, "schema": { "type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$" } }));
         }
         if route.id == RouteId::Create {
             parameters.push(json!({ "name": "Idempotency-Key", "in": "header", "required": domain.key_required, "schema": { "type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$" } }));
-            parameters.push(json!({ "name": "Prefer", "in": "header", "required": false, "schema": { "type": "string", "examples": ["wait=10"] } }));
+            parameters.push(json!({ "name": "Prefer", "in": "header", "required": false, "schema": { "type": "string", "examples": ["wait=2"] } }));
             operation["requestBody"] =
                 json!({ "required": true, "content": content(&request_name(domain.resource)) });
         }
@@ -234,7 +278,7 @@ fn domain_paths(domain: &DocumentedDomain, paths: &mut Map<String, Value>) {
             parameters.push(json!({ "name": "state", "in": "query", "schema": { "enum": ["ACCEPTED", "PROCESSING", "COMPLETED", "FAILED", "TIMEOUT"] } }));
             parameters.push(json!({ "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000 } }));
             parameters
-                .push(json!({ "name": "cursor", "in": "query", "schema": { "type": "string", "pattern": "^[0-9]+$" } }));
+                .push(json!({ "name": "cursor", "in": "query", "schema": { "type": "string", "pattern": "^[0-9]{1,18}$" } }));
         }
         if !parameters.is_empty() {
             operation["parameters"] = Value::Array(parameters);
@@ -276,7 +320,16 @@ pub fn openapi_document(title: &str, domains: &[DocumentedDomain]) -> Value {
         "openapi": "3.1.0",
         "info": { "title": title, "version": env!("CARGO_PKG_VERSION") },
         "paths": paths,
-        "components": { "schemas": schemas },
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "apiKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An oncely API key, `oncely_<id>_<secret>`, from `oncely keys create`"
+                }
+            }
+        },
     })
 }
 

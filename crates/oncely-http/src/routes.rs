@@ -4,16 +4,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::Json;
 use axum::Router;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::from_fn;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
-use oncely::{Engine, IdempotencyKey, ListFilter, OperationId, OperationState, Store, TenantId};
+use oncely::{Engine, IdempotencyKey, ListFilter, OperationId, OperationState, Scope, Store};
 use serde::Deserialize;
 
+use crate::auth::{Principal, require};
 use crate::domain::HttpDomain;
 use crate::openapi::{DOMAIN_ROUTES, RouteId};
 use crate::problem::Problem;
@@ -29,6 +33,17 @@ pub(crate) struct DomainApi<S: Store, O: HttpDomain> {
     pub(crate) engine: Arc<Engine<S, O>>,
     /// Refuse a create without `Idempotency-Key` instead of using the business key.
     pub(crate) require_idempotency_key: bool,
+    /// The request's published JSON Schema…
+    pub(crate) schema: serde_json::Value,
+    /// …compiled: a body must pass it.
+    pub(crate) validator: jsonschema::Validator,
+}
+
+impl<S: Store, O: HttpDomain> DomainApi<S, O> {
+    /// Whether a create must carry `Idempotency-Key`.
+    pub(crate) fn key_required(&self) -> bool {
+        self.require_idempotency_key || !O::BUSINESS_KEY
+    }
 }
 
 /// The routes of one domain, from the one route table the OpenAPI document is built from,
@@ -37,13 +52,16 @@ pub(crate) fn router<S: Store, O: HttpDomain>(api: Arc<DomainApi<S, O>>) -> Rout
     let mut router = Router::new();
     for route in DOMAIN_ROUTES {
         let path = route.path.replace("{resource}", O::RESOURCE);
-        let handler: MethodRouter<Arc<DomainApi<S, O>>> = match route.id {
+        let mut handler: MethodRouter<Arc<DomainApi<S, O>>> = match route.id {
             RouteId::Create => post(create::<S, O>),
             RouteId::List => get(list::<S, O>),
             RouteId::Get => get(one::<S, O>),
             RouteId::History => get(history::<S, O>),
             RouteId::Retry => post(retry::<S, O>),
         };
+        if let Some(role) = route.role {
+            handler = handler.layer(from_fn(move |request, next| require(role, request, next)));
+        }
         router = router.route(&path, handler);
     }
     router
@@ -56,11 +74,19 @@ fn key_from_path(key: String) -> Result<IdempotencyKey, Problem> {
         .map_err(|error| Problem::bad_request("invalid-idempotency-key", error.to_string()))
 }
 
-/// `Idempotency-Key`, when present; a present but invalid key is refused.
+/// `Idempotency-Key`, when present; a present but invalid, empty or repeated key is
+/// refused.
 fn key_from_headers(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, Problem> {
-    let Some(value) = headers.get("idempotency-key") else {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else {
         return Ok(None);
     };
+    if values.next().is_some() {
+        return Err(Problem::bad_request(
+            "invalid-idempotency-key",
+            "send one Idempotency-Key header, not several",
+        ));
+    }
     let text = value.to_str().map_err(|_| {
         Problem::bad_request(
             "invalid-idempotency-key",
@@ -70,41 +96,201 @@ fn key_from_headers(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, Probl
     key_from_path(text.to_owned()).map(Some)
 }
 
-/// `Prefer: wait=N` (RFC 7240), capped at [`WAIT_SECONDS_MAX`].
-fn preferred_wait(headers: &HeaderMap) -> Result<Option<u64>, Problem> {
+/// `Prefer: wait=N` (RFC 7240), capped at [`WAIT_SECONDS_MAX`]. A preference that cannot
+/// be honoured is ignored, as RFC 7240 asks; `Preference-Applied` says when it was not.
+fn preferred_wait(headers: &HeaderMap) -> Option<u64> {
     for value in headers.get_all("prefer") {
         let text = value.to_str().unwrap_or_default();
         for preference in text.split([',', ';']) {
             let mut parts = preference.trim().splitn(2, '=');
-            if parts.next().map(str::trim) == Some("wait") {
+            if parts
+                .next()
+                .map(str::trim)
+                .is_some_and(|name| name.eq_ignore_ascii_case("wait"))
+            {
                 let seconds = parts.next().unwrap_or_default().trim().trim_matches('"');
-                let seconds: u64 = seconds.parse().map_err(|_| {
-                    Problem::bad_request(
-                        "invalid-prefer",
-                        format!("Prefer: wait takes whole seconds, not {seconds:?}"),
-                    )
-                })?;
-                return Ok(Some(seconds.min(WAIT_SECONDS_MAX)));
+                if let Ok(seconds) = seconds.parse::<u64>() {
+                    return Some(seconds.min(WAIT_SECONDS_MAX));
+                }
             }
         }
     }
-    Ok(None)
+    None
+}
+
+/// `Location` of `key`: every character outside the unreserved set percent-encoded, so
+/// following it names the same key.
+fn location(resource: &str, key: &IdempotencyKey) -> String {
+    const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    let encoded = percent_encoding::utf8_percent_encode(key.as_str(), UNRESERVED);
+    format!("/v1/{resource}/{encoded}")
+}
+
+/// Whether `headers` say the body is JSON (`application/json`, parameters allowed).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// The request body, read to the domain's limit, then checked to the letter of the
+/// published schema, then turned into the domain's request type.
+async fn read_request<S: Store, O: HttpDomain>(
+    api: &DomainApi<S, O>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<O::Request, Problem> {
+    if !is_json(headers) {
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Expected application/json",
+            "send the body as Content-Type: application/json",
+        ));
+    }
+    let bytes = axum::body::to_bytes(body, O::BODY_LIMIT_BYTES)
+        .await
+        .map_err(|error| body_error(&error, O::BODY_LIMIT_BYTES))?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|error| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "malformed-body",
+            "The body is not valid JSON",
+            format!("the body is not JSON: {error}"),
+        )
+    })?;
+    let invalid = |detail: String| {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-body",
+            "The body does not match the request schema",
+            detail,
+        )
+    };
+    if !value.is_object() {
+        return Err(invalid("the body must be a JSON object".into()));
+    }
+    let errors: Vec<String> = api
+        .validator
+        .iter_errors(&value)
+        .take(5)
+        .map(|error| {
+            let at = error.instance_path().to_string();
+            let at = if at.is_empty() {
+                "the body".to_owned()
+            } else {
+                at
+            };
+            format!("{at}: {}", error.masked())
+        })
+        .collect();
+    if !errors.is_empty() {
+        return Err(invalid(errors.join("; ")));
+    }
+    O::check_body(&bytes).map_err(invalid)?;
+    let mut value = value;
+    integers_as_integers(&api.schema, &mut value);
+    serde_json::from_value(value).map_err(|error| {
+        // The schema passed, so this is a check the schema does not express; say what
+        // without naming internal types.
+        let text = error.to_string();
+        let detail = if text.contains("struct ") || text.contains("enum ") {
+            "the body does not match the request schema".to_owned()
+        } else {
+            text
+        };
+        invalid(detail)
+    })
+}
+
+/// Writes as integers the numbers the schema calls integers: JSON Schema takes `9532.0` as
+/// the integer 9532, and so does the API.
+fn integers_as_integers(schema: &serde_json::Value, value: &mut serde_json::Value) {
+    use serde_json::Value;
+    let is_integer = schema.get("type").is_some_and(|t| {
+        t == "integer"
+            || t.as_array()
+                .is_some_and(|types| types.iter().any(|t| t == "integer"))
+    });
+    match value {
+        Value::Number(number) if is_integer && !number.is_i64() && !number.is_u64() => {
+            if let Some(float) = number.as_f64()
+                && float.fract() == 0.0
+                && float.abs() < 9.0e15
+            {
+                // Exact: every integer below 2^53 is a float exactly.
+                #[allow(clippy::cast_possible_truncation)]
+                let integer = float as i64;
+                *value = Value::from(integer);
+            }
+        }
+        Value::Object(fields) => {
+            if let Some(Value::Object(properties)) = schema.get("properties") {
+                for (name, field) in fields.iter_mut() {
+                    if let Some(field_schema) = properties.get(name) {
+                        integers_as_integers(field_schema, field);
+                    }
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item_schema) = schema.get("items") {
+                for item in items {
+                    integers_as_integers(item_schema, item);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Why a body could not be read: too large (`413`), too slow (`408`), or cut off (`400`).
+fn body_error(error: &axum::Error, limit: usize) -> Problem {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(cause) = source {
+        if cause.is::<http_body_util::LengthLimitError>() {
+            return Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                "Request body too large",
+                format!("the body may be at most {limit} bytes"),
+            );
+        }
+        if cause.is::<tower_http::timeout::TimeoutError>() {
+            return Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body-timeout",
+                "The body took too long to arrive",
+                "send the whole body within the server's body timeout",
+            );
+        }
+        source = cause.source();
+    }
+    Problem::bad_request("malformed-body", "the body could not be read")
 }
 
 async fn create<S: Store, O: HttpDomain>(
     State(api): State<Arc<DomainApi<S, O>>>,
+    principal: Option<Extension<Principal>>,
     headers: HeaderMap,
-    body: Result<Json<O::Request>, JsonRejection>,
+    body: Body,
 ) -> Result<Response, Problem> {
+    let principal = who(principal);
     let key = key_from_headers(&headers)?;
-    let wait = preferred_wait(&headers)?;
-    if key.is_none() && api.require_idempotency_key {
+    let wait = preferred_wait(&headers);
+    if key.is_none() && api.key_required() {
         return Err(Problem::bad_request(
             "missing-idempotency-key",
-            "this server requires an Idempotency-Key header",
+            format!("/v1/{} requires an Idempotency-Key header", O::RESOURCE),
         ));
     }
-    let Json(request) = body.map_err(|rejection| Problem::from_rejection(&rejection))?;
+    let request = read_request(&api, &headers, body).await?;
     let command: O::Command = request
         .try_into()
         .map_err(|error| Problem::invalid(error.to_string()))?;
@@ -115,7 +301,7 @@ async fn create<S: Store, O: HttpDomain>(
         .map_err(Problem::invalid)?;
     let submitted = api
         .engine
-        .submit_for(TenantId::default(), key, command)
+        .submit_for(principal.tenant, key, command)
         .await?;
     let mut operation = submitted.operation;
     if let Some(seconds) = wait {
@@ -129,7 +315,7 @@ async fn create<S: Store, O: HttpDomain>(
     } else {
         StatusCode::ACCEPTED
     };
-    let location = format!("/v1/{}/{}", O::RESOURCE, operation.scope.key);
+    let location = location(O::RESOURCE, &operation.scope.key);
     let mut response = (status, Json(OperationView::from(&operation))).into_response();
     let response_headers = response.headers_mut();
     if let Ok(location) = HeaderValue::from_str(&location) {
@@ -146,29 +332,62 @@ async fn create<S: Store, O: HttpDomain>(
     Ok(response)
 }
 
+/// The principal the guard found, or the local one when the service has no guard.
+fn who(principal: Option<Extension<Principal>>) -> Principal {
+    principal.map_or_else(Principal::local, |Extension(principal)| principal)
+}
+
+/// `key` of the principal's tenant in this domain.
+fn scope_of<S: Store, O: HttpDomain>(
+    api: &DomainApi<S, O>,
+    principal: &Principal,
+    key: Result<Path<String>, PathRejection>,
+) -> Result<Scope, Problem> {
+    let Path(key) = key.map_err(|_| {
+        Problem::bad_request(
+            "invalid-idempotency-key",
+            "the key in the path is not valid percent-encoded UTF-8",
+        )
+    })?;
+    let key = key_from_path(key)?;
+    Ok(Scope::new(
+        principal.tenant.clone(),
+        api.engine.domain().clone(),
+        key,
+    ))
+}
+
 async fn one<S: Store, O: HttpDomain>(
     State(api): State<Arc<DomainApi<S, O>>>,
-    Path(key): Path<String>,
+    principal: Option<Extension<Principal>>,
+    key: Result<Path<String>, PathRejection>,
 ) -> Result<Json<OperationView>, Problem> {
-    let scope = api.engine.scope(key_from_path(key)?);
+    let scope = scope_of(&api, &who(principal), key)?;
     Ok(Json(OperationView::from(&api.engine.get(&scope).await?)))
 }
 
 async fn history<S: Store, O: HttpDomain>(
     State(api): State<Arc<DomainApi<S, O>>>,
-    Path(key): Path<String>,
+    principal: Option<Extension<Principal>>,
+    key: Result<Path<String>, PathRejection>,
 ) -> Result<Json<HistoryView>, Problem> {
-    let scope = api.engine.scope(key_from_path(key)?);
+    let scope = scope_of(&api, &who(principal), key)?;
     let entries = api.engine.history(&scope).await?;
     Ok(Json(HistoryView::new(scope.key.as_str(), &entries)))
 }
 
 async fn retry<S: Store, O: HttpDomain>(
     State(api): State<Arc<DomainApi<S, O>>>,
-    Path(key): Path<String>,
+    principal: Option<Extension<Principal>>,
+    key: Result<Path<String>, PathRejection>,
 ) -> Result<Json<OperationView>, Problem> {
-    let scope = api.engine.scope(key_from_path(key)?);
-    Ok(Json(OperationView::from(&api.engine.retry(&scope).await?)))
+    let principal = who(principal);
+    let scope = scope_of(&api, &principal, key)?;
+    let retried = api
+        .engine
+        .retry_by(&scope, principal.key_id.as_deref())
+        .await?;
+    Ok(Json(OperationView::from(&retried)))
 }
 
 /// `GET /v1/{resource}` parameters; anything else is refused.
@@ -182,8 +401,10 @@ struct ListQuery {
 
 async fn list<S: Store, O: HttpDomain>(
     State(api): State<Arc<DomainApi<S, O>>>,
+    principal: Option<Extension<Principal>>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<PageView>, Problem> {
+    let principal = who(principal);
     let Query(query) =
         query.map_err(|rejection| Problem::bad_request("invalid-query", rejection.body_text()))?;
     let state = query
@@ -218,6 +439,7 @@ async fn list<S: Store, O: HttpDomain>(
     let page = api
         .engine
         .list(ListFilter {
+            tenant: Some(principal.tenant),
             state,
             limit,
             before,

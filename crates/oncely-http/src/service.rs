@@ -7,18 +7,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
+use axum::middleware::from_fn_with_state;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use futures_util::future::BoxFuture;
 use oncely::{Engine, ListFilter, Store};
-use schemars::generate::SchemaSettings;
 use serde_json::Value;
 
-use crate::domain::HttpDomain;
+use crate::auth::{self, Guard, Keys, RateLimit};
+use crate::domain::{HttpDomain, request_schema};
 use crate::openapi::{DocumentedDomain, SERVICE_ROUTES, ServiceRouteId, openapi_document};
 use crate::problem::Problem;
 use crate::routes::{self, DomainApi};
+use crate::server::{self, ServeOptions};
 
 /// Why a service could not be assembled.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +34,14 @@ pub enum ServiceError {
     /// A service needs a domain to serve.
     #[error("a service needs at least one domain")]
     NoDomain,
+    /// A request type's JSON Schema does not compile (a bug in its `JsonSchema`).
+    #[error("the request schema of /v1/{resource} does not compile: {why}")]
+    Schema {
+        /// The domain's resource.
+        resource: &'static str,
+        /// What the validator said.
+        why: String,
+    },
 }
 
 /// One domain, as the service sees it: its routes, its documentation, its engine.
@@ -51,8 +61,8 @@ impl<S: Store, O: HttpDomain> Mounted for Arc<DomainApi<S, O>> {
     fn documented(&self) -> DocumentedDomain {
         DocumentedDomain {
             resource: O::RESOURCE,
-            request_schema: request_schema::<O::Request>(),
-            key_required: self.require_idempotency_key,
+            request_schema: self.schema.clone(),
+            key_required: self.key_required(),
         }
     }
 
@@ -76,34 +86,38 @@ impl<S: Store, O: HttpDomain> Mounted for Arc<DomainApi<S, O>> {
     }
 }
 
-/// The JSON Schema of a request type, self-contained (no references to resolve).
-fn request_schema<T: schemars::JsonSchema>() -> Value {
-    let generator = SchemaSettings::draft2020_12()
-        .with(|settings| settings.inline_subschemas = true)
-        .into_generator();
-    let mut schema = generator.into_root_schema_for::<T>().to_value();
-    if let Value::Object(map) = &mut schema {
-        map.remove("$schema");
-        map.remove("$defs");
-    }
-    schema
-}
-
 /// Assembles a [`Service`]; see [`Service::builder`].
 #[derive(Default)]
 pub struct ServiceBuilder {
     domains: Vec<Box<dyn Mounted>>,
     require_idempotency_key: bool,
     title: Option<String>,
+    keys: Option<Keys>,
+    rate_limit: Option<RateLimit>,
+    errors: Vec<ServiceError>,
 }
 
 impl ServiceBuilder {
     /// Serves `engine`'s domain under `/v1/{O::RESOURCE}`. The service owns the engine
     /// from now on and shuts it down with itself.
     pub fn domain<S: Store, O: HttpDomain>(mut self, engine: Engine<S, O>) -> Self {
+        let mut schema = request_schema::<O::Request>();
+        engine.orchestrator().refine_schema(&mut schema);
+        let validator = match jsonschema::validator_for(&schema) {
+            Ok(validator) => validator,
+            Err(error) => {
+                self.errors.push(ServiceError::Schema {
+                    resource: O::RESOURCE,
+                    why: error.to_string(),
+                });
+                return self;
+            }
+        };
         self.domains.push(Box::new(Arc::new(DomainApi {
             engine: Arc::new(engine),
             require_idempotency_key: self.require_idempotency_key,
+            validator,
+            schema,
         })));
         self
     }
@@ -115,6 +129,22 @@ impl ServiceBuilder {
         self
     }
 
+    /// Requires an API key of `keys` on every domain route (`Authorization: Bearer …`):
+    /// its tenant and roles are the request's. While no key exists, only loopback clients
+    /// are served, as the default tenant with every role (protected mode). Without this,
+    /// every request acts as the default tenant with every role: for a service behind an
+    /// authenticating proxy.
+    pub fn keys(mut self, keys: Keys) -> Self {
+        self.keys = Some(keys);
+        self
+    }
+
+    /// Limits each key (or the local client) to `limit`; over it, `429` with `Retry-After`.
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate_limit = Some(limit);
+        self
+    }
+
     /// The title of `/openapi.json` (`oncely` by default).
     pub fn title(mut self, title: impl Into<String>) -> Self {
         self.title = Some(title.into());
@@ -122,7 +152,10 @@ impl ServiceBuilder {
     }
 
     /// The service, with every domain's routes and the service routes in one router.
-    pub fn build(self) -> Result<Service, ServiceError> {
+    pub fn build(mut self) -> Result<Service, ServiceError> {
+        if let Some(error) = self.errors.pop() {
+            return Err(error);
+        }
         if self.domains.is_empty() {
             return Err(ServiceError::NoDomain);
         }
@@ -142,9 +175,16 @@ impl ServiceBuilder {
         let title = self.title.unwrap_or_else(|| "oncely".to_owned());
         let document = Arc::new(openapi_document(&title, &documented));
         let domains: Arc<[Box<dyn Mounted>]> = self.domains.into();
+        let guard = Arc::new(Guard {
+            keys: self.keys,
+            rate_limit: self.rate_limit,
+        });
         let mut router = Router::new();
         for mounted in domains.iter() {
-            router = router.merge(mounted.router());
+            let guarded = mounted
+                .router()
+                .layer(from_fn_with_state(guard.clone(), auth::guard));
+            router = router.merge(guarded);
         }
         for route in SERVICE_ROUTES {
             router = match route.id {
@@ -171,14 +211,23 @@ impl ServiceBuilder {
                 }
             };
         }
-        let router = router.fallback(|| async {
-            Problem::new(
-                StatusCode::NOT_FOUND,
-                "no-route",
-                "No such route",
-                "see /openapi.json",
-            )
-        });
+        let router = router
+            .fallback(|| async {
+                Problem::new(
+                    StatusCode::NOT_FOUND,
+                    "no-route",
+                    "No such route",
+                    "see /openapi.json",
+                )
+            })
+            .method_not_allowed_fallback(|| async {
+                Problem::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method-not-allowed",
+                    "Method not allowed",
+                    "this route does not take that method; Allow lists those it takes",
+                )
+            });
         Ok(Service {
             router,
             domains,
@@ -233,16 +282,35 @@ impl Service {
     }
 
     /// Serves on `listener` until `signal` resolves, then stops taking requests, lets
-    /// running calls finish for up to `grace`, and shuts every engine down.
+    /// running calls finish for up to `grace`, and shuts every engine down. The defaults of
+    /// [`ServeOptions`] apply otherwise; see [`Service::serve_with`].
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         signal: impl Future<Output = ()> + Send + 'static,
         grace: Duration,
     ) -> std::io::Result<()> {
-        axum::serve(listener, self.router.clone())
-            .with_graceful_shutdown(signal)
-            .await?;
+        let options = ServeOptions {
+            grace,
+            ..ServeOptions::default()
+        };
+        self.serve_with(listener, signal, options).await
+    }
+
+    /// [`Service::serve`] with every limit chosen: timeouts, the connection cap, TLS.
+    pub async fn serve_with(
+        self,
+        listener: tokio::net::TcpListener,
+        signal: impl Future<Output = ()> + Send + 'static,
+        options: ServeOptions,
+    ) -> std::io::Result<()> {
+        let grace = options.grace;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            signal.await;
+            let _ = stop.send(true);
+        });
+        server::serve(self.router.clone(), listener, stopped, options).await?;
         self.shutdown(grace).await;
         Ok(())
     }

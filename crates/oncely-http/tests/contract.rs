@@ -246,13 +246,26 @@ async fn bad_requests_are_problems_and_store_nothing() {
         (vec![("idempotency-key", "a")], "{not json".into(), StatusCode::BAD_REQUEST, "malformed-body"),
         (vec![("idempotency-key", "a")], json!({"orderId": 1, "amount": 1, "paymentMethod": "CARD"}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid-body"),
         (vec![("idempotency-key", "a")], json!({"orderId": 1, "amount": 1, "paymentMethod": "CARD", "customerId": 1, "tip": 2}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid-body"),
-        (vec![("idempotency-key", "a")], json!({"orderId": 1, "amount": 0, "paymentMethod": "CARD", "customerId": 1}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid-request"),
-        (vec![("idempotency-key", "a")], json!({"orderId": 1, "amount": "-3", "paymentMethod": "CARD", "customerId": 1}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid-request"),
-        (vec![("idempotency-key", "a")], json!({"orderId": 1, "amount": "1.001", "paymentMethod": "CARD", "customerId": 1}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid-request"),
-        (vec![("idempotency-key", "a")], json!({"orderId": 1, "amount": 1, "paymentMethod": "CARD", "customerId": 1, "currency": "dollars"}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid-request"),
+        // What the published schema refuses is refused before anything else looks at it.
+        (vec![("idempotency-key", "a")], json!({"orderId": 1, "amount": 0, "paymentMethod": "CARD", "customerId": 1}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid-body"),
+        (vec![("idempotency-key", "a")], json!({"orderId": 1, "amount": "-3", "paymentMethod": "CARD", "customerId": 1}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid-body"),
+        (vec![("idempotency-key", "a")], json!({"orderId": 1, "amount": "1.001", "paymentMethod": "CARD", "customerId": 1}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid-body"),
+        (vec![("idempotency-key", "a")], json!({"orderId": 1, "amount": 1, "paymentMethod": "CARD", "customerId": 1, "currency": "dollars"}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid-body"),
+        (vec![("idempotency-key", "a")], json!({"orderId": 1, "amount": 1, "paymentMethod": "CARD", "customerId": 1, "currency": null}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid-body"),
+        (vec![("idempotency-key", "a")], json!([30, "2.00", "CARD", 7, "USD"]).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid-body"),
+        (vec![("idempotency-key", "a")], r#"{"orderId": 1, "amount": 1e3, "paymentMethod": "CARD", "customerId": 1}"#.into(), StatusCode::UNPROCESSABLE_ENTITY, "invalid-body"),
+        (vec![("idempotency-key", "a")], r#"{"orderId": 1, "amount": 10E0, "paymentMethod": "CARD", "customerId": 1}"#.into(), StatusCode::UNPROCESSABLE_ENTITY, "invalid-body"),
+        (vec![("idempotency-key", "a")], r#"{"orderId": 1, "amount": +1.00, "paymentMethod": "CARD", "customerId": 1}"#.into(), StatusCode::BAD_REQUEST, "malformed-body"),
+        (vec![("idempotency-key", "a")], json!({"orderId": 1, "amount": "1e3", "paymentMethod": "CARD", "customerId": 1}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid-body"),
+        (vec![("idempotency-key", "a")], json!({"orderId": 1, "amount": "+1.00", "paymentMethod": "CARD", "customerId": 1}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid-body"),
+        (vec![("idempotency-key", "a")], json!({"orderId": 1, "amount": ".5", "paymentMethod": "CARD", "customerId": 1}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid-body"),
+        (vec![("idempotency-key", "a")], json!({"orderId": 1, "amount": "1e-2", "paymentMethod": "CARD", "customerId": 1}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid-body"),
+        (vec![("idempotency-key", "a")], json!({"orderId": 1, "amount": "0", "paymentMethod": "CARD", "customerId": 1}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid-body"),
+        (vec![("idempotency-key", "a")], json!({"orderId": 1, "amount": "0.00", "paymentMethod": "CARD", "customerId": 1}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid-body"),
+        (vec![("idempotency-key", "a")], json!({"orderId": 1, "amount": "01.00", "paymentMethod": "CARD", "customerId": 1}).to_string(), StatusCode::UNPROCESSABLE_ENTITY, "invalid-body"),
         (vec![("idempotency-key", "has space")], payment(1).to_string(), StatusCode::BAD_REQUEST, "invalid-idempotency-key"),
         (vec![("idempotency-key", "")], payment(1).to_string(), StatusCode::BAD_REQUEST, "invalid-idempotency-key"),
-        (vec![("idempotency-key", "a"), ("prefer", "wait=soon")], payment(1).to_string(), StatusCode::BAD_REQUEST, "invalid-prefer"),
+        (vec![("idempotency-key", "a"), ("idempotency-key", "b")], payment(1).to_string(), StatusCode::BAD_REQUEST, "invalid-idempotency-key"),
         (vec![("idempotency-key", "a"), ("content-type", "text/plain")], payment(1).to_string(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type"),
         (vec![("idempotency-key", "a")], format!("{{\"pad\": \"{}\"}}", "x".repeat(70 * 1024)), StatusCode::PAYLOAD_TOO_LARGE, "body-too-large"),
     ];
@@ -262,10 +275,98 @@ async fn bad_requests_are_problems_and_store_nothing() {
             .await;
         assert_problem(&answer, status, kind);
     }
+    // No internal type names in what a client is told.
+    let array = api
+        .send(
+            "POST",
+            "/v1/payments",
+            &[("idempotency-key", "a")],
+            Some("[1]".into()),
+        )
+        .await;
+    assert!(
+        !array.body["detail"].as_str().unwrap().contains("struct"),
+        "{}",
+        array.body
+    );
     let oversize_key = "k".repeat(256);
     let answer = api.pay(Some(&oversize_key), &payment(1), &[]).await;
     assert_problem(&answer, StatusCode::BAD_REQUEST, "invalid-idempotency-key");
     assert_eq!(api.count().await, 0, "nothing stored");
+}
+
+#[tokio::test]
+async fn an_amount_written_plainly_is_taken_as_a_string_or_a_number() {
+    let api = api().await;
+    for (i, amount) in [r#""25""#, r#""0.01""#, r#""25.5""#, "25", "25.5", "0.01"]
+        .iter()
+        .enumerate()
+    {
+        let body = format!(
+            r#"{{"orderId": {}, "amount": {amount}, "paymentMethod": "CARD", "customerId": 1}}"#,
+            i + 1
+        );
+        let answer = api
+            .send(
+                "POST",
+                "/v1/payments",
+                &[("idempotency-key", &format!("plain-{i}"))],
+                Some(body),
+            )
+            .await;
+        assert_eq!(
+            answer.status,
+            StatusCode::ACCEPTED,
+            "{amount}: {}",
+            answer.body
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_unreadable_prefer_is_ignored_and_a_location_can_always_be_followed() {
+    let api = api().await;
+    let ignored = api
+        .pay(Some("p"), &payment(1), &[("prefer", "wait=soon")])
+        .await;
+    assert_eq!(
+        ignored.status,
+        StatusCode::ACCEPTED,
+        "RFC 7240: ignored, not refused"
+    );
+    assert!(ignored.headers.get("preference-applied").is_none());
+    for (i, key) in ["L?b#c", "L%2Fb", "a/b", "50%", "[]{}|^`\\\"<>"]
+        .iter()
+        .enumerate()
+    {
+        let created = api.pay(Some(key), &payment(100 + i as i64), &[]).await;
+        assert_eq!(
+            created.status,
+            StatusCode::ACCEPTED,
+            "{key}: {}",
+            created.body
+        );
+        let location = created.headers["location"].to_str().unwrap().to_owned();
+        let followed = api.send("GET", &location, &[], None).await;
+        assert_eq!(followed.status, StatusCode::OK, "{key} via {location}");
+        assert_eq!(followed.body["key"], *key, "{location}");
+    }
+    let undecodable = api.send("GET", "/v1/payments/%ff", &[], None).await;
+    assert_problem(
+        &undecodable,
+        StatusCode::BAD_REQUEST,
+        "invalid-idempotency-key",
+    );
+    let wrong_method = api.send("DELETE", "/v1/payments", &[], None).await;
+    assert_problem(
+        &wrong_method,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+    );
+    assert!(
+        wrong_method.headers.get("allow").is_some(),
+        "405 says what is allowed"
+    );
 }
 
 #[tokio::test]
@@ -454,4 +555,166 @@ async fn every_route_is_in_the_openapi_document_and_served() {
             "{method} {uri}"
         );
     }
+}
+
+/// Any JSON value, nested a little.
+fn any_json() -> impl proptest::strategy::Strategy<Value = Value> {
+    use proptest::prelude::*;
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
+        "[ -~]{0,12}".prop_map(Value::from),
+        prop_oneof![
+            Just("25.00"),
+            Just("1e3"),
+            Just("0.001"),
+            Just("-1"),
+            Just("CARD")
+        ]
+        .prop_map(Value::from),
+    ];
+    leaf.prop_recursive(3, 24, 6, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+            proptest::collection::btree_map("[a-zA-Z]{1,10}", inner, 0..5)
+                .prop_map(|map| Value::Object(map.into_iter().collect())),
+        ]
+    })
+}
+
+/// A body: raw bytes, any JSON, or a valid payment with one field changed, dropped or added.
+fn any_body() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+    use proptest::prelude::*;
+    let fields = [
+        "orderId",
+        "amount",
+        "paymentMethod",
+        "customerId",
+        "currency",
+        "extra",
+    ];
+    let hostile = [
+        r#"[30,"2.00","CARD",7,"USD"]"#,
+        r#"{"orderId":1,"amount":"1.00","paymentMethod":"CARD","customerId":7,"currency":null}"#,
+        r#"{"orderId":1,"amount":1e3,"paymentMethod":"CARD","customerId":7}"#,
+        r#"{"orderId":1,"amount":"1e3","paymentMethod":"CARD","customerId":7}"#,
+        r#"{"orderId":1,"amount":"+1.00","paymentMethod":"CARD","customerId":7}"#,
+        r#"{"orderId":1,"amount":".5","paymentMethod":"CARD","customerId":7}"#,
+        r#"{"orderId":1,"amount":"25.00","paymentMethod":"CARD","customerId":7}"#,
+    ];
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..64),
+        any_json().prop_map(|v| v.to_string().into_bytes()),
+        proptest::sample::select(hostile.to_vec()).prop_map(|b| b.as_bytes().to_vec()),
+        (0..fields.len(), any_json(), any::<bool>()).prop_map(move |(field, value, drop)| {
+            let mut body = payment(7);
+            let object = body.as_object_mut().unwrap();
+            if drop {
+                object.remove(fields[field]);
+            } else {
+                object.insert(fields[field].to_owned(), value);
+            }
+            body.to_string().into_bytes()
+        }),
+    ]
+}
+
+#[test]
+fn arbitrary_bodies_and_headers_never_cause_a_5xx_and_store_only_valid_requests() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let api = runtime.block_on(api());
+    let document = runtime
+        .block_on(api.send("GET", "/openapi.json", &[], None))
+        .body;
+    let published =
+        jsonschema::validator_for(&document["components"]["schemas"]["PaymentsRequest"]).unwrap();
+    let header_value = prop_oneof![
+        Just(None),
+        "[ -~]{0,40}".prop_map(Some),
+        proptest::collection::vec(any::<u8>(), 0..20)
+            .prop_map(|bytes| Some(String::from_utf8_lossy(&bytes).into_owned())),
+    ];
+    // Mostly fresh, valid keys, so that what the body checks let through is stored.
+    let key = prop_oneof![
+        3 => "[a-zA-Z0-9]{12,20}".prop_map(Some),
+        1 => header_value.clone(),
+    ];
+    let content_type = prop_oneof![
+        Just(Some("application/json".to_owned())),
+        Just(Some("application/json; charset=utf-8".to_owned())),
+        Just(Some("text/plain".to_owned())),
+        Just(None),
+    ];
+    let content_type =
+        prop_oneof![3 => Just(Some("application/json".to_owned())), 1 => content_type];
+    let case = (any_body(), key, header_value, content_type);
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(300);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        ..Config::default()
+    });
+    let accepted = std::sync::atomic::AtomicUsize::new(0);
+    runner
+        .run(&case, |(body, key, prefer, content_type)| {
+            runtime.block_on(async {
+                let before = api.count().await;
+                let mut request = Request::builder().method("POST").uri("/v1/payments");
+                for (name, value) in [
+                    ("idempotency-key", &key),
+                    ("prefer", &prefer),
+                    ("content-type", &content_type),
+                ] {
+                    if let Some(value) = value {
+                        if let Ok(value) = axum::http::HeaderValue::from_str(value) {
+                            request = request.header(name, value);
+                        }
+                    }
+                }
+                let request = request.body(Body::from(body.clone())).unwrap();
+                let response = api.router.clone().oneshot(request).await.unwrap();
+                let status = response.status();
+                prop_assert!(
+                    status.as_u16() < 500,
+                    "{status} for {:?}",
+                    String::from_utf8_lossy(&body)
+                );
+                let after = api.count().await;
+                if status.is_success() {
+                    accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    // Only a body the published schema and the checks allow gets here.
+                    let value: Value = serde_json::from_slice(&body).unwrap();
+                    prop_assert!(
+                        published.is_valid(&value),
+                        "accepted against the schema: {value}"
+                    );
+                    let request: oncely_payment::PaymentRequest =
+                        serde_json::from_value(value).unwrap();
+                    prop_assert!(oncely_payment::PaymentCommand::try_from(request).is_ok());
+                    prop_assert!(after == before || after == before + 1);
+                } else {
+                    prop_assert_eq!(after, before, "a refused request stored something");
+                    let content_type = response.headers()["content-type"]
+                        .to_str()
+                        .unwrap()
+                        .to_owned();
+                    prop_assert_eq!(content_type, PROBLEM_JSON);
+                }
+                Ok(())
+            })
+        })
+        .unwrap();
+    let accepted = accepted.into_inner();
+    assert!(
+        accepted > 0,
+        "no valid request was generated: the strategy is too wild"
+    );
 }

@@ -125,8 +125,11 @@ pub fn reconcile(
     let ours = operations
         .iter()
         .filter(|op| addressed_to(op.payload["url"].as_str().unwrap_or_default(), receiver));
-    for operation in ours {
-        let key = operation.scope.key.as_str();
+    let ids: Vec<(String, &Operation)> = ours
+        .map(|op| (oncely_reqwest::webhook_id(&op.scope), op))
+        .collect();
+    for (key, operation) in &ids {
+        let key = key.as_str();
         known.insert(key, ());
         *report
             .operations

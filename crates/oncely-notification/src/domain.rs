@@ -1,5 +1,4 @@
-//! Notifications: an event sent to a URL as a signed webhook (Standard Webhooks), once per
-//! key however often it must be tried. `POST /v1/notifications {url, eventType, payload}`.
+//! Notifications: signed webhooks (Standard Webhooks), once per key. `POST /v1/notifications`.
 
 use std::time::Duration;
 
@@ -59,18 +58,19 @@ impl Orchestrator for Notifier {
     }
 
     async fn execute(&self, notification: Notification, attempt: Attempt) -> Outcome {
-        let NotificationRequest {
-            url,
-            event_type,
-            payload,
-        } = &notification.0;
-        self.0.deliver(url, event_type, payload, &attempt).await
+        let n = notification.0;
+        let delivered = self.0.deliver(&n.url, &n.event_type, &n.payload, &attempt);
+        delivered.await
     }
 }
 
 impl HttpDomain for Notifier {
     const RESOURCE: &'static str = "notifications";
     type Request = NotificationRequest;
+
+    fn refine_schema(&self, schema: &mut Value) {
+        schema["properties"]["url"]["pattern"] = self.0.destinations().url_pattern().into();
+    }
 
     async fn admit(&self, notification: &Notification) -> Result<(), String> {
         let checked = self.0.check(&notification.0.url).await;

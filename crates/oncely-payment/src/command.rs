@@ -94,7 +94,7 @@ fn amount_max() -> Decimal {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PaymentRequest {
     /// The order being paid.
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 9_223_372_036_854_775_807_i64))]
     pub order_id: i64,
     /// How much: an exact decimal, as a JSON number or string, above zero, at most two
     /// decimal places.
@@ -104,7 +104,7 @@ pub struct PaymentRequest {
     #[schemars(regex(pattern = "^[A-Za-z0-9_-]{1,50}$"))]
     pub payment_method: String,
     /// Who pays.
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 9_223_372_036_854_775_807_i64))]
     pub customer_id: i64,
     /// ISO 4217; `USD` when absent.
     #[serde(default)]
@@ -112,12 +112,43 @@ pub struct PaymentRequest {
     pub currency: Option<String>,
 }
 
+/// Above zero, at most 12 digits before the point and 2 after, no sign, no exponent:
+/// `25`, `25.5`, `0.01`.
+const AMOUNT_PATTERN: &str = r"^(0\.(0[1-9]|[1-9][0-9]?)|[1-9][0-9]{0,11}(\.[0-9]{1,2})?)$";
+
 fn amount_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
-        "type": ["string", "number"],
-        "description": "exact decimal > 0, at most 2 decimal places",
+        "description": "exact decimal > 0 with at most 2 decimal places, as a string or a JSON number written without sign or exponent",
+        "anyOf": [
+            { "type": "string", "pattern": AMOUNT_PATTERN },
+            { "type": "number", "exclusiveMinimum": 0, "maximum": 999_999_999_999.99_f64, "multipleOf": 0.01 }
+        ],
         "examples": ["25.00"]
     })
+}
+
+/// Checks how `amount` is written where its JSON value cannot tell: a number written with
+/// an exponent (`1e3`) is refused, as the schema's description says.
+pub fn check_amount_text(body: &[u8]) -> Result<(), String> {
+    #[derive(serde::Deserialize)]
+    struct Raw<'a> {
+        #[serde(borrow)]
+        amount: Option<&'a serde_json::value::RawValue>,
+    }
+    let Ok(Raw {
+        amount: Some(amount),
+    }) = serde_json::from_slice::<Raw<'_>>(body)
+    else {
+        return Ok(());
+    };
+    let text = amount.get();
+    if text.starts_with('"') || text.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        Ok(())
+    } else {
+        Err(format!(
+            "/amount: {text} is written with an exponent or sign; write it as 1000.00 or \"1000.00\""
+        ))
+    }
 }
 
 /// A checked payment command: every value in it is valid. Stored as its request and read

@@ -135,5 +135,10 @@ impl Orchestrator for PaymentOrchestrator {
 
 impl HttpDomain for PaymentOrchestrator {
     const RESOURCE: &'static str = "payments";
+    const BUSINESS_KEY: bool = true;
     type Request = PaymentRequest;
+
+    fn check_body(body: &[u8]) -> Result<(), String> {
+        command::check_amount_text(body)
+    }
 }

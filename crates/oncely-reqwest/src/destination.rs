@@ -143,6 +143,42 @@ impl Destinations {
         self
     }
 
+    /// A regular expression (JSON Schema `pattern`) for the URLs these destinations can
+    /// take: an http(s) URL with a host of the allowlist (and its port when the entry names
+    /// one), or, without an allowlist, any host name or IP address. Whether a name resolves
+    /// to a public address cannot be written in a pattern; that is checked when a URL is
+    /// given and again on every connection.
+    pub fn url_pattern(&self) -> String {
+        const PORT: &str = "(:[0-9]{1,5})?";
+        const LABEL: &str = "[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?";
+        let hosts: Vec<String> = if self.allow.is_empty() {
+            vec![
+                format!("({LABEL}\\.)*{LABEL}{PORT}"),
+                format!("\\[[0-9A-Fa-f:.]+\\]{PORT}"),
+            ]
+        } else {
+            self.allow
+                .iter()
+                .map(|pattern| {
+                    let host = match &pattern.host {
+                        HostPattern::Exact(host) if host.contains(':') => {
+                            format!("\\[{}\\]", escape(host))
+                        }
+                        HostPattern::Exact(host) => escape(host),
+                        HostPattern::Suffix(suffix) => {
+                            format!("({LABEL}\\.)+{}", escape(&suffix[1..]))
+                        }
+                    };
+                    match pattern.port {
+                        Some(port) => format!("{host}:{port}"),
+                        None => format!("{host}{PORT}"),
+                    }
+                })
+                .collect()
+        };
+        format!("^https?://({})(/[!-~]*)?$", hosts.join("|"))
+    }
+
     /// Whether `host` on `port` is allowed explicitly (and so may be internal).
     fn explicitly_allowed(&self, host: &str, port: Option<u16>) -> bool {
         let host = normalize(host);
@@ -204,6 +240,18 @@ impl Destinations {
         }
         Ok(addresses)
     }
+}
+
+/// `text` with the characters that mean something in a regular expression escaped.
+fn escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "\\.+*?()|[]{}^$-".contains(c) {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }
 
 /// Checks a destination's form only: an http(s) URL with a host and no credentials. Which
@@ -344,6 +392,40 @@ mod tests {
             "explicitly allowed"
         );
         assert!(allowed.check_url("http://10.0.0.1/").is_err());
+    }
+
+    #[test]
+    fn the_url_pattern_takes_what_the_allowlist_takes() {
+        let matches = |destinations: &Destinations, url: &str| {
+            let pattern = regex_lite::Regex::new(&destinations.url_pattern()).unwrap();
+            pattern.is_match(url)
+        };
+        let allowed = Destinations::allowing(["127.0.0.1:8082", "*.example.com", "[::1]"]);
+        for url in [
+            "http://127.0.0.1:8082/v1/webhooks",
+            "https://a.example.com/x?y=1",
+            "https://a.b.example.com:8443/",
+            "http://[::1]:9/",
+            "http://127.0.0.1:8082",
+        ] {
+            assert!(matches(&allowed, url), "{url}");
+            assert!(allowed.check_url(url).is_ok(), "{url}");
+        }
+        for url in [
+            "http://127.0.0.1:8083/",
+            "http://127.0.0.1/",
+            "https://example.com/",
+            "ftp://a.example.com/",
+            "http://a.example.com/ space",
+            "http://127.0.0.1:8082@evil.com/",
+        ] {
+            assert!(!matches(&allowed, url), "{url}");
+        }
+        let public = Destinations::public();
+        assert!(matches(&public, "https://hooks.example.com/oncely"));
+        assert!(matches(&public, "http://[2606:4700::1111]:8080/"));
+        assert!(!matches(&public, "0"));
+        assert!(!matches(&public, "https://user@hooks.example.com/"));
     }
 
     #[test]

@@ -35,4 +35,4 @@ pub mod webhook;
 
 pub use call::{ApiClient, ClientError, Timeouts, classify, retry_after};
 pub use destination::{Destinations, Refused};
-pub use webhook::{WebhookClient, WebhookSecret};
+pub use webhook::{WebhookClient, WebhookSecret, webhook_id};

@@ -89,6 +89,19 @@ impl fmt::Display for WebhookSecret {
     }
 }
 
+/// The `webhook-id` of the operation `scope`: its key, prefixed with its tenant
+/// (`acme/order-1`) unless that is the default tenant and the key has no `/`. Tenants
+/// cannot contain `/`, so different operations never share an id, and a receiver that
+/// serves several tenants drops only true repeats.
+pub fn webhook_id(scope: &oncely::Scope) -> String {
+    let key = scope.key.as_str();
+    if scope.tenant == oncely::TenantId::default() && !key.contains('/') {
+        key.to_owned()
+    } else {
+        format!("{}/{key}", scope.tenant)
+    }
+}
+
 /// Checks an event type: 1 to 64 of `a-z 0-9 . _ -` (`payment.completed`).
 pub fn check_event_type(event_type: &str) -> Result<(), String> {
     let allowed = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b);
@@ -130,6 +143,11 @@ impl WebhookClient {
         })
     }
 
+    /// Where it may deliver.
+    pub fn destinations(&self) -> &Destinations {
+        &self.destinations
+    }
+
     /// Checks a destination before anything is accepted for it (resolving its host).
     pub async fn check(&self, url: &str) -> Result<(), Refused> {
         self.destinations.check(url).await.map(drop)
@@ -155,7 +173,8 @@ impl WebhookClient {
                     .with_error_code("unwritable");
             }
         };
-        let id = attempt.idempotency_key().as_str();
+        let id = webhook_id(&attempt.scope);
+        let id = id.as_str();
         let timestamp = chrono::Utc::now().timestamp();
         let signature = match self.secret.sign(id, timestamp, &body) {
             Ok(signature) => signature,
@@ -220,6 +239,25 @@ mod tests {
             WebhookSecret::generate().unwrap().expose(),
             secret.expose(),
             "random"
+        );
+    }
+
+    #[test]
+    fn webhook_ids_carry_the_tenant_and_never_collide() {
+        use oncely::{DomainName, IdempotencyKey, Scope, TenantId};
+        let scope = |tenant: &str, key: &str| {
+            Scope::new(
+                TenantId::new(tenant).unwrap(),
+                DomainName::new("NOTIFICATION").unwrap(),
+                IdempotencyKey::new(key).unwrap(),
+            )
+        };
+        assert_eq!(webhook_id(&scope("default", "order-1")), "order-1");
+        assert_eq!(webhook_id(&scope("acme", "order-1")), "acme/order-1");
+        // A default-tenant key that looks like another tenant's id is qualified too.
+        assert_eq!(
+            webhook_id(&scope("default", "acme/order-1")),
+            "default/acme/order-1"
         );
     }
 
