@@ -4,6 +4,7 @@ mod audit;
 mod bench;
 mod chaos;
 mod duration;
+mod keys;
 mod new;
 mod serve;
 mod sims;
@@ -39,7 +40,7 @@ enum Command {
     /// Runs the service: payments and notifications over HTTP, their workers, Finalizer
     /// and Reaper. With no flags: SQLite in ./oncely.db, 127.0.0.1:8080, a simulated
     /// gateway and a simulated webhook receiver in-process.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Runs the simulated payment gateway, with faults by flag.
     GatewaySim(sims::GatewaySimArgs),
     /// Runs the simulated webhook receiver: checks signatures, records each webhook-id
@@ -59,6 +60,8 @@ enum Command {
     /// an HTTP API and a test against a stub of that API, in a new workspace crate or in
     /// a crate of yours (--into).
     New(new::NewArgs),
+    /// Makes, lists and revokes API keys (the tenant and roles of every request).
+    Keys(keys::KeysArgs),
     /// Creates the database if needed and brings its schema up to date.
     Migrate {
         /// The database: `sqlite://PATH` (created if missing), `sqlite::memory:` or
@@ -93,13 +96,14 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {
-        Command::Serve(args) => serve::run(args).await.map(|()| true),
+        Command::Serve(args) => serve::run(*args).await.map(|()| true),
         Command::GatewaySim(args) => sims::gateway(args).await.map(|()| true),
         Command::WebhookSim(args) => sims::webhooks(args).await.map(|()| true),
         Command::Audit(args) => audit::run(args).await,
         Command::Chaos(args) => chaos::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::New(args) => new::run(args).map(|()| true),
+        Command::Keys(args) => keys::run(args).await.map(|()| true),
         Command::Migrate { db } => migrate(&db).await.map(|()| true),
     };
     match result {

@@ -5,7 +5,9 @@ use std::time::Duration;
 use anyhow::Context;
 use oncely::{Engine, EngineConfig, RetryPolicy};
 use oncely_gateway_sim::{GatewaySim, SimConfig, WebhookSim};
-use oncely_http::Service;
+use std::num::NonZeroU32;
+
+use oncely_http::{Keys, RateLimit, ServeOptions, Service, tls_config};
 use oncely_notification::Notifier;
 use oncely_payment::{GatewayClient, PaymentOrchestrator};
 use oncely_reqwest::{Destinations, Timeouts, WebhookClient, WebhookSecret};
@@ -45,6 +47,62 @@ pub(crate) struct ServeArgs {
     /// How long running calls may finish after SIGTERM or SIGINT.
     #[arg(long, env = "ONCELY_SHUTDOWN_GRACE", default_value = "10s", value_parser = duration::parse)]
     shutdown_grace: Duration,
+
+    /// Requests a second each API key may make (a token bucket; `0` turns the limit off).
+    /// Over it: 429 with Retry-After and RateLimit headers.
+    #[arg(
+        long,
+        env = "ONCELY_RATE_LIMIT",
+        default_value_t = 100,
+        help_heading = "Limits"
+    )]
+    rate_limit: u32,
+    /// Requests a key may make at once before the rate applies.
+    #[arg(
+        long,
+        env = "ONCELY_RATE_BURST",
+        default_value_t = 200,
+        help_heading = "Limits"
+    )]
+    rate_burst: u32,
+    /// From a request's first byte to the end of its headers; slower clients are cut off.
+    #[arg(long, env = "ONCELY_HEADER_TIMEOUT", default_value = "10s", value_parser = duration::parse, help_heading = "Limits")]
+    header_timeout: Duration,
+    /// Reading a request's body; slower bodies get 408.
+    #[arg(long, env = "ONCELY_BODY_TIMEOUT", default_value = "30s", value_parser = duration::parse, help_heading = "Limits")]
+    body_timeout: Duration,
+    /// A kept-alive connection with no request for this long is closed.
+    #[arg(long, env = "ONCELY_IDLE_TIMEOUT", default_value = "60s", value_parser = duration::parse, help_heading = "Limits")]
+    idle_timeout: Duration,
+    /// Connections open at once; more are closed as they arrive.
+    #[arg(
+        long,
+        env = "ONCELY_MAX_CONNECTIONS",
+        default_value_t = 1024,
+        help_heading = "Limits"
+    )]
+    max_connections: usize,
+    /// How often each node reloads API keys: a key revoked on one node is refused by all
+    /// within this.
+    #[arg(long, env = "ONCELY_KEYS_RELOAD", default_value = "2s", value_parser = duration::parse, help_heading = "Limits")]
+    keys_reload: Duration,
+
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+    #[arg(
+        long,
+        env = "ONCELY_TLS_CERT",
+        requires = "tls_key",
+        help_heading = "TLS"
+    )]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(
+        long,
+        env = "ONCELY_TLS_KEY",
+        requires = "tls_cert",
+        help_heading = "TLS"
+    )]
+    tls_key: Option<std::path::PathBuf>,
 
     /// The payment gateway's base URL. Without it, a simulated gateway runs in-process
     /// on --sim-listen, with its ledger in ./oncely-gateway.db.
@@ -305,22 +363,55 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .config(payment_config)
         .retry_policy(payments.retry_policy())
         .start()?;
-    let notification_engine = Engine::builder(store, Notifier(webhooks.client))
+    let notification_engine = Engine::builder(store.clone(), Notifier(webhooks.client))
         .config(notification_config)
         .retry_policy(notifications.retry_policy())
         .start()?;
-    let service = Service::builder()
-        .require_idempotency_key(args.require_idempotency_key)
-        .domain(payment_engine)
-        .domain(notification_engine)
-        .build()?;
     let listener = TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
+    let local = listener.local_addr()?;
+    let keys = Keys::load(store.clone(), args.keys_reload).await;
+    if keys.loaded() && keys.protected() {
+        anyhow::ensure!(
+            local.ip().is_loopback(),
+            "no API key exists, so oncely serves only this machine: listen on 127.0.0.1, or make a key first with `oncely keys create --db {} --tenant NAME --role submit,read,operate`",
+            args.db
+        );
+        tracing::warn!(
+            "UNAUTHENTICATED: no API key exists; serving clients on this machine only, as tenant `default` with every role, until `oncely keys create` makes one"
+        );
+    }
+    let mut builder = Service::builder()
+        .require_idempotency_key(args.require_idempotency_key)
+        .keys(keys);
+    if let (Some(rate), Some(burst)) = (
+        NonZeroU32::new(args.rate_limit),
+        NonZeroU32::new(args.rate_burst),
+    ) {
+        builder = builder.rate_limit(RateLimit::per_second(rate, burst));
+    }
+    let service = builder
+        .domain(payment_engine)
+        .domain(notification_engine)
+        .build()?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_config(cert, key).context("--tls-cert / --tls-key")?),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let options = ServeOptions {
+        header_timeout: args.header_timeout,
+        body_timeout: args.body_timeout,
+        idle_timeout: args.idle_timeout,
+        max_connections: args.max_connections.max(1),
+        tls,
+        grace: args.shutdown_grace,
+    };
     let events = webhooks.payment_events.as_deref().unwrap_or("off");
-    tracing::info!(listen = %listener.local_addr()?, db = %args.db, %gateway, payment_events = events, "oncely is serving payments and notifications");
+    tracing::info!(listen = %format!("{scheme}://{local}"), db = %args.db, %gateway, payment_events = events, "oncely is serving payments and notifications");
     service
-        .serve(listener, shutdown_signal(), args.shutdown_grace)
+        .serve_with(listener, shutdown_signal(), options)
         .await
         .context("serving HTTP")
 }

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::oncely;
+use common::{oncely, postgres_database};
 
 use std::io::Write;
 use std::str::FromStr;
@@ -18,48 +18,6 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sqlx::ConnectOptions;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-
-/// A fresh database on the test server; `None` (a visible skip) when the server is
-/// unreachable outside CI.
-async fn postgres_database() -> Option<(String, String, String)> {
-    let admin = std::env::var("ONCELY_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let pool = match PgPoolOptions::new()
-        .acquire_timeout(Duration::from_secs(3))
-        .connect(&admin)
-        .await
-    {
-        Ok(pool) => pool,
-        Err(error) => {
-            let in_ci = std::env::var("CI").is_ok_and(|value| value == "true" || value == "1");
-            assert!(
-                !in_ci,
-                "PostgreSQL at {admin} is unreachable under CI=true: {error}"
-            );
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED: PostgreSQL at {admin} is unreachable ({error})"
-            );
-            return None;
-        }
-    };
-    let name = format!("oncely_chaos_{}", std::process::id());
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&pool)
-        .await
-        .unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&pool)
-        .await
-        .unwrap();
-    let url = PgConnectOptions::from_str(&admin)
-        .unwrap()
-        .database(&name)
-        .to_url_lossy()
-        .to_string();
-    Some((admin, name, url))
-}
 
 /// Runs a bounded chaos round of `nodes` nodes on `url` and checks its report.
 fn assert_clean_chaos(url: &str, nodes: usize) {
@@ -103,11 +61,7 @@ async fn three_nodes_on_postgres_survive_random_sigkills_with_a_clean_audit() {
         return;
     };
     let result = std::panic::catch_unwind(|| assert_clean_chaos(&url, 3));
-    let pool = PgPoolOptions::new().connect(&admin).await.unwrap();
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&pool)
-        .await
-        .unwrap();
+    common::drop_postgres_database(&admin, &name).await;
     result.unwrap();
 }
 

@@ -189,6 +189,12 @@ async fn serve_without_migrating_is_not_ready_until_the_schema_exists() {
     wait_healthy(&base).await;
     let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
     assert_eq!(ready.status(), 503, "no schema yet");
+    let refused = reqwest::get(format!("{base}/v1/payments")).await.unwrap();
+    assert_eq!(
+        refused.status(),
+        503,
+        "keys unknown: nothing is served, not even locally"
+    );
     let migrated = oncely().args(["migrate", "--db", &db]).output().unwrap();
     assert!(migrated.status.success());
     let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
