@@ -34,9 +34,35 @@ pub(crate) struct AuditArgs {
     /// payment.completed / payment.failed notification (when serve sends payment events).
     #[arg(long)]
     payment_events: bool,
+    /// Exit 0 even when operations are still in flight (by default an audit that finds
+    /// PENDING, PROCESSING or RETRY_WAIT operations exits 3: their books are not closed yet).
+    #[arg(long)]
+    allow_in_flight: bool,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// What `oncely audit` exits with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Every book agrees and nothing is in flight (or in-flight work is allowed): 0.
+    Clean,
+    /// A discrepancy: 1.
+    Discrepancies,
+    /// The books agree so far, but operations are still in flight: 3.
+    InFlight,
+}
+
+impl Verdict {
+    /// The process exit code of the verdict (2 is "the audit could not run").
+    pub(crate) fn exit_code(self) -> u8 {
+        match self {
+            Self::Clean => 0,
+            Self::Discrepancies => 1,
+            Self::InFlight => 3,
+        }
+    }
 }
 
 /// What an audit found, per book.
@@ -63,7 +89,18 @@ impl Audit {
             && self.payment_events.as_ref().is_none_or(Vec::is_empty)
     }
 
-    /// Whether anything is still in flight.
+    /// The verdict: discrepancies first, then work still in flight (unless allowed).
+    pub(crate) fn verdict(&self, allow_in_flight: bool) -> Verdict {
+        if !self.is_clean() {
+            Verdict::Discrepancies
+        } else if self.in_flight() > 0 && !allow_in_flight {
+            Verdict::InFlight
+        } else {
+            Verdict::Clean
+        }
+    }
+
+    /// How many operations are still in flight.
     pub(crate) fn in_flight(&self) -> usize {
         self.payments.as_ref().map_or(0, |r| r.non_terminal.len())
             + self
@@ -131,8 +168,8 @@ pub(crate) async fn audit(store: &AnyStore, books: Books<'_>) -> anyhow::Result<
     Ok(audit)
 }
 
-/// Returns whether the books agree.
-pub(crate) async fn run(args: AuditArgs) -> anyhow::Result<bool> {
+/// Returns the verdict: whether the books agree and are closed.
+pub(crate) async fn run(args: AuditArgs) -> anyhow::Result<Verdict> {
     let store = AnyStore::open(&args.db)
         .await
         .with_context(|| format!("opening the database at {}", args.db))?;
@@ -153,7 +190,16 @@ pub(crate) async fn run(args: AuditArgs) -> anyhow::Result<bool> {
     } else {
         write_table(&mut out, &audit)?;
     }
-    Ok(audit.is_clean())
+    let verdict = audit.verdict(args.allow_in_flight);
+    if verdict == Verdict::InFlight {
+        writeln!(
+            out,
+            "{} operations are still in flight: the audit is not final (exit 3; \
+             --allow-in-flight accepts it)",
+            audit.in_flight()
+        )?;
+    }
+    Ok(verdict)
 }
 
 /// Every operation of `O`'s domain, newest first.

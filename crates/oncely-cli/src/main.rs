@@ -49,8 +49,9 @@ enum Command {
     /// Several serve nodes on one database, a faulty gateway, random SIGKILLs; then
     /// checks every payment ended and the audit is clean. Exits 1 otherwise.
     Chaos(chaos::ChaosArgs),
-    /// Reconciles payments with the gateway's ledger; exits 1 on any discrepancy, 2 when
-    /// it cannot run.
+    /// Reconciles payments with the gateway's ledger and notifications with the webhook
+    /// receiver's record; exits 1 on any discrepancy, 2 when it cannot run, 3 when
+    /// operations are still in flight (unless --allow-in-flight).
     Audit(audit::AuditArgs),
     /// Measures oncely side by side with its peers and the database's own limit; writes
     /// JSON, a markdown table and a PNG chart. Exits 1 if a workload errors or loses a
@@ -95,20 +96,28 @@ async fn migrate(db: &str) -> anyhow::Result<()> {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    let success = |ok: bool| {
+        if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    };
     let result = match cli.command {
-        Command::Serve(args) => serve::run(*args).await.map(|()| true),
-        Command::GatewaySim(args) => sims::gateway(args).await.map(|()| true),
-        Command::WebhookSim(args) => sims::webhooks(args).await.map(|()| true),
-        Command::Audit(args) => audit::run(args).await,
-        Command::Chaos(args) => chaos::run(args).await,
-        Command::Bench(args) => bench::run(args).await,
-        Command::New(args) => new::run(args).map(|()| true),
-        Command::Keys(args) => keys::run(args).await.map(|()| true),
-        Command::Migrate { db } => migrate(&db).await.map(|()| true),
+        Command::Serve(args) => serve::run(*args).await.map(|()| ExitCode::SUCCESS),
+        Command::GatewaySim(args) => sims::gateway(args).await.map(|()| ExitCode::SUCCESS),
+        Command::WebhookSim(args) => sims::webhooks(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Audit(args) => audit::run(args)
+            .await
+            .map(|verdict| ExitCode::from(verdict.exit_code())),
+        Command::Chaos(args) => chaos::run(args).await.map(success),
+        Command::Bench(args) => bench::run(args).await.map(success),
+        Command::New(args) => new::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Keys(args) => keys::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Migrate { db } => migrate(&db).await.map(|()| ExitCode::SUCCESS),
     };
     match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
+        Ok(code) => code,
         // 2, not 1: `audit` uses 1 for "the books disagree", and a failure to run is not that.
         Err(error) => {
             eprintln!("error: {error:#}");

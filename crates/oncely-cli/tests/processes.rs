@@ -166,6 +166,81 @@ async fn audit_exits_1_on_a_charge_no_payment_explains() {
 }
 
 #[tokio::test]
+async fn audit_exits_3_while_payments_are_in_flight_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, gateway_port) = (free_port(), free_port());
+    // A gateway that answers every charge 503: the payment waits for its next attempt.
+    let mut gateway = oncely()
+        .current_dir(dir.path())
+        .args([
+            "gateway-sim",
+            "--listen",
+            &format!("127.0.0.1:{gateway_port}"),
+        ])
+        .args(["--error-rate", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let gateway_url = format!("http://127.0.0.1:{gateway_port}");
+    wait_healthy(&gateway_url).await;
+    let db = format!("sqlite://{}", dir.path().join("oncely.db").display());
+    let mut serve = oncely()
+        .current_dir(dir.path())
+        .args([
+            "serve",
+            "--db",
+            &db,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args(["--gateway-url", &gateway_url, "--backoff-base", "60s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_healthy(&base).await;
+    let paid = reqwest::Client::new()
+        .post(format!("{base}/v1/payments"))
+        .header("Prefer", "wait=2")
+        .json(&json!({"orderId": 7, "amount": "5.00", "paymentMethod": "CARD", "customerId": 2}))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = paid.json().await.unwrap();
+    // Waiting for its next attempt, which the API shows as ACCEPTED with a retry time.
+    assert_eq!(body["state"], "ACCEPTED", "{body}");
+    assert_eq!(body["attempts"], 1, "{body}");
+    assert!(body["nextRetryAt"].is_string(), "{body}");
+    serve.kill().unwrap();
+    serve.wait().unwrap();
+
+    let audit = |allow: bool| {
+        let mut command = oncely();
+        command.args(["audit", "--db", &db, "--gateway", &gateway_url]);
+        if allow {
+            command.arg("--allow-in-flight");
+        }
+        command.output().unwrap()
+    };
+    let strict = audit(false);
+    let table = String::from_utf8_lossy(&strict.stdout);
+    assert_eq!(strict.status.code(), Some(3), "{table}");
+    assert!(table.contains("non-terminal   1"), "{table}");
+    assert!(table.contains("still in flight"), "{table}");
+    let allowed = audit(true);
+    assert_eq!(
+        allowed.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&allowed.stdout)
+    );
+    gateway.kill().unwrap();
+    gateway.wait().unwrap();
+}
+
+#[tokio::test]
 async fn serve_without_migrating_is_not_ready_until_the_schema_exists() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("later.db").display());

@@ -41,35 +41,30 @@ impl AnyStore {
     }
 
     async fn open_with(url: &str, migrate: bool) -> Result<Self, OpenError> {
-        let store = Self::connect(url).await?;
-        if migrate {
-            match &store {
-                #[cfg(feature = "sqlite")]
-                Self::Sqlite(store) => store.migrate().await?,
-                #[cfg(feature = "postgres")]
-                Self::Postgres(store) => store.migrate().await?,
-                #[cfg(feature = "mysql")]
-                Self::MySql(store) => store.migrate().await?,
-            }
-        }
-        Ok(store)
-    }
-
-    async fn connect(url: &str) -> Result<Self, OpenError> {
         #[cfg(feature = "sqlite")]
         if url.starts_with("sqlite:") {
-            return Ok(Self::Sqlite(
-                SqliteStore::open_without_migrating(url).await?,
-            ));
+            return Ok(Self::Sqlite(if migrate {
+                SqliteStore::open(url).await?
+            } else {
+                SqliteStore::open_without_migrating(url).await?
+            }));
         }
         #[cfg(feature = "postgres")]
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Ok(Self::Postgres(PgStore::open_without_migrating(url).await?));
+            return Ok(Self::Postgres(if migrate {
+                PgStore::open(url).await?
+            } else {
+                PgStore::open_without_migrating(url).await?
+            }));
         }
         #[cfg(feature = "mysql")]
         if url.starts_with("mysql://") || url.starts_with("mariadb://") {
             let url = url.replacen("mariadb://", "mysql://", 1);
-            return Ok(Self::MySql(MySqlStore::open_without_migrating(&url).await?));
+            return Ok(Self::MySql(if migrate {
+                MySqlStore::open(&url).await?
+            } else {
+                MySqlStore::open_without_migrating(&url).await?
+            }));
         }
         Err(OpenError::Scheme {
             url: url.to_owned(),

@@ -31,6 +31,8 @@ pub enum Exec<'a, B: Backend> {
     Pool(&'a sqlx::Pool<B::Db>),
     /// The transaction's connection.
     Tx(&'a mut sqlx::Transaction<'static, B::Db>),
+    /// One connection taken from the pool (a session lock's).
+    Conn(&'a mut sqlx::pool::PoolConnection<B::Db>),
 }
 
 /// Reading a row's columns by name, the same way on every backend.
@@ -48,7 +50,7 @@ pub trait Columns {
 /// One database backend. Implemented by `impl_backend!` for SQLite, PostgreSQL and MySQL.
 pub trait Backend: Send + Sync + Sized + 'static {
     /// The sqlx database.
-    type Db: sqlx::Database<Connection: sqlx::migrate::Migrate>;
+    type Db: sqlx::Database<Connection: sqlx::migrate::Migrate> + sqlx::migrate::MigrateDatabase;
     /// Its row type.
     type Row: Columns + Send + 'static;
     /// The name in logs and errors.
@@ -129,6 +131,7 @@ macro_rules! impl_backend {
                     match on {
                         $crate::backend::Exec::Pool(pool) => query.fetch_all(pool).await,
                         $crate::backend::Exec::Tx(tx) => query.fetch_all(&mut **tx).await,
+                        $crate::backend::Exec::Conn(conn) => query.fetch_all(&mut **conn).await,
                     }
                 }
             }
@@ -143,6 +146,7 @@ macro_rules! impl_backend {
                     let done = match on {
                         $crate::backend::Exec::Pool(pool) => query.execute(pool).await?,
                         $crate::backend::Exec::Tx(tx) => query.execute(&mut **tx).await?,
+                        $crate::backend::Exec::Conn(conn) => query.execute(&mut **conn).await?,
                     };
                     Ok(done.rows_affected())
                 }

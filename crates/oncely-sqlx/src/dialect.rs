@@ -79,6 +79,27 @@ pub struct Dialect {
     /// `UPDATE oncely_operations AS o` setting `assignments` from the table `source`
     /// where `predicate` holds.
     pub update: fn(assignments: &[(&str, &str)], source: &str, predicate: &str) -> String,
+    /// A lock that serializes migrations across processes, taken on the migrating
+    /// connection, when the driver's own does not hold (MariaDB answers sqlx's
+    /// `GET_LOCK(…, -1)` with NULL, not a lock). `None`: the driver's lock holds, or the
+    /// migrations are retried (SQLite, whose DDL is transactional).
+    pub migration_lock: Option<MigrationLock>,
+    /// Whether a connection failed because the database does not exist yet.
+    pub missing_database: fn(&sqlx::Error) -> bool,
+}
+
+/// Statements that take and release a lock across processes.
+#[derive(Debug, Clone, Copy)]
+pub struct MigrationLock {
+    /// Takes the lock, waiting; its one row's column `locked` is 1 once held.
+    pub acquire: &'static str,
+    /// Releases it.
+    pub release: &'static str,
+}
+
+/// For a backend whose databases are files created on open: never missing.
+pub fn never_missing(_: &sqlx::Error) -> bool {
+    false
 }
 
 impl Dialect {
@@ -141,6 +162,8 @@ mod tests {
             json_in: |e| e.to_owned(),
             json_out: |e| e.to_owned(),
             update: update_from,
+            migration_lock: None,
+            missing_database: never_missing,
         }
     }
 

@@ -87,6 +87,11 @@ pub enum OpenError {
         #[source]
         source: sqlx::Error,
     },
+    /// Another process held the migration lock for ten minutes.
+    #[error(
+        "cannot bring the schema up to date: another process held the migration lock for 10 minutes"
+    )]
+    MigrationLock,
     /// A migration failed.
     #[error("cannot bring the schema up to date: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),

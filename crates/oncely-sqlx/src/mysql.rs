@@ -13,7 +13,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlRow};
 
 use crate::OpenError;
 use crate::backend::impl_backend;
-use crate::dialect::{Column, Dialect, Locks, Ty, each};
+use crate::dialect::{Column, Dialect, Locks, MigrationLock, Ty, each};
 use crate::store::{SqlStore, connect_failed, connect_options, pool_options};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/mysql");
@@ -41,7 +41,20 @@ const DIALECT: Dialect = Dialect {
     json_in: as_is,
     json_out: as_is,
     update,
+    migration_lock: Some(MigrationLock {
+        acquire: "SELECT GET_LOCK('oncely.migrate', 600) AS locked",
+        release: "SELECT RELEASE_LOCK('oncely.migrate') AS released",
+    }),
+    missing_database,
 };
+
+/// `ER_BAD_DB_ERROR`: "Unknown database".
+fn missing_database(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|error| error.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>())
+        .is_some_and(|error| error.number() == 1049)
+}
 
 impl_backend!(
     MySqlBackend,

@@ -47,7 +47,18 @@ const DIALECT: Dialect = Dialect {
     json_in,
     json_out,
     update: update_from,
+    // sqlx takes `pg_advisory_lock` around the migrations.
+    migration_lock: None,
+    missing_database,
 };
+
+/// `invalid_catalog_name`: the database does not exist.
+fn missing_database(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(sqlx::error::DatabaseError::code)
+        .is_some_and(|code| code == "3D000")
+}
 
 impl_backend!(
     PgBackend,

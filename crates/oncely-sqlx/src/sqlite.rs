@@ -13,7 +13,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteRow, SqliteSyn
 
 use crate::OpenError;
 use crate::backend::impl_backend;
-use crate::dialect::{Column, Dialect, Locks, each, update_from};
+use crate::dialect::{Column, Dialect, Locks, each, never_missing, update_from};
 use crate::store::{SqlStore, connect_failed, connect_options, pool_options};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -41,6 +41,9 @@ const DIALECT: Dialect = Dialect {
     json_in: as_is,
     json_out: as_is,
     update: update_from,
+    // A racing migration's transaction rolls back whole; it is retried.
+    migration_lock: None,
+    missing_database: never_missing,
 };
 
 impl_backend!(

@@ -100,9 +100,17 @@ impl<B: Backend> SqlStore<B> {
         }
     }
 
-    /// Opens the database `url` names and brings its schema up to date.
+    /// Opens the database `url` names, creating it if it does not exist yet, and brings
+    /// its schema up to date. Any number of processes may do this at once on the same
+    /// database: one creates it, one migrates it, the others wait and find it done.
     pub async fn open(url: &str) -> Result<Self, OpenError> {
-        let store = Self::open_without_migrating(url).await?;
+        let store = match Self::open_without_migrating(url).await {
+            Err(OpenError::Connect { source, .. }) if (B::DIALECT.missing_database)(&source) => {
+                create_database::<B>(url).await?;
+                Self::open_without_migrating(url).await?
+            }
+            opened => opened?,
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -113,9 +121,47 @@ impl<B: Backend> SqlStore<B> {
         B::connect(url).await
     }
 
-    /// Applies the embedded migrations that the database does not have yet.
+    /// Applies the embedded migrations that the database does not have yet, under a lock
+    /// that other processes migrating the same database wait for.
     pub async fn migrate(&self) -> Result<(), OpenError> {
-        B::migrator().run(&self.writer).await?;
+        let mut conn = self
+            .writer
+            .acquire()
+            .await
+            .map_err(connect_failed(B::NAME))?;
+        let lock = B::DIALECT.migration_lock;
+        if let Some(lock) = lock {
+            let rows = B::fetch_all(Exec::Conn(&mut conn), lock.acquire, Vec::new())
+                .await
+                .map_err(connect_failed(B::NAME))?;
+            let locked = rows.first().map(|row| row.int_opt("locked"));
+            if !matches!(locked, Some(Ok(Some(1)))) {
+                return Err(OpenError::MigrationLock);
+            }
+        }
+        let mut delay = Duration::from_millis(20);
+        let mut tries = 1;
+        let migrated = loop {
+            match B::migrator().run_direct(&mut *conn).await {
+                // Without a lock (SQLite), a migration racing another process's fails and
+                // rolls back whole; run again, it finds the other's work done.
+                Err(error) if lock.is_none() && tries < MIGRATE_TRIES && racing(&error) => {
+                    tracing::debug!(backend = B::NAME, %error, tries, "migration raced another process; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = delay.saturating_mul(2);
+                    tries += 1;
+                }
+                migrated => break migrated,
+            }
+        };
+        if let Some(lock) = lock {
+            // The lock is the session's: should this fail, closing the connection frees it.
+            if let Err(error) = B::execute(Exec::Conn(&mut conn), lock.release, Vec::new()).await {
+                tracing::warn!(backend = B::NAME, %error, "could not release the migration lock; closing its connection");
+                drop(conn.detach());
+            }
+        }
+        migrated?;
         Ok(())
     }
 
@@ -191,6 +237,37 @@ where
         url: url.to_owned(),
         source,
     })
+}
+
+/// How many times a migration that raced another process's is run.
+const MIGRATE_TRIES: u32 = 8;
+
+/// Whether a migration failed in a way that another process migrating at the same moment
+/// explains (a table or version row that appeared meanwhile, a busy database), rather than
+/// a migration that cannot apply.
+fn racing(error: &sqlx::migrate::MigrateError) -> bool {
+    use sqlx::migrate::MigrateError;
+    matches!(
+        error,
+        MigrateError::Execute(_) | MigrateError::ExecuteMigration(..)
+    )
+}
+
+/// Creates the database `url` names; another process creating it at the same moment is
+/// not an error.
+async fn create_database<B: Backend>(url: &str) -> Result<(), OpenError> {
+    use sqlx::migrate::MigrateDatabase;
+    tracing::info!(
+        backend = B::NAME,
+        "the database does not exist; creating it"
+    );
+    match B::Db::create_database(url).await {
+        Ok(()) => Ok(()),
+        Err(error) => match B::Db::database_exists(url).await {
+            Ok(true) => Ok(()),
+            _ => Err(connect_failed(url)(error)),
+        },
+    }
 }
 
 /// The error of a failed connection to `url`.
