@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use oncely::{Engine, EngineConfig, RetryPolicy};
+use oncely::{Engine, EngineConfig, NodeId, RetryPolicy};
 use oncely_gateway_sim::{GatewaySim, SimConfig, WebhookSim};
 use std::num::NonZeroU32;
 
@@ -30,6 +30,12 @@ pub(crate) struct ServeArgs {
     /// domain's business key (payments: PAY-{customerId}-{orderId}-{paymentMethod}).
     #[arg(long, env = "ONCELY_REQUIRE_IDEMPOTENCY_KEY")]
     require_idempotency_key: bool,
+    /// This process's name, stable across its restarts and unique among the live nodes
+    /// (a pod or host name). At start the node takes back at once what it was running
+    /// when it last died, instead of waiting for the lease. Default: the host name and
+    /// the --listen port, as `web-1-8080`.
+    #[arg(long, env = "ONCELY_NODE_ID", value_parser = parse_node_id)]
+    node_id: Option<NodeId>,
     /// How long a worker's claim on an operation lasts before another may take it over.
     #[arg(long, env = "ONCELY_LEASE_TTL", default_value = "60s", value_parser = duration::parse)]
     lease_ttl: Duration,
@@ -359,11 +365,18 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(url) = &webhooks.payment_events {
         orchestrator = orchestrator.with_events(url.clone());
     }
+    let node = match &args.node_id {
+        Some(node) => node.clone(),
+        None => default_node_id(&args.listen)?,
+    };
+    tracing::info!(%node, "node id");
     let payment_engine = Engine::builder(store.clone(), orchestrator)
+        .node(&node)
         .config(payment_config)
         .retry_policy(payments.retry_policy())
         .start()?;
     let notification_engine = Engine::builder(store.clone(), Notifier(webhooks.client))
+        .node(&node)
         .config(notification_config)
         .retry_policy(notifications.retry_policy())
         .start()?;
@@ -414,6 +427,33 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .serve_with(listener, shutdown_signal(), options)
         .await
         .context("serving HTTP")
+}
+
+fn parse_node_id(value: &str) -> Result<NodeId, String> {
+    NodeId::new(value).map_err(|error| error.to_string())
+}
+
+/// The host name and the port of `listen`, with any character a node id cannot hold
+/// turned into `-`.
+fn default_node_id(listen: &str) -> anyhow::Result<NodeId> {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let port = listen.rsplit_once(':').map_or("", |(_, port)| port);
+    let name: String = format!("{}-{port}", host.trim())
+        .trim_matches('-')
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let start = name.len().saturating_sub(NodeId::MAX_LENGTH);
+    NodeId::new(&name[start..]).context("making a node id from the host name; give --node-id")
 }
 
 async fn shutdown_signal() {
@@ -484,6 +524,19 @@ mod tests {
         assert!(args.engine_config(&args.payments()).is_ok());
         let error = args.engine_config(&args.notifications()).unwrap_err();
         assert!(error.to_string().contains("--webhook-timeout"), "{error}");
+    }
+
+    #[test]
+    fn the_default_node_id_is_the_host_and_port_in_the_characters_a_node_id_allows() {
+        let node = default_node_id("127.0.0.1:8080").unwrap();
+        assert!(node.as_str().ends_with("-8080"), "{node}");
+        assert!(NodeId::new(node.as_str()).is_ok());
+        let refused = Wrapper::try_parse_from(["serve", "--node-id", "web 1"]).unwrap_err();
+        assert!(refused.to_string().contains("node id"), "{refused}");
+        assert_eq!(
+            parse(&["--node-id", "web-1"]).node_id.unwrap().as_str(),
+            "web-1"
+        );
     }
 
     #[test]

@@ -3,8 +3,9 @@
 use chrono::{DateTime, Utc};
 use oncely::keys::{ApiKey, KeyStore};
 use oncely::{
-    AcceptLease, Accepted, ClaimRequest, DomainName, Fenced, ListFilter, NewOperation, Operation,
-    Page, PendingOutcome, RecordOutcome, Scope, Store, StoreError, Transition, WalEntry,
+    AcceptLease, Accepted, ClaimRequest, DomainName, Fenced, LeaseOwner, ListFilter, NewOperation,
+    NodeId, Operation, Page, PendingOutcome, RecordOutcome, Scope, Store, StoreError, Transition,
+    WalEntry,
 };
 
 #[cfg(feature = "mysql")]
@@ -135,6 +136,16 @@ impl Store for AnyStore {
 
     async fn reap(&self, batch: Vec<Transition>) -> Result<Vec<Fenced>, StoreError> {
         delegate!(self, store => store.reap(batch))
+    }
+
+    async fn release_node(
+        &self,
+        domain: &DomainName,
+        node: &NodeId,
+        current: &LeaseOwner,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        delegate!(self, store => store.release_node(domain, node, current, now))
     }
 
     async fn pending_outcomes(

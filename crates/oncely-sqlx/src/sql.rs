@@ -374,6 +374,7 @@ pub(crate) struct Statements {
     pub(crate) finalize: WriteSql,
     pub(crate) reap: WriteSql,
     pub(crate) expired: String,
+    pub(crate) release: String,
     pub(crate) pending: String,
     pub(crate) retry: String,
     pub(crate) ended: String,
@@ -422,6 +423,12 @@ impl Statements {
                  AND (o.recorded_attempt IS NULL OR o.recorded_attempt <> o.attempt_count) \
                  ORDER BY o.lease_until, o.id LIMIT ?"
             )),
+            // The owner's `node/` prefix, compared exactly (LIKE would need escapes, and is
+            // case-blind on SQLite).
+            release: p("UPDATE oncely_operations SET lease_until = ? \
+                 WHERE domain = ? AND state = 'PROCESSING' AND lease_until > ? \
+                 AND SUBSTR(lease_owner, 1, LENGTH(?)) = ? AND lease_owner <> ?"
+                .to_owned()),
             pending: p(format!(
                 "SELECT {select}, {} AS recorded_detail FROM oncely_operations o \
                  JOIN oncely_wal w ON w.operation_id = o.id AND w.kind = 'OUTCOME_RECORDED' \

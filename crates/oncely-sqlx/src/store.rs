@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use oncely::{
-    AcceptLease, Accepted, ClaimRequest, CrashPoint, DomainName, Failpoints, Fenced, ListFilter,
-    NewOperation, Operation, OperationState, Page, PendingOutcome, RecordOutcome, Scope, Store,
-    StoreError, Transition, WalEntry, WalKind,
+    AcceptLease, Accepted, ClaimRequest, CrashPoint, DomainName, Failpoints, Fenced, LeaseOwner,
+    ListFilter, NewOperation, NodeId, Operation, OperationState, Page, PendingOutcome,
+    RecordOutcome, Scope, Store, StoreError, Transition, WalEntry, WalKind,
 };
 use serde_json::{Value, json};
 use sqlx::pool::PoolOptions;
@@ -953,6 +953,32 @@ impl<B: Backend> Store for SqlStore<B> {
         )
         .await?;
         operations(&rows)
+    }
+
+    async fn release_node(
+        &self,
+        domain: &DomainName,
+        node: &NodeId,
+        current: &LeaseOwner,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        if self.failpoints.is_crashed() {
+            return Err(StoreError::Crashed);
+        }
+        let prefix = format!("{node}/");
+        execute::<B>(
+            Exec::Pool(&self.writer),
+            &self.statements.release,
+            vec![
+                Param::Int(millis(now)),
+                Param::Text(domain.to_string()),
+                Param::Int(millis(now)),
+                Param::Text(prefix.clone()),
+                Param::Text(prefix),
+                Param::Text(current.to_string()),
+            ],
+        )
+        .await
     }
 
     async fn reap(&self, batch: Vec<Transition>) -> Result<Vec<Fenced>, StoreError> {

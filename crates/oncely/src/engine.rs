@@ -28,7 +28,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::clock::{self, Clock, SystemClock};
 use crate::error::Error;
 use crate::failpoint::{CrashPoint, Failpoints};
-use crate::key::{DomainName, IdempotencyKey, Scope, TenantId};
+use crate::key::{DomainName, IdempotencyKey, NodeId, Scope, TenantId};
 use crate::operation::{Fence, Fingerprint, LeaseOwner, Operation, OperationId, WalEntry};
 use crate::orchestrator::{Attempt, Orchestrator};
 use crate::outcome::Outcome;
@@ -184,6 +184,14 @@ impl<S: Store, O: Orchestrator> EngineBuilder<S, O> {
     pub fn owner(mut self, owner: LeaseOwner) -> Self {
         self.owner = Some(owner);
         self
+    }
+
+    /// Runs as a new incarnation of `node` (see [`NodeId`]): at start the engine ends the
+    /// leases that the node's earlier incarnations left on this domain and reaps them at
+    /// once, so what a crashed process was running resumes within a maintenance pass of
+    /// its restart, not after the lease.
+    pub fn node(self, node: &NodeId) -> Self {
+        self.owner(LeaseOwner::incarnation(node))
     }
 
     /// Crash points shared with a test (only useful with the `failpoints` feature).
@@ -502,7 +510,7 @@ impl<S: Store, O: Orchestrator> Engine<S, O> {
     /// was never finalized. Returns how many it finalized. The engine runs it every
     /// `maintenance_interval` by itself.
     pub async fn finalize_pending(&self) -> Result<usize, Error> {
-        Ok(finalize_pending(&self.shared).await?)
+        Ok(finalize_pending(&self.shared, self.shared.config.finalize_grace).await?)
     }
 
     /// Purges terminal operations older than the retention, in batches, and returns how
@@ -570,6 +578,11 @@ impl<S: Store, O: Orchestrator> Drop for Engine<S, O> {
 }
 
 impl<S: Store, O: Orchestrator> Shared<S, O> {
+    /// Whether `owner` is another incarnation of this engine's node.
+    fn is_earlier_incarnation(&self, owner: &LeaseOwner) -> bool {
+        owner != &self.owner && owner.node().is_some() && owner.node() == self.owner.node()
+    }
+
     fn now(&self) -> DateTime<Utc> {
         self.clock.now()
     }
@@ -1190,14 +1203,21 @@ async fn maintenance_loop<S: Store, O: Orchestrator>(
     shared: Arc<Shared<S, O>>,
     mut stop: watch::Receiver<Option<Duration>>,
 ) {
+    // At start, what this node's earlier incarnations left: their recorded outcomes are
+    // finalized and their leases reaped in this first pass, without waiting.
+    let mut grace = Duration::ZERO;
+    if let Err(error) = release_earlier_incarnations(&shared).await {
+        tracing::warn!(%error, "could not end the leases of this node's earlier incarnations; the Reaper takes them when they expire");
+    }
     loop {
         if shared.failpoints.is_crashed() {
             return;
         }
         // The Finalizer first: an outcome in the log must never be reaped and re-run (I3).
-        if let Err(error) = finalize_pending(&shared).await {
+        if let Err(error) = finalize_pending(&shared, grace).await {
             tracing::warn!(%error, "finalizer run failed");
         }
+        grace = shared.config.finalize_grace;
         if let Err(error) = reap_expired(&shared).await {
             tracing::warn!(%error, "reaper run failed");
         }
@@ -1211,12 +1231,39 @@ async fn maintenance_loop<S: Store, O: Orchestrator>(
     }
 }
 
+/// Ends the leases that earlier incarnations of this engine's node hold, for the Reaper's
+/// next pass. Two live processes given the same node id end each other's leases at start:
+/// fencing keeps that safe, and the log says it happened.
+async fn release_earlier_incarnations<S: Store, O: Orchestrator>(
+    shared: &Shared<S, O>,
+) -> Result<(), StoreError> {
+    // An owner set by hand may hold a '/' without naming a node.
+    let Some(Ok(node)) = shared.owner.node().map(NodeId::new) else {
+        return Ok(());
+    };
+    let released = shared
+        .store
+        .release_node(&shared.domain, &node, &shared.owner, shared.now())
+        .await?;
+    if released > 0 {
+        tracing::warn!(
+            %node,
+            owner = %shared.owner,
+            released,
+            "took over the operations an earlier incarnation of this node left running; \
+             if that process is in fact alive, two processes share this --node-id: its late \
+             writes are fenced, but give each process its own id"
+        );
+    }
+    Ok(())
+}
+
 async fn finalize_pending<S: Store, O: Orchestrator>(
     shared: &Shared<S, O>,
+    grace: Duration,
 ) -> Result<usize, StoreError> {
     let now = shared.now();
-    let recorded_before =
-        now - chrono::Duration::from_std(shared.config.finalize_grace).unwrap_or_default();
+    let recorded_before = now - chrono::Duration::from_std(grace).unwrap_or_default();
     let limit = u32::try_from(shared.config.batch_size_max).unwrap_or(u32::MAX);
     let pending = shared
         .store
@@ -1256,7 +1303,14 @@ async fn reap_expired<S: Store, O: Orchestrator>(
     let transitions: Vec<Transition> = expired
         .iter()
         .filter_map(|operation| {
-            let decision = decide_reap(&shared.policy, operation, now);
+            let decision = match &operation.lease {
+                // Left by an earlier incarnation of this node: that process is gone (or
+                // fenced), so the attempt is retried at once.
+                Some(lease) if shared.is_earlier_incarnation(&lease.owner) => {
+                    decide_takeover(&shared.policy, operation, &lease.owner, now)
+                }
+                _ => decide_reap(&shared.policy, operation, now),
+            };
             Some(Transition {
                 fence: operation.fence()?,
                 follow_ups: shared.follow_ups(operation, &decision, now),
@@ -1306,6 +1360,27 @@ async fn purge_expired<S: Store, O: Orchestrator>(
         tracing::info!(purged = total, "retention: purged terminal operations");
     }
     Ok(total)
+}
+
+/// What the Reaper does with an operation that an earlier incarnation of this node left
+/// `PROCESSING` with no recorded outcome: as [`decide_reap`], but due at once, since the
+/// process that held it has restarted.
+pub fn decide_takeover(
+    policy: &RetryPolicy,
+    operation: &Operation,
+    owner: &LeaseOwner,
+    now: DateTime<Utc>,
+) -> Decision {
+    let reason = format!(
+        "attempt {} was running on {owner}, an earlier incarnation of a node that restarted",
+        operation.attempt_count
+    );
+    if !policy.retry_unknown_outcome {
+        return Decision::GiveUp {
+            reason: format!("{reason}; unknown outcomes are not retried"),
+        };
+    }
+    retry_or_give_up(policy, operation, &reason, Some(Duration::ZERO), now)
 }
 
 /// What the Reaper does with an operation whose lease expired with no recorded outcome:

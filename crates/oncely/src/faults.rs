@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
 
-use crate::key::{DomainName, Scope};
-use crate::operation::{Operation, WalEntry};
+use crate::key::{DomainName, NodeId, Scope};
+use crate::operation::{LeaseOwner, Operation, WalEntry};
 use crate::store::{
     AcceptLease, Accepted, ClaimRequest, Fenced, ListFilter, NewOperation, Page, PendingOutcome,
     RecordOutcome, Store, StoreError, Transition, settle_in_two_steps,
@@ -186,6 +186,16 @@ impl<S: Store> Store for FaultyStore<S> {
 
     async fn reap(&self, batch: Vec<Transition>) -> Result<Vec<Fenced>, StoreError> {
         self.plan.run(StoreCall::Reap, self.inner.reap(batch)).await
+    }
+
+    async fn release_node(
+        &self,
+        domain: &DomainName,
+        node: &NodeId,
+        current: &LeaseOwner,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        self.inner.release_node(domain, node, current, now).await
     }
 
     async fn pending_outcomes(

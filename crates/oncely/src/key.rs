@@ -168,6 +168,21 @@ name_type!(
     |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')
 );
 
+name_type!(
+    /// A node: the stable name of one process of a deployment (a host and port, a pod's
+    /// name), kept across its restarts. 1 to 64 characters of `A-Z a-z 0-9 _ - .`.
+    ///
+    /// Each start of the node is a new *incarnation* with a lease owner name of its own
+    /// (`node/incarnation`, see [`LeaseOwner::incarnation`](crate::LeaseOwner::incarnation));
+    /// at start it ends the leases its earlier incarnations left behind, so their work
+    /// resumes at once instead of after the lease. Two live processes must not share one.
+    NodeId,
+    "node id",
+    64,
+    "only letters, digits, '_', '-' and '.' are allowed",
+    |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')
+);
+
 impl Default for TenantId {
     fn default() -> Self {
         Self(String::from("default"))

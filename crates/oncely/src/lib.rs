@@ -80,7 +80,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{Engine, EngineBuilder, EngineConfig, Submission};
 pub use error::Error;
 pub use failpoint::{CrashPoint, Failpoints};
-pub use key::{DomainName, IdempotencyKey, InvalidName, Scope, TenantId};
+pub use key::{DomainName, IdempotencyKey, InvalidName, NodeId, Scope, TenantId};
 pub use keys::{ApiKey, KeySpec, KeyStore, NewKey, Role};
 pub use operation::{
     Fence, Fingerprint, Lease, LeaseOwner, Operation, OperationId, WalEntry, WalKind,

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::key::Scope;
+use crate::key::{NodeId, Scope};
 use crate::state::OperationState;
 
 /// The store's number for an operation; unique within one store, rising with creation.
@@ -54,7 +54,8 @@ impl Fingerprint {
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Who holds a lease: one name per engine instance, fresh at every start, so a restarted
-/// process never mistakes its predecessor's lease for its own (I4).
+/// process never mistakes its predecessor's lease for its own (I4). The name of a node's
+/// incarnation is `node/incarnation`; a random one (`worker-…`) belongs to no node.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct LeaseOwner(String);
@@ -65,9 +66,22 @@ impl LeaseOwner {
         Self(format!("worker-{}", uuid::Uuid::new_v4().simple()))
     }
 
+    /// A new incarnation of `node`: `node/` followed by the start time (milliseconds since
+    /// the epoch, in hex, so that names sort by start) and a random suffix.
+    pub fn incarnation(node: &NodeId) -> Self {
+        let started = Utc::now().timestamp_millis();
+        let random = uuid::Uuid::new_v4().simple().to_string();
+        Self(format!("{node}/{started:x}-{}", &random[..8]))
+    }
+
     /// An owner name read back from a store, or chosen by a test.
     pub fn from_stored(value: impl Into<String>) -> Self {
         Self(value.into())
+    }
+
+    /// The node this owner is an incarnation of, if any.
+    pub fn node(&self) -> Option<&str> {
+        self.0.split_once('/').map(|(node, _)| node)
     }
 
     /// The name.

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::key::{DomainName, Scope, TenantId};
+use crate::key::{DomainName, NodeId, Scope, TenantId};
 use crate::operation::{Fence, Fingerprint, LeaseOwner, Operation, OperationId, WalEntry};
 use crate::outcome::Outcome;
 use crate::state::OperationState;
@@ -326,6 +326,21 @@ pub trait Store: Send + Sync + 'static {
         &self,
         batch: Vec<Transition>,
     ) -> impl Future<Output = Result<Vec<Fenced>, StoreError>> + Send;
+
+    /// Ends at `now` the leases that earlier incarnations of `node` hold on the domain's
+    /// `PROCESSING` operations: those whose owner is `node/…` but not `current`. Called
+    /// by a node at start, so that what it was running when it died is reaped at once,
+    /// not when the lease would have run out. Nothing else changes: the Reaper then
+    /// takes them back under its usual fence (an outcome recorded meanwhile wins, I3),
+    /// and a late write of the earlier incarnation matches no row (I4). Returns how many
+    /// leases it ended.
+    fn release_node(
+        &self,
+        domain: &DomainName,
+        node: &NodeId,
+        current: &LeaseOwner,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// `PROCESSING` operations of the domain whose current attempt's outcome was recorded
     /// at or before `recorded_before` but not finalized: the Finalizer's work.

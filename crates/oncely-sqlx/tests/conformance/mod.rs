@@ -951,6 +951,57 @@ pub async fn a_reap_from_a_stale_read_loses_to_an_outcome_recorded_since<S: Stor
     );
 }
 
+pub async fn release_node_ends_only_the_earlier_incarnations_leases<S: Store>(store: S) {
+    // One operation per owner: an earlier incarnation of n-1, the current one, another
+    // node whose name starts the same, the same name in other case, a node-less worker.
+    let owners = ["n-1/old", "n-1/new", "n-10/old", "N-1/old", "worker-1"];
+    let mut claimed = Vec::new();
+    for (i, who) in owners.iter().enumerate() {
+        let key = format!("k{i}");
+        accept(&store, &key, at(0)).await;
+        claimed.push(claim(&store, who, at(1), 1).await.remove(0));
+    }
+    // Recorded by the earlier incarnation before it died: the Finalizer's, not the Reaper's.
+    accept(&store, "recorded", at(0)).await;
+    let recorded = claim(&store, "n-1/old", at(1), 1).await.remove(0);
+    let fence = recorded.fence().unwrap();
+    record(&store, &recorded, &fence, ok_outcome("t"), at(2)).await;
+
+    let node = oncely::NodeId::new("n-1").unwrap();
+    let released = store
+        .release_node(&domain(), &node, &owner("n-1/new"), at(3))
+        .await
+        .unwrap();
+    assert_eq!(released, 2, "the earlier incarnation's two leases");
+    let expired = store.expired_leases(&domain(), at(3), 10).await.unwrap();
+    let keys: Vec<&str> = expired.iter().map(|o| o.scope.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["k0"],
+        "reapable now; a recorded outcome stays the Finalizer's"
+    );
+    let reap = reap_transition(&expired[0], at(3));
+    assert_eq!(store.reap(vec![reap]).await.unwrap(), [Fenced::Applied]);
+    for (i, operation) in claimed.iter().enumerate().skip(1) {
+        assert_eq!(
+            get(&store, &format!("k{i}")).await,
+            *operation,
+            "{}'s lease is untouched",
+            owners[i]
+        );
+    }
+    // The earlier incarnation, should it still be alive, is fenced out.
+    let zombie = claimed[0].fence().unwrap();
+    let (late, _) = record(&store, &claimed[0], &zombie, ok_outcome("z"), at(4)).await;
+    assert_eq!(late, Fenced::Rejected);
+    // Nothing is left to release: the recorded one's lease has already ended.
+    let again = store
+        .release_node(&domain(), &node, &owner("n-1/new"), at(5))
+        .await
+        .unwrap();
+    assert_eq!(again, 0);
+}
+
 /// The follow-up of `parent`'s end: an operation under `{parent}:event`.
 fn follow_up(parent: &str, now: DateTime<Utc>) -> NewOperation {
     new_operation(&format!("{parent}:event"), 7, now)
@@ -1158,6 +1209,7 @@ macro_rules! conformance_suite {
             a_zombies_settle_is_kept_in_the_log_and_changes_nothing,
             finalize_and_reap_check_the_lease_owner_too,
             a_reap_from_a_stale_read_loses_to_an_outcome_recorded_since,
+            release_node_ends_only_the_earlier_incarnations_leases,
             follow_ups_are_inserted_with_an_applied_end_only,
             api_keys_are_stored_hashed_listed_touched_and_revoked,
         );
