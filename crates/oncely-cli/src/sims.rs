@@ -53,6 +53,7 @@ impl FaultFlags {
             timeout_rate: self.timeout_rate,
             hang: self.hang,
             lost_answer_rate: self.lost_answer_rate,
+            ..SimConfig::default()
         }
     }
 }
@@ -68,6 +69,11 @@ pub(crate) struct GatewaySimArgs {
     ledger: String,
     #[command(flatten)]
     faults: FaultFlags,
+    /// Share of successful charges answered 200 with a lie (0 to 1): another amount,
+    /// currency or key, a missing field, or a body that is not JSON. The ledger keeps the
+    /// truth.
+    #[arg(long, default_value_t = 0.0)]
+    lie_rate: f64,
 }
 
 /// Flags of `oncely webhook-sim`.
@@ -88,7 +94,10 @@ pub(crate) struct WebhookSimArgs {
 }
 
 pub(crate) async fn gateway(args: GatewaySimArgs) -> anyhow::Result<()> {
-    let config = args.faults.config();
+    let config = SimConfig {
+        lie_rate: args.lie_rate,
+        ..args.faults.config()
+    };
     let sim = GatewaySim::open(&args.ledger, config.clone()).await?;
     let running = sim.spawn(&args.listen).await?;
     tracing::warn!(url = %running.url(), ledger = %args.ledger, ?config, "SIMULATION: simulated payment gateway; no real money moves");

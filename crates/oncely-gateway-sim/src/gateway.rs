@@ -222,11 +222,26 @@ async fn charge(
                 tracing::info!(%key, transaction = %charge.transaction_id, "simulating a lost answer after the charge");
                 return sim::lost_answer();
             }
-            let mut response = Json(serde_json::json!({
+            let mut answer = serde_json::json!({
                 "transactionId": charge.transaction_id,
                 "approvalCode": charge.approval_code,
-            }))
-            .into_response();
+                "idempotencyKey": key,
+                "amount": body.amount.to_string(),
+                "currency": body.currency,
+            });
+            if let Some(lie) = sim.faults.lie(LIES.len()) {
+                tracing::info!(%key, lie = LIES[lie], "simulating a lying answer after the charge");
+                match LIES[lie] {
+                    "amount" => answer["amount"] = (body.amount + Decimal::ONE).to_string().into(),
+                    "currency" => answer["currency"] = "XXX".into(),
+                    "key" => answer["idempotencyKey"] = format!("{key}-other").into(),
+                    "missing" => {
+                        answer = serde_json::json!({ "approvalCode": charge.approval_code })
+                    }
+                    _ => return (StatusCode::OK, "{\"transactionId\": ").into_response(),
+                }
+            }
+            let mut response = Json(answer).into_response();
             if replayed {
                 response
                     .headers_mut()
@@ -237,6 +252,9 @@ async fn charge(
         Err(error) => ledger_failed(&error),
     }
 }
+
+/// The lies a gateway with `lie_rate` tells, one at random per lie.
+const LIES: [&str; 5] = ["amount", "currency", "key", "missing", "malformed"];
 
 enum Recorded {
     Charge { charge: Charge, replayed: bool },

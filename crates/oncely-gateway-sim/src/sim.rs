@@ -40,6 +40,10 @@ pub struct SimConfig {
     pub hang: Duration,
     /// Share of requests recorded in the ledger whose answer is then lost.
     pub lost_answer_rate: f64,
+    /// Share of successful charges answered `200` with a lie (the gateway only): another
+    /// amount, currency or idempotency key, a field missing, or a body that is not JSON.
+    /// The ledger keeps the truth; a client must never take a lie for a charge.
+    pub lie_rate: f64,
 }
 
 impl Default for SimConfig {
@@ -54,6 +58,7 @@ impl Default for SimConfig {
             timeout_rate: 0.0,
             hang: Duration::from_secs(30),
             lost_answer_rate: 0.0,
+            lie_rate: 0.0,
         }
     }
 }
@@ -66,6 +71,7 @@ impl SimConfig {
             ("decline rate", self.decline_rate),
             ("timeout rate", self.timeout_rate),
             ("lost-answer rate", self.lost_answer_rate),
+            ("lie rate", self.lie_rate),
         ];
         for (name, rate) in rates {
             if !(0.0..=1.0).contains(&rate) {
@@ -242,6 +248,15 @@ impl Faults {
     }
 
     /// Whether the answer to a request just recorded is to be lost.
+    /// Whether to lie about this answer, and how (one of `kinds`).
+    pub(crate) fn lie(&self, kinds: usize) -> Option<usize> {
+        if self.draw() >= self.config.lie_rate {
+            return None;
+        }
+        let kind = self.draw() * kinds as f64;
+        Some((kind as usize).min(kinds.saturating_sub(1)))
+    }
+
     pub(crate) fn loses_answer(&self) -> bool {
         self.draw() < self.config.lost_answer_rate
     }

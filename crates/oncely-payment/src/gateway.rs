@@ -56,7 +56,8 @@ impl From<&PaymentCommand> for ChargeRequest {
     }
 }
 
-/// A successful charge, as the gateway answers it.
+/// A successful charge, as the gateway answers it. Every field is required: an answer
+/// without one is not a charge oncely can stand behind.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ChargeResponse {
@@ -64,6 +65,40 @@ pub struct ChargeResponse {
     pub transaction_id: String,
     /// The issuer's approval code.
     pub approval_code: String,
+    /// The key the gateway charged under: the one sent.
+    pub idempotency_key: String,
+    /// What it charged: the amount sent.
+    pub amount: rust_decimal::Decimal,
+    /// In the currency sent.
+    pub currency: String,
+}
+
+impl ChargeResponse {
+    /// What, if anything, in this answer is not the charge that was asked for under
+    /// `key` (OWASP API10: a provider's answer is input, and is checked like input).
+    pub fn mismatch(&self, key: &IdempotencyKey, command: &PaymentCommand) -> Option<String> {
+        if self.transaction_id.trim().is_empty() {
+            return Some("an empty transactionId".to_owned());
+        }
+        if self.idempotency_key != key.as_str() {
+            return Some(format!(
+                "idempotencyKey {:?}, not {:?}",
+                self.idempotency_key,
+                key.as_str()
+            ));
+        }
+        if self.amount != command.amount() {
+            return Some(format!("amount {}, not {}", self.amount, command.amount()));
+        }
+        if self.currency != command.currency().as_str() {
+            return Some(format!(
+                "currency {:?}, not {:?}",
+                self.currency,
+                command.currency().as_str()
+            ));
+        }
+        None
+    }
 }
 
 /// A client of one gateway. Cheap to clone.
@@ -114,6 +149,12 @@ impl GatewayClient {
             .post(&self.charges_url)
             .json(&ChargeRequest::from(command));
         match self.api.call_with_key::<ChargeResponse>(request, key).await {
+            // A 2xx that describes another charge: the gateway may or may not have made
+            // ours. Unknown, so asked again under the same key, which returns what it did;
+            // a gateway that keeps answering so ends TIMEOUT, never COMPLETED.
+            Ok(charge) if let Some(mismatch) = charge.mismatch(key, command) => Outcome::retry(
+                format!("the gateway answered 2xx with {mismatch}; the outcome is unknown"),
+            ),
             Ok(charge) => Outcome::ok()
                 .with_data("transactionId", charge.transaction_id)
                 .with_data("approvalCode", charge.approval_code)

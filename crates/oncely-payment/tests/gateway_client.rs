@@ -159,3 +159,61 @@ async fn an_unreachable_gateway_is_a_retry() {
     };
     assert!(reason.contains("could not be reached"), "{reason}");
 }
+
+#[tokio::test]
+async fn a_lying_answer_is_never_a_charge_and_the_truth_is_one_retry_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    let liar = GatewaySim::open(
+        &ledger,
+        SimConfig {
+            lie_rate: 1.0,
+            ..SimConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let running = liar.clone().spawn("127.0.0.1:0").await.unwrap();
+    let timeouts = GatewayTimeouts {
+        connect: Duration::from_secs(1),
+        request: Duration::from_secs(2),
+    };
+    let client = GatewayClient::new(&running.url(), timeouts).unwrap();
+    // Every lie, by seed: another amount, currency or key, a missing field, broken JSON.
+    let mut reasons = Vec::new();
+    for n in 0..40 {
+        let outcome = client.charge(&key(&format!("k{n}")), &command("3")).await;
+        let Outcome::Retry { reason, .. } = outcome else {
+            panic!("a lie was taken for a charge: {outcome:?}")
+        };
+        assert!(reason.contains("unknown"), "{reason}");
+        reasons.push(reason);
+    }
+    for told in [
+        "amount 4.00",
+        "currency \"XXX\"",
+        "idempotencyKey",
+        "could not be read",
+    ] {
+        assert!(
+            reasons.iter().any(|reason| reason.contains(told)),
+            "{told} never seen: {reasons:?}"
+        );
+    }
+    assert_eq!(
+        liar.charges().await.unwrap().len(),
+        40,
+        "each charged, once"
+    );
+    running.stop();
+
+    // The same ledger, honest now: the same key returns the charge that was made.
+    let honest = GatewaySim::open(&ledger, SimConfig::default())
+        .await
+        .unwrap();
+    let running = honest.clone().spawn("127.0.0.1:0").await.unwrap();
+    let client = GatewayClient::new(&running.url(), timeouts).unwrap();
+    let outcome = client.charge(&key("k0"), &command("3")).await;
+    assert!(matches!(outcome, Outcome::Ok { .. }), "{outcome:?}");
+    assert_eq!(honest.charges().await.unwrap().len(), 40);
+}
