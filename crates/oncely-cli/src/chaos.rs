@@ -42,9 +42,26 @@ pub(crate) struct ChaosArgs {
     /// likewise). Each payment that ends sends one more, its event.
     #[arg(long, default_value_t = 100)]
     notifications: usize,
-    /// How many times a random node is SIGKILLed and restarted.
+    /// How many times a random node is SIGKILLed and restarted (under its node id, so it
+    /// takes back at once what it was running).
     #[arg(long, default_value_t = 10)]
     kills: usize,
+    /// How many times a random node is paused (SIGSTOP) past its lease, then resumed
+    /// (SIGCONT): a real zombie, whose late writes must be fenced.
+    #[arg(long, default_value_t = 0)]
+    pauses: usize,
+    /// How many times every node's database connections are cut (PostgreSQL's
+    /// `pg_terminate_backend`, MySQL's `KILL CONNECTION`); not on SQLite.
+    #[arg(long, default_value_t = 0)]
+    db_faults: usize,
+    /// Share of the gateway's successful charges answered with a lie (another amount,
+    /// currency or key, a missing field, broken JSON): none may end COMPLETED as if fine.
+    #[arg(long, default_value_t = 0.02)]
+    lie_rate: f64,
+    /// The least share of distinct payments that must end COMPLETED: a run in which
+    /// everything failed is not a pass.
+    #[arg(long, default_value_t = 0.5)]
+    min_completion_rate: f64,
     /// Seed of the simulators' faults and of the choice of nodes.
     #[arg(long, default_value_t = 2026)]
     seed: u64,
@@ -76,6 +93,18 @@ struct ChaosReport {
     notifications: usize,
     requests: usize,
     kills: usize,
+    pauses: usize,
+    db_faults: usize,
+    /// Database connections the db faults cut.
+    connections_cut: u64,
+    /// Lying answers the gateway told.
+    lies: usize,
+    /// Outcomes of paused or killed nodes refused by the fence (I4).
+    fenced_writes: usize,
+    /// Leases a restarted node took back at once from its earlier incarnation.
+    leases_taken_over: u64,
+    /// Distinct payments that ended COMPLETED, as a share.
+    completion_rate: f64,
     unexpected_answers: Vec<String>,
     /// Notifications (payment events included) that did not end COMPLETED: with no
     /// declines at the receiver, every one must arrive.
@@ -167,6 +196,7 @@ impl Cluster {
                 "--listen",
                 &format!("127.0.0.1:{port}"),
             ])
+            .args(["--node-id", &format!("chaos-{index}")])
             .args(["--gateway-url", &self.gateway])
             .args(["--lease-ttl", "3s", "--gateway-timeout", "1s"])
             .args(["--backoff-base", "50ms", "--backoff-max", "500ms"])
@@ -206,6 +236,42 @@ impl Cluster {
         Ok(())
     }
 
+    /// SIGSTOP for `pause`, then SIGCONT: the node sleeps through its lease and wakes up
+    /// believing it still holds it.
+    async fn pause(&mut self, index: usize, pause: Duration) -> anyhow::Result<()> {
+        let Some(pid) = self.nodes[index].child.as_ref().map(Child::id) else {
+            return Ok(());
+        };
+        signal(pid, "STOP")?;
+        tokio::time::sleep(pause).await;
+        signal(pid, "CONT")
+    }
+
+    /// Lines of the nodes' logs that contain `needle`, and the sum of the `field=N`
+    /// values on them.
+    fn count_in_logs(&self, needle: &str, field: Option<&str>) -> (usize, u64) {
+        let (mut lines, mut sum) = (0, 0);
+        for index in 0..self.nodes.len() {
+            let log = std::fs::read_to_string(self.workdir.join(format!("node-{index}.log")))
+                .unwrap_or_default();
+            for line in log.lines().filter(|line| line.contains(needle)) {
+                lines += 1;
+                if let Some(field) = field {
+                    sum += line
+                        .split_whitespace()
+                        .find_map(|word| {
+                            word.strip_prefix(field)?
+                                .strip_prefix('=')?
+                                .parse::<u64>()
+                                .ok()
+                        })
+                        .unwrap_or(0);
+                }
+            }
+        }
+        (lines, sum)
+    }
+
     fn urls(&self) -> Vec<String> {
         self.nodes
             .iter()
@@ -228,6 +294,73 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// Sends `SIGname` to `pid` with kill(1), which every Unix has.
+fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .with_context(|| format!("sending SIG{name} to {pid}"))?;
+    ensure!(status.success(), "kill -{name} {pid} failed");
+    Ok(())
+}
+
+/// Cuts every connection to the run's database but this one's; returns how many.
+async fn cut_connections(db: &str) -> anyhow::Result<u64> {
+    use sqlx::Connection;
+    if db.starts_with("postgres") {
+        let mut conn = sqlx::PgConnection::connect(db).await?;
+        let cut: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_all(&mut conn)
+        .await?;
+        conn.close().await?;
+        return Ok(cut.into_iter().filter(|cut| *cut).count() as u64);
+    }
+    let url = db.replacen("mariadb://", "mysql://", 1);
+    let mut conn = sqlx::MySqlConnection::connect(&url).await?;
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT CAST(ID AS SIGNED) FROM information_schema.PROCESSLIST WHERE DB = DATABASE() AND ID <> CONNECTION_ID()",
+    )
+    .fetch_all(&mut conn)
+    .await?;
+    let mut cut = 0;
+    for id in ids {
+        // A connection that closed meanwhile is not an error.
+        if sqlx::query(&format!("KILL CONNECTION {id}"))
+            .execute(&mut conn)
+            .await
+            .is_ok()
+        {
+            cut += 1;
+        }
+    }
+    conn.close().await?;
+    Ok(cut)
+}
+
+/// The faults of a run, in the order they strike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Strike {
+    Kill,
+    Pause,
+    DbFault,
+}
+
+/// `kills`, `pauses` and `db_faults` strikes, shuffled by `rng`.
+fn strikes(kills: usize, pauses: usize, db_faults: usize, rng: &mut fastrand::Rng) -> Vec<Strike> {
+    let mut strikes: Vec<Strike> = std::iter::repeat_n(Strike::Kill, kills)
+        .chain(std::iter::repeat_n(Strike::Pause, pauses))
+        .chain(std::iter::repeat_n(Strike::DbFault, db_faults))
+        .collect();
+    rng.shuffle(&mut strikes);
+    strikes
+}
+
+/// How long a paused node sleeps: past the lease `start` gives the nodes (3 s).
+const PAUSE: Duration = Duration::from_secs(4);
 
 async fn wait_healthy(client: &reqwest::Client, base: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -416,6 +549,14 @@ async fn undelivered(store: &AnyStore) -> anyhow::Result<Vec<String>> {
 pub(crate) async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
     ensure!(args.nodes >= 1, "--nodes must be at least 1");
     ensure!(
+        args.db_faults == 0 || !args.db.starts_with("sqlite:"),
+        "--db-faults cuts database connections: it needs PostgreSQL or MySQL, not SQLite"
+    );
+    ensure!(
+        (0.0..=1.0).contains(&args.min_completion_rate),
+        "--min-completion-rate must be 0 to 1"
+    );
+    ensure!(
         args.nodes == 1 || !args.db.starts_with("sqlite:"),
         "SQLite is one process per file: use --nodes 1, or a PostgreSQL database"
     );
@@ -447,11 +588,12 @@ pub(crate) async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
             .collect::<anyhow::Result<_>>()?,
         simulators: Vec::new(),
     };
+    let lie_rate = args.lie_rate.to_string();
     cluster.start_simulator(
         "gateway-sim",
         gateway_port,
         args.seed,
-        &["--decline-rate", "0.05"],
+        &["--decline-rate", "0.05", "--lie-rate", &lie_rate],
     )?;
     // No declines at the receiver: every notification must arrive.
     cluster.start_simulator("webhook-sim", webhooks_port, args.seed.wrapping_add(2), &[])?;
@@ -489,8 +631,10 @@ pub(crate) async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
         tokio::spawn(async move { send_all(&client, &urls, &rng, first, clients, &progress).await })
     };
     let mut killer = fastrand::Rng::with_seed(args.seed.wrapping_add(1));
-    for kill in 0..args.kills {
-        let threshold = (kill + 1) * total / (args.kills + 1);
+    let strikes = strikes(args.kills, args.pauses, args.db_faults, &mut killer);
+    let mut connections_cut = 0;
+    for (n, strike) in strikes.iter().enumerate() {
+        let threshold = (n + 1) * total / (strikes.len() + 1);
         while progress.load(Ordering::SeqCst) < threshold && !sending.is_finished() {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
@@ -498,9 +642,15 @@ pub(crate) async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let victim = killer.usize(..args.nodes);
-        cluster.kill(victim)?;
-        cluster.start(victim)?;
-        wait_healthy(&client, &urls[victim]).await?;
+        match strike {
+            Strike::Kill => {
+                cluster.kill(victim)?;
+                cluster.start(victim)?;
+                wait_healthy(&client, &urls[victim]).await?;
+            }
+            Strike::Pause => cluster.pause(victim, PAUSE).await?,
+            Strike::DbFault => connections_cut += cut_connections(&args.db).await?,
+        }
     }
     let mut answers = sending.await?;
     answers.extend(
@@ -539,6 +689,12 @@ pub(crate) async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
         .context("auditing")?;
     let (gateway, webhooks) = (cluster.gateway.clone(), cluster.webhooks.clone());
     let undelivered = undelivered(&store).await?;
+    let (fenced_writes, _) = cluster.count_in_logs("taken over by another worker", None);
+    let (_, leases_taken_over) = cluster.count_in_logs("took over", Some("released"));
+    let lies = std::fs::read_to_string(workdir.join("gateway-sim.log"))
+        .unwrap_or_default()
+        .matches("simulating a lying answer")
+        .count();
     drop(cluster);
     store.close().await;
 
@@ -562,24 +718,47 @@ pub(crate) async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
             .collect::<HashSet<_>>()
             .len()
     };
+    let payments = distinct("/v1/payments");
+    let completed = audit
+        .payments
+        .as_ref()
+        .and_then(|report| report.operations.get("COMPLETED"))
+        .copied()
+        .unwrap_or(0);
     let report = ChaosReport {
         nodes: args.nodes,
         gateway,
         webhooks,
-        payments: distinct("/v1/payments"),
+        payments,
         notifications: distinct("/v1/notifications"),
         requests: answers.len(),
         kills: args.kills,
+        pauses: args.pauses,
+        db_faults: args.db_faults,
+        connections_cut,
+        lies,
+        fenced_writes,
+        leases_taken_over,
+        completion_rate: completed as f64 / payments.max(1) as f64,
         unexpected_answers,
         undelivered,
         seconds: started.elapsed().as_secs_f64(),
         audit,
     };
     print(&report, args.json)?;
+    let completed_enough = report.completion_rate >= args.min_completion_rate;
+    if !completed_enough {
+        tracing::error!(
+            completion_rate = report.completion_rate,
+            min = args.min_completion_rate,
+            "too few payments completed: a run in which everything fails is not a pass"
+        );
+    }
     Ok(report.unexpected_answers.is_empty()
         && report.undelivered.is_empty()
         && report.audit.is_clean()
-        && report.audit.in_flight() == 0)
+        && report.audit.in_flight() == 0
+        && completed_enough)
 }
 
 fn tempfile_dir(keep: Option<&Path>) -> anyhow::Result<tempfile::TempDir> {
@@ -609,7 +788,22 @@ fn print(report: &ChaosReport, json: bool) -> anyhow::Result<()> {
         "sent           {} payments, {} notifications ({} requests)",
         report.payments, report.notifications, report.requests
     )?;
-    writeln!(out, "kills          {}", report.kills)?;
+    writeln!(
+        out,
+        "faults         {} kills, {} pauses, {} db faults ({} connections cut), {} lies",
+        report.kills, report.pauses, report.db_faults, report.connections_cut, report.lies
+    )?;
+    writeln!(out, "fenced writes  {}", report.fenced_writes)?;
+    writeln!(
+        out,
+        "taken over     {} leases, at restart",
+        report.leases_taken_over
+    )?;
+    writeln!(
+        out,
+        "completed      {:.1} % of payments",
+        report.completion_rate * 100.0
+    )?;
     writeln!(out, "time           {:.1} s", report.seconds)?;
     writeln!(out, "unexpected     {}", report.unexpected_answers.len())?;
     for line in report.unexpected_answers.iter().take(20) {

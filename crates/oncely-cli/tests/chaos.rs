@@ -1,5 +1,6 @@
 //! `oncely chaos` on PostgreSQL and MySQL, three nodes each: payments and notifications,
-//! random SIGKILLs, a clean audit of both simulators. (SQLite, one node: end_to_end.rs.)
+//! random SIGKILLs, pauses past the lease, cut database connections and a lying gateway,
+//! then a clean audit of both simulators. (SQLite, one node: end_to_end.rs.)
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -25,7 +26,8 @@ fn assert_clean_chaos(url: &str, nodes: usize) {
     let output = oncely()
         .args(["chaos", "--db", url, "--nodes", &nodes_flag])
         .args(["--payments", "300", "--notifications", "100"])
-        .args(["--kills", "10", "--json"])
+        .args(["--kills", "6", "--pauses", "2", "--db-faults", "2"])
+        .args(["--lie-rate", "0.05", "--json"])
         .output()
         .unwrap();
     let report: Value = serde_json::from_slice(&output.stdout)
@@ -38,7 +40,20 @@ fn assert_clean_chaos(url: &str, nodes: usize) {
         report["notifications"].clone(),
         report["kills"].clone(),
     );
-    assert_eq!(shape, (json!(nodes), json!(300), json!(100), json!(10)));
+    assert_eq!(shape, (json!(nodes), json!(300), json!(100), json!(6)));
+    assert_eq!(
+        (report["pauses"].clone(), report["dbFaults"].clone()),
+        (json!(2), json!(2))
+    );
+    assert!(report["connectionsCut"].as_u64().unwrap() > 0, "{report:#}");
+    assert!(
+        report["lies"].as_u64().unwrap() > 0,
+        "the gateway lied: {report:#}"
+    );
+    assert!(
+        report["completionRate"].as_f64().unwrap() >= 0.5,
+        "{report:#}"
+    );
     let audit = &report["audit"];
     for book in ["payments", "notifications"] {
         assert_eq!(audit[book]["discrepancies"], json!([]), "{book}");
@@ -56,7 +71,8 @@ fn assert_clean_chaos(url: &str, nodes: usize) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_nodes_on_postgres_survive_random_sigkills_with_a_clean_audit() {
+async fn three_nodes_on_postgres_survive_kills_pauses_cut_connections_and_lies_with_a_clean_audit()
+{
     let Some((admin, name, url)) = postgres_database().await else {
         return;
     };
@@ -66,7 +82,7 @@ async fn three_nodes_on_postgres_survive_random_sigkills_with_a_clean_audit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_nodes_on_mysql_survive_random_sigkills_with_a_clean_audit() {
+async fn three_nodes_on_mysql_survive_kills_pauses_cut_connections_and_lies_with_a_clean_audit() {
     let admin = std::env::var("ONCELY_TEST_MYSQL_URL")
         .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
     let connecting = MySqlPoolOptions::new()
