@@ -1,28 +1,11 @@
-//! `oncely chaos`: several `oncely serve` nodes on one database, a faulty simulated
-//! gateway and a faulty simulated webhook receiver; payments (each announcing its end as a
-//! webhook) and notifications, with duplicates and conflicting bodies, sent to random
-//! nodes; random nodes SIGKILLed and restarted throughout; then every operation must end,
-//! every webhook must have arrived once per `webhook-id` with a valid signature, and the
-//! audit must be clean.
-//!
-//! It runs this very binary as child processes, so what it tests is what users run.
+//! `oncely chaos`: the flags and the output; the harness is `oncely_testkit::chaos`.
 
-use std::collections::HashSet;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
 
-use anyhow::{Context, bail, ensure};
-use oncely::{ListFilter, OperationState, Store};
-use oncely_reqwest::WebhookSecret;
-use oncely_sqlx::AnyStore;
-use serde::Serialize;
-use serde_json::{Value, json};
+use oncely_testkit::chaos::{self, ChaosConfig};
 
-use crate::audit::Audit;
 use crate::duration;
 
 /// Flags of `oncely chaos`.
@@ -79,740 +62,78 @@ pub(crate) struct ChaosArgs {
     json: bool,
 }
 
-/// What a chaos run found.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ChaosReport {
-    nodes: usize,
-    /// Where the simulated gateway listened.
-    gateway: String,
-    /// Where the simulated webhook receiver listened: the prefix of every notification's
-    /// URL, for a later `oncely audit --webhook-endpoint`.
-    webhooks: String,
-    payments: usize,
-    notifications: usize,
-    requests: usize,
-    kills: usize,
-    pauses: usize,
-    db_faults: usize,
-    /// Database connections the db faults cut.
-    connections_cut: u64,
-    /// Lying answers the gateway told.
-    lies: usize,
-    /// Outcomes of paused or killed nodes refused by the fence (I4).
-    fenced_writes: usize,
-    /// Leases a restarted node took back at once from its earlier incarnation.
-    leases_taken_over: u64,
-    /// Distinct payments that ended COMPLETED, as a share.
-    completion_rate: f64,
-    unexpected_answers: Vec<String>,
-    /// Notifications (payment events included) that did not end COMPLETED: with no
-    /// declines at the receiver, every one must arrive.
-    undelivered: Vec<String>,
-    seconds: f64,
-    audit: Audit,
-}
-
-struct Node {
-    port: u16,
-    child: Option<Child>,
-}
-
-struct Cluster {
-    exe: PathBuf,
-    db: String,
-    gateway: String,
-    webhooks: String,
-    secret: WebhookSecret,
-    workdir: PathBuf,
-    nodes: Vec<Node>,
-    simulators: Vec<Child>,
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn log_to(dir: &Path, name: &str) -> anyhow::Result<Stdio> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(name))?;
-    Ok(Stdio::from(file))
-}
-
-impl Cluster {
-    fn command(&self) -> Command {
-        let mut command = Command::new(&self.exe);
-        for (name, _) in std::env::vars() {
-            if name.starts_with("ONCELY_") {
-                command.env_remove(name);
-            }
-        }
-        command
-    }
-
-    /// Starts `gateway-sim` or `webhook-sim` with the run's faults, its ledger in the
-    /// work directory.
-    fn start_simulator(
-        &mut self,
-        which: &str,
-        port: u16,
-        seed: u64,
-        extra: &[&str],
-    ) -> anyhow::Result<()> {
-        let child = self
-            .command()
-            .args([which, "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--ledger")
-            .arg(format!(
-                "sqlite://{}",
-                self.workdir.join(format!("{which}.db")).display()
-            ))
-            .args(["--seed", &seed.to_string()])
-            .args(["--latency-min", "1ms", "--latency-max", "15ms"])
-            .args(["--error-rate", "0.05", "--rate-limit-rate", "0.05"])
-            .args(["--timeout-rate", "0.02", "--hang", "2s"])
-            .args(["--lost-answer-rate", "0.05"])
-            .args(extra)
-            // webhook-sim checks signatures with it; the secret stays out of argv.
-            .env("ONCELY_WEBHOOK_SECRET", self.secret.expose())
-            .stdout(Stdio::null())
-            .stderr(log_to(&self.workdir, &format!("{which}.log"))?)
-            .spawn()
-            .with_context(|| format!("starting oncely {which}"))?;
-        self.simulators.push(child);
-        Ok(())
-    }
-
-    fn start(&mut self, index: usize) -> anyhow::Result<()> {
-        let port = self.nodes[index].port;
-        let child = self
-            .command()
-            .args([
-                "serve",
-                "--db",
-                &self.db,
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .args(["--node-id", &format!("chaos-{index}")])
-            .args(["--gateway-url", &self.gateway])
-            .args(["--lease-ttl", "3s", "--gateway-timeout", "1s"])
-            .args(["--backoff-base", "50ms", "--backoff-max", "500ms"])
-            .args(["--attempts-max", "30", "--poll-interval", "50ms"])
-            .args(["--workers", "16"])
-            .env("ONCELY_WEBHOOK_SECRET", self.secret.expose())
-            .args([
-                "--webhook-allow",
-                self.webhooks.trim_start_matches("http://"),
-            ])
-            .args([
-                "--payment-webhook-url",
-                &format!("{}/v1/webhooks/payments", self.webhooks),
-            ])
-            .args(["--webhook-timeout", "1s", "--webhook-workers", "16"])
-            .args([
-                "--webhook-backoff-base",
-                "50ms",
-                "--webhook-backoff-max",
-                "500ms",
-            ])
-            .args(["--webhook-attempts-max", "30"])
-            .stdout(Stdio::null())
-            .stderr(log_to(&self.workdir, &format!("node-{index}.log"))?)
-            .spawn()
-            .context("starting oncely serve")?;
-        self.nodes[index].child = Some(child);
-        Ok(())
-    }
-
-    /// SIGKILL: no shutdown, no flush, no goodbye.
-    fn kill(&mut self, index: usize) -> anyhow::Result<()> {
-        if let Some(mut child) = self.nodes[index].child.take() {
-            child.kill()?;
-            child.wait()?;
-        }
-        Ok(())
-    }
-
-    /// SIGSTOP for `pause`, then SIGCONT: the node sleeps through its lease and wakes up
-    /// believing it still holds it.
-    async fn pause(&mut self, index: usize, pause: Duration) -> anyhow::Result<()> {
-        let Some(pid) = self.nodes[index].child.as_ref().map(Child::id) else {
-            return Ok(());
-        };
-        signal(pid, "STOP")?;
-        tokio::time::sleep(pause).await;
-        signal(pid, "CONT")
-    }
-
-    /// Lines of the nodes' logs that contain `needle`, and the sum of the `field=N`
-    /// values on them.
-    fn count_in_logs(&self, needle: &str, field: Option<&str>) -> (usize, u64) {
-        let (mut lines, mut sum) = (0, 0);
-        for index in 0..self.nodes.len() {
-            let log = std::fs::read_to_string(self.workdir.join(format!("node-{index}.log")))
-                .unwrap_or_default();
-            for line in log.lines().filter(|line| line.contains(needle)) {
-                lines += 1;
-                if let Some(field) = field {
-                    sum += line
-                        .split_whitespace()
-                        .find_map(|word| {
-                            word.strip_prefix(field)?
-                                .strip_prefix('=')?
-                                .parse::<u64>()
-                                .ok()
-                        })
-                        .unwrap_or(0);
-                }
-            }
-        }
-        (lines, sum)
-    }
-
-    fn urls(&self) -> Vec<String> {
-        self.nodes
-            .iter()
-            .map(|node| format!("http://127.0.0.1:{}", node.port))
-            .collect()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for node in &mut self.nodes {
-            if let Some(mut child) = node.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-        for child in &mut self.simulators {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Sends `SIGname` to `pid` with kill(1), which every Unix has.
-fn signal(pid: u32, name: &str) -> anyhow::Result<()> {
-    let status = Command::new("kill")
-        .args([&format!("-{name}"), &pid.to_string()])
-        .status()
-        .with_context(|| format!("sending SIG{name} to {pid}"))?;
-    ensure!(status.success(), "kill -{name} {pid} failed");
-    Ok(())
-}
-
-/// Cuts every connection to the run's database but this one's; returns how many.
-async fn cut_connections(db: &str) -> anyhow::Result<u64> {
-    use sqlx::Connection;
-    if db.starts_with("postgres") {
-        let mut conn = sqlx::PgConnection::connect(db).await?;
-        let cut: Vec<bool> = sqlx::query_scalar(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE datname = current_database() AND pid <> pg_backend_pid()",
-        )
-        .fetch_all(&mut conn)
-        .await?;
-        conn.close().await?;
-        return Ok(cut.into_iter().filter(|cut| *cut).count() as u64);
-    }
-    let url = db.replacen("mariadb://", "mysql://", 1);
-    let mut conn = sqlx::MySqlConnection::connect(&url).await?;
-    let ids: Vec<i64> = sqlx::query_scalar(
-        "SELECT CAST(ID AS SIGNED) FROM information_schema.PROCESSLIST WHERE DB = DATABASE() AND ID <> CONNECTION_ID()",
-    )
-    .fetch_all(&mut conn)
-    .await?;
-    let mut cut = 0;
-    for id in ids {
-        // A connection that closed meanwhile is not an error.
-        if sqlx::query(&format!("KILL CONNECTION {id}"))
-            .execute(&mut conn)
-            .await
-            .is_ok()
-        {
-            cut += 1;
-        }
-    }
-    conn.close().await?;
-    Ok(cut)
-}
-
-/// The faults of a run, in the order they strike.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Strike {
-    Kill,
-    Pause,
-    DbFault,
-}
-
-/// `kills`, `pauses` and `db_faults` strikes, shuffled by `rng`.
-fn strikes(kills: usize, pauses: usize, db_faults: usize, rng: &mut fastrand::Rng) -> Vec<Strike> {
-    let mut strikes: Vec<Strike> = std::iter::repeat_n(Strike::Kill, kills)
-        .chain(std::iter::repeat_n(Strike::Pause, pauses))
-        .chain(std::iter::repeat_n(Strike::DbFault, db_faults))
-        .collect();
-    rng.shuffle(&mut strikes);
-    strikes
-}
-
-/// How long a paused node sleeps: past the lease `start` gives the nodes (3 s).
-const PAUSE: Duration = Duration::from_secs(4);
-
-async fn wait_healthy(client: &reqwest::Client, base: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(response) = client.get(format!("{base}/healthz")).send().await
-            && response.status().is_success()
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    bail!("{base} did not become healthy within 30 s")
-}
-
-#[derive(Debug, Clone)]
-struct Request {
-    /// `/v1/payments` or `/v1/notifications`.
-    path: &'static str,
-    key: String,
-    body: Value,
-    conflicting: bool,
-}
-
-/// Distinct payments and notifications, interleaved; a duplicate after every fourth; then
-/// conflicting bodies for keys that are surely accepted by then.
-fn plan(
-    run: &str,
-    payments: usize,
-    notifications: usize,
-    webhooks: &str,
-) -> (Vec<Request>, Vec<Request>) {
-    let payment = |order: usize, cents: usize| Request {
-        path: "/v1/payments",
-        key: format!("chaos-{run}-p{order:05}"),
-        body: json!({
-            "orderId": order + 1,
-            "customerId": 1 + order % 13,
-            "amount": format!("{}.{:02}", 1 + order % 97, cents % 100),
-            "paymentMethod": "CARD",
-        }),
-        conflicting: false,
-    };
-    let notification = |n: usize, version: usize| Request {
-        path: "/v1/notifications",
-        key: format!("chaos-{run}-n{n:05}"),
-        body: json!({
-            "url": format!("{webhooks}/v1/webhooks/orders"),
-            "eventType": "order.shipped",
-            "payload": { "order": n, "version": version },
-        }),
-        conflicting: false,
-    };
-    let total = payments + notifications;
-    let mut first: Vec<Request> = Vec::new();
-    for i in 0..total {
-        // Spread the notifications evenly among the payments.
-        let n = i * notifications / total.max(1);
-        let is_notification = (i + 1) * notifications / total.max(1) > n;
-        first.push(if is_notification {
-            notification(n, 1)
-        } else {
-            payment(i - n, i - n)
-        });
-        if i % 4 == 3 {
-            let duplicate = first[first.len() / 2].clone();
-            first.push(duplicate);
-        }
-    }
-    let conflicting = |mut request: Request| {
-        request.conflicting = true;
-        request
-    };
-    let conflicts = (0..payments)
-        .step_by(40)
-        .map(|order| conflicting(payment(order, order + 1)))
-        .chain(
-            (0..notifications)
-                .step_by(40)
-                .map(|n| conflicting(notification(n, 2))),
-        )
-        .collect();
-    (first, conflicts)
-}
-
-/// How long one request is retried across nodes before it counts as unanswered.
-const SEND_DEADLINE: Duration = Duration::from_secs(60);
-
-/// Sends one request to random nodes until one answers (a dead node is skipped, as a load
-/// balancer would). Returns the status; 0 when no node answered within [`SEND_DEADLINE`].
-async fn send(
-    client: &reqwest::Client,
-    urls: &[String],
-    rng: &Mutex<fastrand::Rng>,
-    request: &Request,
-) -> u16 {
-    let deadline = Instant::now() + SEND_DEADLINE;
-    while Instant::now() < deadline {
-        let node = rng
-            .lock()
-            .map(|mut rng| rng.usize(..urls.len()))
-            .unwrap_or(0);
-        let sent = client
-            .post(format!("{}{}", urls[node], request.path))
-            .header("Idempotency-Key", &request.key)
-            .json(&request.body)
-            .send()
-            .await;
-        match sent {
-            Ok(response) if response.status().as_u16() != 503 => return response.status().as_u16(),
-            _ => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
-    0
-}
-
-async fn send_all(
-    client: &reqwest::Client,
-    urls: &[String],
-    rng: &Arc<Mutex<fastrand::Rng>>,
-    requests: Vec<Request>,
-    clients: usize,
-    progress: &Arc<AtomicUsize>,
-) -> Vec<(Request, u16)> {
-    let queue = Arc::new(Mutex::new(requests.into_iter().rev().collect::<Vec<_>>()));
-    let mut tasks = Vec::new();
-    for _ in 0..clients.max(1) {
-        let (client, urls, rng, queue, progress) = (
-            client.clone(),
-            urls.to_vec(),
-            rng.clone(),
-            queue.clone(),
-            progress.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut answers = Vec::new();
-            loop {
-                let next = queue.lock().ok().and_then(|mut queue| queue.pop());
-                let Some(request) = next else { return answers };
-                let status = send(&client, &urls, &rng, &request).await;
-                progress.fetch_add(1, Ordering::SeqCst);
-                answers.push((request, status));
-            }
-        }));
-    }
-    let mut answers = Vec::new();
-    for task in tasks {
-        if let Ok(mut part) = task.await {
-            answers.append(&mut part);
-        }
-    }
-    answers
-}
-
-async fn in_flight(store: &AnyStore) -> anyhow::Result<usize> {
-    let mut count = 0;
-    for state in [OperationState::Accepted, OperationState::Processing] {
-        let filter = ListFilter {
-            state: Some(state),
-            limit: oncely::store::LIST_LIMIT_MAX,
-            ..ListFilter::default()
-        };
-        count += store.list(filter).await?.items.len();
-    }
-    Ok(count)
-}
-
-/// Keys of the notifications that did not end COMPLETED.
-async fn undelivered(store: &AnyStore) -> anyhow::Result<Vec<String>> {
-    let mut keys = Vec::new();
-    for state in [OperationState::Failed, OperationState::Timeout] {
-        let filter = ListFilter {
-            domain: Some(oncely::DomainName::new("NOTIFICATION")?),
-            state: Some(state),
-            limit: oncely::store::LIST_LIMIT_MAX,
-            ..ListFilter::default()
-        };
-        let page = store.list(filter).await?;
-        keys.extend(page.items.into_iter().map(|op| {
-            let why = op.error_message.unwrap_or_default();
-            format!("{} {}: {why}", op.scope.key, op.state)
-        }));
-    }
-    Ok(keys)
-}
-
 pub(crate) async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
-    ensure!(args.nodes >= 1, "--nodes must be at least 1");
-    ensure!(
-        args.db_faults == 0 || !args.db.starts_with("sqlite:"),
-        "--db-faults cuts database connections: it needs PostgreSQL or MySQL, not SQLite"
-    );
-    ensure!(
-        (0.0..=1.0).contains(&args.min_completion_rate),
-        "--min-completion-rate must be 0 to 1"
-    );
-    ensure!(
-        args.nodes == 1 || !args.db.starts_with("sqlite:"),
-        "SQLite is one process per file: use --nodes 1, or a PostgreSQL database"
-    );
-    let started = Instant::now();
-    let temporary = tempfile_dir(args.workdir.as_deref())?;
-    let workdir = temporary.path().to_owned();
-    // Migrate once, before any node starts.
-    AnyStore::open(&args.db)
-        .await
-        .with_context(|| format!("opening {}", args.db))?
-        .close()
-        .await;
-    let (gateway_port, webhooks_port) = (free_port()?, free_port()?);
-    let secret = WebhookSecret::generate()?;
-    let mut cluster = Cluster {
+    let config = ChaosConfig {
         exe: std::env::current_exe()?,
-        db: args.db.clone(),
-        gateway: format!("http://127.0.0.1:{gateway_port}"),
-        webhooks: format!("http://127.0.0.1:{webhooks_port}"),
-        secret: secret.clone(),
-        workdir: workdir.clone(),
-        nodes: (0..args.nodes)
-            .map(|_| {
-                Ok(Node {
-                    port: free_port()?,
-                    child: None,
-                })
-            })
-            .collect::<anyhow::Result<_>>()?,
-        simulators: Vec::new(),
-    };
-    let lie_rate = args.lie_rate.to_string();
-    cluster.start_simulator(
-        "gateway-sim",
-        gateway_port,
-        args.seed,
-        &["--decline-rate", "0.05", "--lie-rate", &lie_rate],
-    )?;
-    // No declines at the receiver: every notification must arrive.
-    cluster.start_simulator("webhook-sim", webhooks_port, args.seed.wrapping_add(2), &[])?;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
-    wait_healthy(&client, &cluster.gateway).await?;
-    wait_healthy(&client, &cluster.webhooks).await?;
-    for index in 0..args.nodes {
-        cluster.start(index)?;
-    }
-    let urls = cluster.urls();
-    for url in &urls {
-        wait_healthy(&client, url).await?;
-    }
-    tracing::info!(nodes = args.nodes, payments = args.payments, notifications = args.notifications, kills = args.kills, workdir = %workdir.display(), "chaos: starting");
-
-    let run_id = format!(
-        "{:x}",
-        args.seed ^ u64::from(started.elapsed().subsec_nanos())
-    );
-    let (first, conflicts) = plan(
-        &run_id,
-        args.payments,
-        args.notifications,
-        &cluster.webhooks,
-    );
-    let rng = Arc::new(Mutex::new(fastrand::Rng::with_seed(args.seed)));
-    let progress = Arc::new(AtomicUsize::new(0));
-    let total = first.len();
-    let sending = {
-        let (client, urls, rng, progress) =
-            (client.clone(), urls.clone(), rng.clone(), progress.clone());
-        let clients = args.clients;
-        tokio::spawn(async move { send_all(&client, &urls, &rng, first, clients, &progress).await })
-    };
-    let mut killer = fastrand::Rng::with_seed(args.seed.wrapping_add(1));
-    let strikes = strikes(args.kills, args.pauses, args.db_faults, &mut killer);
-    let mut connections_cut = 0;
-    for (n, strike) in strikes.iter().enumerate() {
-        let threshold = (n + 1) * total / (strikes.len() + 1);
-        while progress.load(Ordering::SeqCst) < threshold && !sending.is_finished() {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        if sending.is_finished() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        let victim = killer.usize(..args.nodes);
-        match strike {
-            Strike::Kill => {
-                cluster.kill(victim)?;
-                cluster.start(victim)?;
-                wait_healthy(&client, &urls[victim]).await?;
-            }
-            Strike::Pause => cluster.pause(victim, PAUSE).await?,
-            Strike::DbFault => connections_cut += cut_connections(&args.db).await?,
-        }
-    }
-    let mut answers = sending.await?;
-    answers.extend(
-        send_all(
-            &client,
-            &urls,
-            &rng,
-            conflicts,
-            args.clients,
-            &Arc::new(AtomicUsize::new(0)),
-        )
-        .await,
-    );
-
-    let store = AnyStore::open(&args.db).await?;
-    let deadline = Instant::now() + args.timeout;
-    while in_flight(&store).await? > 0 {
-        ensure!(
-            Instant::now() < deadline,
-            "operations still in flight after {:?}",
-            args.timeout
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    for index in 0..args.nodes {
-        cluster.kill(index)?;
-    }
-    // The simulators stay up until their ledgers are read.
-    let books = crate::audit::Books {
-        gateway: Some(&cluster.gateway),
-        webhooks: Some((&cluster.webhooks, &cluster.webhooks)),
-        payment_events: true,
-    };
-    let audit = crate::audit::audit(&store, books)
-        .await
-        .context("auditing")?;
-    let (gateway, webhooks) = (cluster.gateway.clone(), cluster.webhooks.clone());
-    let undelivered = undelivered(&store).await?;
-    let (fenced_writes, _) = cluster.count_in_logs("taken over by another worker", None);
-    let (_, leases_taken_over) = cluster.count_in_logs("took over", Some("released"));
-    let lies = std::fs::read_to_string(workdir.join("gateway-sim.log"))
-        .unwrap_or_default()
-        .matches("simulating a lying answer")
-        .count();
-    drop(cluster);
-    store.close().await;
-
-    let unexpected_answers = answers
-        .iter()
-        .filter(|(request, status)| {
-            let expected: &[u16] = if request.conflicting {
-                &[422]
-            } else {
-                &[200, 202]
-            };
-            !expected.contains(status)
-        })
-        .map(|(request, status)| format!("{} answered {status}", request.key))
-        .collect::<Vec<_>>();
-    let distinct = |path: &str| {
-        answers
-            .iter()
-            .filter(|(r, _)| !r.conflicting && r.path == path)
-            .map(|(r, _)| r.key.clone())
-            .collect::<HashSet<_>>()
-            .len()
-    };
-    let payments = distinct("/v1/payments");
-    let completed = audit
-        .payments
-        .as_ref()
-        .and_then(|report| report.operations.get("COMPLETED"))
-        .copied()
-        .unwrap_or(0);
-    let report = ChaosReport {
+        db: args.db,
         nodes: args.nodes,
-        gateway,
-        webhooks,
-        payments,
-        notifications: distinct("/v1/notifications"),
-        requests: answers.len(),
+        payments: args.payments,
+        notifications: args.notifications,
         kills: args.kills,
         pauses: args.pauses,
         db_faults: args.db_faults,
-        connections_cut,
-        lies,
-        fenced_writes,
-        leases_taken_over,
-        completion_rate: completed as f64 / payments.max(1) as f64,
-        unexpected_answers,
-        undelivered,
-        seconds: started.elapsed().as_secs_f64(),
-        audit,
+        lie_rate: args.lie_rate,
+        min_completion_rate: args.min_completion_rate,
+        seed: args.seed,
+        clients: args.clients,
+        timeout: args.timeout,
+        workdir: args.workdir,
     };
-    print(&report, args.json)?;
-    let completed_enough = report.completion_rate >= args.min_completion_rate;
-    if !completed_enough {
-        tracing::error!(
-            completion_rate = report.completion_rate,
-            min = args.min_completion_rate,
-            "too few payments completed: a run in which everything fails is not a pass"
+    let min_completion_rate = config.min_completion_rate;
+    let report = chaos::run(config).await?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        chaos::write_report(&mut out, &report)?;
+    }
+    Ok(report.passed(min_completion_rate))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        chaos: ChaosArgs,
+    }
+
+    #[test]
+    fn the_flags_defaults_are_the_harness_defaults() {
+        let args = Wrapper::try_parse_from(["chaos", "--db", "sqlite::memory:"])
+            .unwrap()
+            .chaos;
+        let harness = ChaosConfig::new(PathBuf::new(), "sqlite::memory:".into());
+        assert_eq!(
+            (args.nodes, args.payments, args.notifications, args.kills),
+            (
+                harness.nodes,
+                harness.payments,
+                harness.notifications,
+                harness.kills
+            )
+        );
+        assert_eq!(
+            (args.pauses, args.db_faults, args.seed, args.clients),
+            (
+                harness.pauses,
+                harness.db_faults,
+                harness.seed,
+                harness.clients
+            )
+        );
+        assert_eq!(
+            (args.lie_rate, args.min_completion_rate, args.timeout),
+            (
+                harness.lie_rate,
+                harness.min_completion_rate,
+                harness.timeout
+            )
         );
     }
-    Ok(report.unexpected_answers.is_empty()
-        && report.undelivered.is_empty()
-        && report.audit.is_clean()
-        && report.audit.in_flight() == 0
-        && completed_enough)
-}
-
-fn tempfile_dir(keep: Option<&Path>) -> anyhow::Result<tempfile::TempDir> {
-    match keep {
-        Some(dir) => {
-            std::fs::create_dir_all(dir)?;
-            Ok(tempfile::Builder::new()
-                .prefix("chaos-")
-                .disable_cleanup(true)
-                .tempdir_in(dir)?)
-        }
-        None => Ok(tempfile::Builder::new().prefix("oncely-chaos-").tempdir()?),
-    }
-}
-
-fn print(report: &ChaosReport, json: bool) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    if json {
-        serde_json::to_writer_pretty(&mut out, report)?;
-        writeln!(out)?;
-        return Ok(());
-    }
-    writeln!(out, "nodes          {}", report.nodes)?;
-    writeln!(
-        out,
-        "sent           {} payments, {} notifications ({} requests)",
-        report.payments, report.notifications, report.requests
-    )?;
-    writeln!(
-        out,
-        "faults         {} kills, {} pauses, {} db faults ({} connections cut), {} lies",
-        report.kills, report.pauses, report.db_faults, report.connections_cut, report.lies
-    )?;
-    writeln!(out, "fenced writes  {}", report.fenced_writes)?;
-    writeln!(
-        out,
-        "taken over     {} leases, at restart",
-        report.leases_taken_over
-    )?;
-    writeln!(
-        out,
-        "completed      {:.1} % of payments",
-        report.completion_rate * 100.0
-    )?;
-    writeln!(out, "time           {:.1} s", report.seconds)?;
-    writeln!(out, "unexpected     {}", report.unexpected_answers.len())?;
-    for line in report.unexpected_answers.iter().take(20) {
-        writeln!(out, "  {line}")?;
-    }
-    writeln!(out, "undelivered    {}", report.undelivered.len())?;
-    for line in report.undelivered.iter().take(20) {
-        writeln!(out, "  {line}")?;
-    }
-    crate::audit::write_table(&mut out, &report.audit)?;
-    Ok(())
 }
