@@ -4,12 +4,12 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Stdio};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use common::{free_port, oncely};
+use common::oncely;
 use sqlx::ConnectOptions;
 
 const NODES: usize = 5;
@@ -40,61 +40,82 @@ fn migrations(backend: &str) -> usize {
 }
 
 /// Running nodes, killed when dropped (also when a test fails).
-struct Nodes(Vec<(Child, String)>);
+struct Nodes(Vec<Child>);
 
 impl Drop for Nodes {
     fn drop(&mut self) {
-        for (child, _) in &mut self.0 {
+        for child in &mut self.0 {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 }
 
-/// Starts `NODES` serve processes at once on `db`, each in its own directory and on its
-/// own ports, and waits until every one is ready (or has exited).
+/// Starts `NODES` serve processes at once on `db`, each in its own directory, listening on
+/// ports the system picks (no port is chosen ahead and lost to another process), and waits
+/// until every one says it is serving and its `/readyz` answers, or fails with its log.
 async fn start_at_once(db: &str) -> Nodes {
     let dirs: Vec<tempfile::TempDir> = (0..NODES).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes = Nodes(Vec::new());
-    for dir in &dirs {
-        let port = free_port();
-        let child = oncely()
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, Option<String>, String)>();
+    for (index, dir) in dirs.iter().enumerate() {
+        let mut child = oncely()
             .current_dir(dir.path())
-            .args([
-                "serve",
-                "--db",
-                db,
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
+            .args(["serve", "--db", db, "--listen", "127.0.0.1:0"])
             // No provider is needed to come up: nothing is submitted.
             .args(["--gateway-url", "http://127.0.0.1:9"])
-            .args([
-                "--webhook-sim-listen",
-                &format!("127.0.0.1:{}", free_port()),
-            ])
+            .args(["--webhook-sim-listen", "127.0.0.1:0"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        nodes.0.push((child, format!("http://127.0.0.1:{port}")));
+        let stderr = child.stderr.take().unwrap();
+        let tx = tx.clone();
+        // Reads the node's log until it says where it serves (or ends), then drains it.
+        std::thread::spawn(move || {
+            let mut log = String::new();
+            let mut told = false;
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                log.push_str(&line);
+                log.push('\n');
+                if !told && let Some(at) = line.find("listen=http://") {
+                    let url = line[at + "listen=".len()..]
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
+                    told = tx.send((index, Some(url), String::new())).is_ok();
+                }
+            }
+            if !told {
+                let _ = tx.send((index, None, log));
+            }
+        });
+        nodes.0.push(child);
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for (child, base) in &mut nodes.0 {
+    drop(tx);
+    let mut urls = vec![None; NODES];
+    while urls.iter().any(Option::is_none) {
+        let (index, url, log) = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("nodes never all served on {db}"));
+        let Some(url) = url else {
+            panic!("a node starting beside {NODES} others exited on {db}: {log}");
+        };
+        urls[index] = Some(url);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for url in urls.into_iter().flatten() {
         loop {
-            if let Ok(response) = reqwest::get(format!("{base}/readyz")).await
+            if let Ok(response) = reqwest::get(format!("{url}/readyz")).await
                 && response.status().is_success()
             {
                 break;
             }
-            if let Some(status) = child.try_wait().unwrap() {
-                let mut log = String::new();
-                std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut log).unwrap();
-                panic!("a node starting beside {NODES} others exited ({status}) on {db}: {log}");
-            }
             assert!(
                 Instant::now() < deadline,
-                "{base} never became ready on {db}"
+                "{url} never became ready on {db}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

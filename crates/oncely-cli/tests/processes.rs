@@ -195,6 +195,7 @@ async fn audit_exits_3_while_payments_are_in_flight_unless_allowed() {
             &format!("127.0.0.1:{port}"),
         ])
         .args(["--gateway-url", &gateway_url, "--backoff-base", "60s"])
+        .args(["--webhook-sim-listen", "127.0.0.1:0"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

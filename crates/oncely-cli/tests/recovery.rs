@@ -65,10 +65,7 @@ async fn node(dir: &Path, db: &str, gateway: &str, node: &str) -> (Process, Stri
             &format!("127.0.0.1:{port}"),
         ])
         .args(["--gateway-url", gateway, "--node-id", node])
-        .args([
-            "--webhook-sim-listen",
-            &format!("127.0.0.1:{}", free_port()),
-        ])
+        .args(["--webhook-sim-listen", "127.0.0.1:0"])
         .args(["--poll-interval", "100ms"])
         .env("ONCELY_LOG", "info")
         .stdout(Stdio::null())

@@ -1494,6 +1494,31 @@ mod tests {
     }
 
     #[test]
+    fn a_takeover_from_an_earlier_incarnation_is_due_at_once_within_the_budget() {
+        let now = Utc::now();
+        let owner = LeaseOwner::incarnation(&NodeId::new("web-1").unwrap());
+        assert_eq!(owner.node(), Some("web-1"));
+        let policy = RetryPolicy::exponential(Duration::from_secs(5), Duration::from_secs(60));
+        let Decision::RetryAt { at, reason } =
+            decide_takeover(&policy, &operation(1, 0), &owner, now)
+        else {
+            panic!("a takeover retries");
+        };
+        assert_eq!(at, now, "no backoff: the process that held it is gone");
+        assert!(reason.contains("earlier incarnation"), "{reason}");
+        let spent = operation(policy.attempts_max, 0);
+        assert!(matches!(
+            decide_takeover(&policy, &spent, &owner, now),
+            Decision::GiveUp { .. }
+        ));
+        let strict = policy.without_retrying_unknown_outcomes();
+        assert!(matches!(
+            decide_takeover(&strict, &operation(1, 0), &owner, now),
+            Decision::GiveUp { .. }
+        ));
+    }
+
+    #[test]
     fn ok_and_fail_map_to_complete_and_fail() {
         let policy = RetryPolicy::default();
         let now = Utc::now();
