@@ -57,6 +57,10 @@ pub(crate) struct ChaosArgs {
     /// Keep logs and the gateway ledger here instead of a temporary directory.
     #[arg(long)]
     workdir: Option<PathBuf>,
+    /// A shell command that restarts the database server, run once halfway through the
+    /// faults (as `pg_ctlcluster 15 main restart`); the nodes must ride through it.
+    #[arg(long)]
+    db_restart: Option<String>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -78,6 +82,7 @@ pub(crate) async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
         clients: args.clients,
         timeout: args.timeout,
         workdir: args.workdir,
+        db_restart: args.db_restart,
     };
     let min_completion_rate = config.min_completion_rate;
     let report = chaos::run(config).await?;

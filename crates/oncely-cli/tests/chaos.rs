@@ -20,16 +20,37 @@ use serde_json::{Value, json};
 use sqlx::ConnectOptions;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 
-/// Runs a bounded chaos round of `nodes` nodes on `url` and checks its report.
-fn assert_clean_chaos(url: &str, nodes: usize) {
+/// How to restart the local PostgreSQL server, where this run may: under CI=true, as root
+/// on the machine that runs it (pg_ctlcluster), against the default local server.
+fn postgres_restart() -> Option<String> {
+    let in_ci = std::env::var("CI").is_ok_and(|value| value == "true" || value == "1");
+    let local = std::env::var("ONCELY_TEST_POSTGRES_URL").map_or(true, |url| {
+        url.contains("127.0.0.1") || url.contains("localhost")
+    });
+    let cluster = std::fs::read_dir("/etc/postgresql")
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .min()?;
+    let tool = std::path::Path::new("/usr/bin/pg_ctlcluster").exists();
+    (in_ci && local && tool)
+        .then(|| format!("pg_ctlcluster --skip-systemctl-redirect {cluster} main restart"))
+}
+
+/// Runs a bounded chaos round of `nodes` nodes on `url` and checks its report; restarts the
+/// database server halfway when `db_restart` says how.
+fn assert_clean_chaos(url: &str, nodes: usize, db_restart: Option<String>) {
     let nodes_flag = nodes.to_string();
-    let output = oncely()
+    let mut chaos = oncely();
+    chaos
         .args(["chaos", "--db", url, "--nodes", &nodes_flag])
         .args(["--payments", "300", "--notifications", "100"])
         .args(["--kills", "6", "--pauses", "2", "--db-faults", "2"])
-        .args(["--lie-rate", "0.05", "--json"])
-        .output()
-        .unwrap();
+        .args(["--lie-rate", "0.05", "--json"]);
+    if let Some(command) = &db_restart {
+        chaos.args(["--db-restart", command]);
+    }
+    let output = chaos.output().unwrap();
     let report: Value = serde_json::from_slice(&output.stdout)
         .unwrap_or_else(|_| panic!("no report: {}", String::from_utf8_lossy(&output.stderr)));
     eprintln!("chaos: {report}");
@@ -76,7 +97,13 @@ async fn three_nodes_on_postgres_survive_kills_pauses_cut_connections_and_lies_w
     let Some((admin, name, url)) = postgres_database().await else {
         return;
     };
-    let result = std::panic::catch_unwind(|| assert_clean_chaos(&url, 3));
+    let restart = postgres_restart();
+    if restart.is_none() {
+        eprintln!(
+            "not restarting PostgreSQL mid-run: only under CI=true, on the local server, with pg_ctlcluster"
+        );
+    }
+    let result = std::panic::catch_unwind(|| assert_clean_chaos(&url, 3, restart));
     common::drop_postgres_database(&admin, &name).await;
     result.unwrap();
 }
@@ -117,7 +144,7 @@ async fn three_nodes_on_mysql_survive_kills_pauses_cut_connections_and_lies_with
         .database(&name)
         .to_url_lossy()
         .to_string();
-    let result = std::panic::catch_unwind(|| assert_clean_chaos(&url, 3));
+    let result = std::panic::catch_unwind(|| assert_clean_chaos(&url, 3, None));
     sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
         .execute(&pool)
         .await

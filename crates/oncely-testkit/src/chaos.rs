@@ -62,6 +62,10 @@ pub struct ChaosConfig {
     pub timeout: Duration,
     /// Keep logs and the gateway ledger here instead of a temporary directory.
     pub workdir: Option<PathBuf>,
+    /// A shell command that restarts the database server (as
+    /// `pg_ctlcluster 15 main restart`), run once, halfway through the faults; the nodes
+    /// must ride through it. `None`: the server is not restarted.
+    pub db_restart: Option<String>,
 }
 
 impl ChaosConfig {
@@ -82,6 +86,7 @@ impl ChaosConfig {
             clients: 8,
             timeout: Duration::from_secs(300),
             workdir: None,
+            db_restart: None,
         }
     }
 }
@@ -111,6 +116,10 @@ pub struct ChaosReport {
     pub db_faults: usize,
     /// Database connections the db faults cut.
     pub connections_cut: u64,
+    /// Times the database server was restarted mid-run, and how long the restart took.
+    pub db_restarts: usize,
+    /// How long the restart command ran.
+    pub db_restart_seconds: f64,
     /// Lying answers the gateway told.
     pub lies: usize,
     /// Outcomes of paused or killed nodes refused by the fence (I4).
@@ -356,6 +365,22 @@ async fn cut_connections(db: &str) -> Result<u64, Error> {
     }
     conn.close().await?;
     Ok(cut)
+}
+
+/// Runs `command` with `sh -c`; returns how long it took.
+async fn restart_database(command: &str) -> Result<f64, Error> {
+    tracing::warn!(command, "chaos: restarting the database server");
+    let started = Instant::now();
+    let status = tokio::process::Command::new("sh")
+        .args(["-c", command])
+        .status()
+        .await
+        .during_with(|| format!("running {command:?}"))?;
+    ensure!(
+        status.success(),
+        "the database restart {command:?} failed: {status}"
+    );
+    Ok(started.elapsed().as_secs_f64())
 }
 
 /// The faults of a run, in the order they strike.
@@ -654,6 +679,7 @@ pub async fn run(args: ChaosConfig) -> Result<ChaosReport, Error> {
     let mut killer = fastrand::Rng::with_seed(args.seed.wrapping_add(1));
     let strikes = strikes(args.kills, args.pauses, args.db_faults, &mut killer);
     let mut connections_cut = 0;
+    let (mut db_restarts, mut db_restart_seconds) = (0, 0.0);
     for (n, strike) in strikes.iter().enumerate() {
         let threshold = (n + 1) * total / (strikes.len() + 1);
         while progress.load(Ordering::SeqCst) < threshold && !sending.is_finished() {
@@ -672,6 +698,18 @@ pub async fn run(args: ChaosConfig) -> Result<ChaosReport, Error> {
             Strike::Pause => cluster.pause(victim, PAUSE).await?,
             Strike::DbFault => connections_cut += cut_connections(&args.db).await?,
         }
+        if n + 1 == strikes.len().div_ceil(2)
+            && let Some(command) = &args.db_restart
+        {
+            db_restart_seconds = restart_database(command).await?;
+            db_restarts += 1;
+        }
+    }
+    if strikes.is_empty()
+        && let Some(command) = &args.db_restart
+    {
+        db_restart_seconds = restart_database(command).await?;
+        db_restarts += 1;
     }
     let mut answers = sending.await.during("sending the requests")?;
     answers.extend(
@@ -757,6 +795,8 @@ pub async fn run(args: ChaosConfig) -> Result<ChaosReport, Error> {
         pauses: args.pauses,
         db_faults: args.db_faults,
         connections_cut,
+        db_restarts,
+        db_restart_seconds,
         lies,
         fenced_writes,
         leases_taken_over,
@@ -815,6 +855,13 @@ pub fn write_report(out: &mut impl std::io::Write, report: &ChaosReport) -> std:
         "faults         {} kills, {} pauses, {} db faults ({} connections cut), {} lies",
         report.kills, report.pauses, report.db_faults, report.connections_cut, report.lies
     )?;
+    if report.db_restarts > 0 {
+        writeln!(
+            out,
+            "db restarts    {} ({:.1} s)",
+            report.db_restarts, report.db_restart_seconds
+        )?;
+    }
     writeln!(out, "fenced writes  {}", report.fenced_writes)?;
     writeln!(
         out,
