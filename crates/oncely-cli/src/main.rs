@@ -46,8 +46,10 @@ enum Command {
     /// Runs the simulated webhook receiver: checks signatures, records each webhook-id
     /// once, with faults by flag.
     WebhookSim(sims::WebhookSimArgs),
-    /// Several serve nodes on one database, a faulty gateway, random SIGKILLs; then
-    /// checks every payment ended and the audit is clean. Exits 1 otherwise.
+    /// Several serve nodes on one database, faulty simulated providers, and faults
+    /// thrown at them (SIGKILLs, pauses past the lease, cut database connections, lying
+    /// answers); then checks every operation ended and the audit is clean. Exits 1
+    /// otherwise.
     Chaos(chaos::ChaosArgs),
     /// Reconciles payments with the gateway's ledger and notifications with the webhook
     /// receiver's record; exits 1 on any discrepancy, 2 when it cannot run, 3 when
@@ -65,8 +67,8 @@ enum Command {
     Keys(keys::KeysArgs),
     /// Creates the database if needed and brings its schema up to date.
     Migrate {
-        /// The database: `sqlite://PATH` (created if missing), `sqlite::memory:` or
-        /// `postgres://USER@HOST/DB`.
+        /// The database: `sqlite://PATH`, `sqlite::memory:`, `postgres://USER@HOST/DB` or
+        /// `mysql://USER@HOST/DB`; created if it does not exist (and the user may).
         #[arg(long, env = "ONCELY_DB", default_value = "sqlite://oncely.db")]
         db: String,
     },
