@@ -135,7 +135,7 @@ async fn audit(db: &str, gateway: &str) {
 async fn a_node_restarted_after_kill_9_resumes_its_payments_at_once_not_after_the_lease() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("oncely.db").display());
-    let (_gateway, gateway) = slow_gateway(dir.path(), "2s").await;
+    let (_gateway, gateway) = slow_gateway(dir.path(), "3s").await;
     let (first, base) = node(dir.path(), &db, &gateway, "web-1").await;
     submit(&base, 1..7).await;
     // Every call is in flight at the gateway when the node dies.
@@ -148,14 +148,14 @@ async fn a_node_restarted_after_kill_9_resumes_its_payments_at_once_not_after_th
 
     let restarted = Instant::now();
     let (second, base) = node(dir.path(), &db, &gateway, "web-1").await;
-    // The lease is 60 s; the takeover is at start, and each retry takes one 2 s call.
+    // The lease is 60 s; the takeover is at start, and each retry takes one 3 s call.
     let took = all_completed(&base, 1..7, Duration::from_secs(20)).await;
     let total = restarted.elapsed();
     let log = second.kill();
     assert!(log.contains("took over"), "{log}");
     assert!(log.contains("released=6"), "{log}");
     eprintln!(
-        "recovery: all 6 completed {took:?} after the restarted node was healthy ({total:?} after its start); calls take 2 s"
+        "recovery: all 6 completed {took:?} after the restarted node was healthy ({total:?} after its start); calls take 3 s"
     );
     audit(&db, &gateway).await;
 }
@@ -164,7 +164,8 @@ async fn a_node_restarted_after_kill_9_resumes_its_payments_at_once_not_after_th
 async fn two_live_processes_given_one_node_id_charge_once_and_the_log_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("oncely.db").display());
-    let (_gateway, gateway) = slow_gateway(dir.path(), "2s").await;
+    // Calls of 5 s: the second node starts and takes over long before the first's end.
+    let (_gateway, gateway) = slow_gateway(dir.path(), "5s").await;
     let (first, base) = node(dir.path(), &db, &gateway, "same").await;
     submit(&base, 1..5).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -173,7 +174,7 @@ async fn two_live_processes_given_one_node_id_charge_once_and_the_log_says_so() 
     let (second, other) = node(dir.path(), &db, &gateway, "same").await;
     all_completed(&other, 1..5, Duration::from_secs(20)).await;
     // Let the first process's calls return and be refused.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
     let (first_log, second_log) = (first.kill(), second.kill());
     assert!(second_log.contains("took over"), "{second_log}");
     assert!(
