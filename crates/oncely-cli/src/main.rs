@@ -8,6 +8,7 @@ mod keys;
 mod new;
 mod serve;
 mod sims;
+mod status;
 
 use std::process::ExitCode;
 
@@ -63,6 +64,9 @@ enum Command {
     /// an HTTP API and a test against a stub of that API, in a new workspace crate or in
     /// a crate of yours (--into).
     New(new::NewArgs),
+    /// How each domain stands: operations by state, retrying, stuck past their lease, the
+    /// oldest due, what ended and what the Reaper rescued lately.
+    Status(status::StatusArgs),
     /// Makes, lists and revokes API keys (the tenant and roles of every request).
     Keys(keys::KeysArgs),
     /// Creates the database if needed and brings its schema up to date.
@@ -119,6 +123,7 @@ async fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args).await.map(success),
         Command::New(args) => new::run(args).map(|()| ExitCode::SUCCESS),
         Command::Keys(args) => keys::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Status(args) => status::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Migrate { db } => migrate(&db).await.map(|()| ExitCode::SUCCESS),
     };
     match result {

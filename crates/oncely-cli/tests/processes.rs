@@ -166,7 +166,7 @@ async fn audit_exits_1_on_a_charge_no_payment_explains() {
 }
 
 #[tokio::test]
-async fn audit_exits_3_while_payments_are_in_flight_unless_allowed() {
+async fn audit_exits_3_and_status_shows_the_retry_while_payments_are_in_flight() {
     let dir = tempfile::tempdir().unwrap();
     let (port, gateway_port) = (free_port(), free_port());
     // A gateway that answers every charge 503: the payment waits for its next attempt.
@@ -230,6 +230,32 @@ async fn audit_exits_3_while_payments_are_in_flight_unless_allowed() {
     assert_eq!(strict.status.code(), Some(3), "{table}");
     assert!(table.contains("non-terminal   1"), "{table}");
     assert!(table.contains("still in flight"), "{table}");
+    // `oncely status` sees the same payment waiting for its retry.
+    let status = oncely()
+        .args(["status", "--db", &db, "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let overview: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let payments = overview
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|domain| domain["domain"] == "PAYMENT")
+        .unwrap_or_else(|| panic!("{overview:#}"));
+    assert_eq!(payments["states"]["ACCEPTED"], 1, "{overview:#}");
+    assert_eq!(payments["retrying"], 1, "{overview:#}");
+    assert_eq!(payments["stuck"], 0, "{overview:#}");
+    let table = oncely().args(["status", "--db", &db]).output().unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("retrying") && table.contains("PAYMENT"),
+        "{table}"
+    );
     let allowed = audit(true);
     assert_eq!(
         allowed.status.code(),

@@ -3,9 +3,9 @@
 use chrono::{DateTime, Utc};
 use oncely::keys::{ApiKey, KeyStore};
 use oncely::{
-    AcceptLease, Accepted, ClaimRequest, DomainName, Fenced, LeaseOwner, ListFilter, NewOperation,
-    NodeId, Operation, Page, PendingOutcome, RecordOutcome, Scope, Store, StoreError, Transition,
-    WalEntry,
+    AcceptLease, Accepted, ClaimRequest, DomainName, DomainOverview, Fenced, LeaseOwner,
+    ListFilter, NewOperation, NodeId, Operation, Page, PendingOutcome, RecordOutcome, Scope, Store,
+    StoreError, Transition, WalEntry,
 };
 
 #[cfg(feature = "mysql")]
@@ -136,6 +136,14 @@ impl Store for AnyStore {
 
     async fn reap(&self, batch: Vec<Transition>) -> Result<Vec<Fenced>, StoreError> {
         delegate!(self, store => store.reap(batch))
+    }
+
+    async fn overview(
+        &self,
+        since: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<DomainOverview>, StoreError> {
+        delegate!(self, store => store.overview(since, now))
     }
 
     async fn release_node(

@@ -375,6 +375,8 @@ pub(crate) struct Statements {
     pub(crate) reap: WriteSql,
     pub(crate) expired: String,
     pub(crate) release: String,
+    pub(crate) overview: String,
+    pub(crate) rescued: String,
     pub(crate) pending: String,
     pub(crate) retry: String,
     pub(crate) ended: String,
@@ -428,6 +430,20 @@ impl Statements {
             release: p("UPDATE oncely_operations SET lease_until = ? \
                  WHERE domain = ? AND state = 'PROCESSING' AND lease_until > ? \
                  AND SUBSTR(lease_owner, 1, LENGTH(?)) = ? AND lease_owner <> ?"
+                .to_owned()),
+            // COUNT of a CASE, not SUM: the same integer type on every backend.
+            overview: p("SELECT o.domain AS domain, o.state AS state, COUNT(*) AS n, \
+                 COUNT(CASE WHEN o.state = 'ACCEPTED' AND o.attempt_count > o.attempt_floor \
+                     THEN 1 END) AS retrying, \
+                 COUNT(CASE WHEN o.state = 'PROCESSING' AND o.lease_until <= ? THEN 1 END) AS stuck, \
+                 MIN(CASE WHEN o.state = 'ACCEPTED' AND o.next_retry_at <= ? \
+                     THEN o.next_retry_at END) AS oldest_due, \
+                 COUNT(CASE WHEN o.completed_at >= ? THEN 1 END) AS ended \
+                 FROM oncely_operations o GROUP BY o.domain, o.state"
+                .to_owned()),
+            rescued: p("SELECT o.domain AS domain, COUNT(*) AS n FROM oncely_wal w \
+                 JOIN oncely_operations o ON o.id = w.operation_id \
+                 WHERE w.kind = 'REAPED' AND w.recorded_at >= ? GROUP BY o.domain"
                 .to_owned()),
             pending: p(format!(
                 "SELECT {select}, {} AS recorded_detail FROM oncely_operations o \

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use oncely::{
-    AcceptLease, Accepted, ClaimRequest, CrashPoint, DomainName, Failpoints, Fenced, LeaseOwner,
-    ListFilter, NewOperation, NodeId, Operation, OperationState, Page, PendingOutcome,
-    RecordOutcome, Scope, Store, StoreError, Transition, WalEntry, WalKind,
+    AcceptLease, Accepted, ClaimRequest, CrashPoint, DomainName, DomainOverview, Failpoints,
+    Fenced, LeaseOwner, ListFilter, NewOperation, NodeId, Operation, OperationState, Page,
+    PendingOutcome, RecordOutcome, Scope, Store, StoreError, Transition, WalEntry, WalKind,
 };
 use serde_json::{Value, json};
 use sqlx::pool::PoolOptions;
@@ -953,6 +953,59 @@ impl<B: Backend> Store for SqlStore<B> {
         )
         .await?;
         operations(&rows)
+    }
+
+    async fn overview(
+        &self,
+        since: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<DomainOverview>, StoreError> {
+        let rows = fetch::<B>(
+            Exec::Pool(&self.reader),
+            &self.statements.overview,
+            vec![
+                Param::Int(millis(now)),
+                Param::Int(millis(now)),
+                Param::Int(millis(since)),
+            ],
+        )
+        .await?;
+        let mut domains: std::collections::BTreeMap<String, DomainOverview> =
+            std::collections::BTreeMap::new();
+        for row in &rows {
+            let name = row.text("domain")?;
+            let domain = domains
+                .entry(name.clone())
+                .or_insert_with(|| DomainOverview {
+                    domain: name,
+                    states: OperationState::ALL
+                        .iter()
+                        .map(|state| (state.as_str().to_owned(), 0))
+                        .collect(),
+                    ..DomainOverview::default()
+                });
+            let count = |column: &str| row.int(column).map(|n| u64::try_from(n).unwrap_or(0));
+            domain.states.insert(row.text("state")?, count("n")?);
+            domain.retrying += count("retrying")?;
+            domain.stuck += count("stuck")?;
+            domain.ended_since += count("ended")?;
+            if let Some(due) = row.int_opt("oldest_due")? {
+                let due = rows::time(due)?;
+                domain.oldest_due = Some(domain.oldest_due.map_or(due, |d| d.min(due)));
+            }
+        }
+        let rescued = fetch::<B>(
+            Exec::Pool(&self.reader),
+            &self.statements.rescued,
+            vec![Param::Int(millis(since))],
+        )
+        .await?;
+        for row in &rescued {
+            if let Some(domain) = domains.get_mut(&row.text("domain")?) {
+                domain.rescued_since = u64::try_from(row.int("n")?).unwrap_or(0);
+            }
+        }
+        Ok(domains.into_values().collect())
     }
 
     async fn release_node(

@@ -217,6 +217,27 @@ pub struct Page {
     pub next: Option<OperationId>,
 }
 
+/// How one domain stands, for operators (`oncely status`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DomainOverview {
+    /// The domain.
+    pub domain: String,
+    /// Operations by state (every state, zeros included).
+    pub states: std::collections::BTreeMap<String, u64>,
+    /// `ACCEPTED` operations that have had an attempt: waiting for a retry.
+    pub retrying: u64,
+    /// `PROCESSING` operations whose lease has ended: their worker died or hangs, and the
+    /// Reaper has not taken them back yet.
+    pub stuck: u64,
+    /// When the oldest operation that is due now became due; `None` when none waits.
+    pub oldest_due: Option<DateTime<Utc>>,
+    /// Operations that ended since the `since` asked for.
+    pub ended_since: u64,
+    /// Leases the Reaper took back since then.
+    pub rescued_since: u64,
+}
+
 /// What went wrong in a store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -341,6 +362,14 @@ pub trait Store: Send + Sync + 'static {
         current: &LeaseOwner,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Every domain's overview at `now`, with what ended and what the Reaper rescued since
+    /// `since`: one pass over the operations and over the log since `since`.
+    fn overview(
+        &self,
+        since: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Vec<DomainOverview>, StoreError>> + Send;
 
     /// `PROCESSING` operations of the domain whose current attempt's outcome was recorded
     /// at or before `recorded_before` but not finalized: the Finalizer's work.

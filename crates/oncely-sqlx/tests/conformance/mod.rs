@@ -1002,6 +1002,62 @@ pub async fn release_node_ends_only_the_earlier_incarnations_leases<S: Store>(st
     assert_eq!(again, 0);
 }
 
+pub async fn overview_counts_states_retries_stuck_due_and_rescues<S: Store>(store: S) {
+    assert_eq!(store.overview(at(0), at(0)).await.unwrap(), []);
+    for key in ["a", "b", "c", "d"] {
+        accept(&store, key, at(0)).await;
+    }
+    let claimed = claim(&store, "w", at(1), 3).await;
+    let by_key = |key: &str| {
+        claimed
+            .iter()
+            .find(|o| o.scope.key.as_str() == key)
+            .unwrap()
+            .clone()
+    };
+    // b completes; c's lease is reaped (a retry waits); a's lease ends unreaped (stuck);
+    // d waits for its first attempt, due since at(0).
+    let b = by_key("b");
+    let fence = b.fence().unwrap();
+    let (_, decision) = record(&store, &b, &fence, ok_outcome("t"), at(2)).await;
+    assert_eq!(
+        finalize(&store, &fence, decision, at(2)).await,
+        Fenced::Applied
+    );
+    let reap = reap_transition(&by_key("c"), at(40));
+    assert_eq!(store.reap(vec![reap]).await.unwrap(), [Fenced::Applied]);
+
+    let overview = store.overview(at(0), at(40)).await.unwrap();
+    assert_eq!(overview.len(), 1, "{overview:?}");
+    let domain = &overview[0];
+    assert_eq!(domain.domain, self::domain().as_str());
+    let states: Vec<(&str, u64)> = domain
+        .states
+        .iter()
+        .map(|(s, n)| (s.as_str(), *n))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("ACCEPTED", 2),
+            ("COMPLETED", 1),
+            ("FAILED", 0),
+            ("PROCESSING", 1),
+            ("TIMEOUT", 0)
+        ]
+    );
+    assert_eq!((domain.retrying, domain.stuck), (1, 1));
+    assert_eq!(
+        domain.oldest_due,
+        Some(at(0)),
+        "d, due since it was accepted"
+    );
+    assert_eq!((domain.ended_since, domain.rescued_since), (1, 1));
+    // Since later, nothing ended or was rescued.
+    let later = store.overview(at(41), at(41)).await.unwrap();
+    assert_eq!((later[0].ended_since, later[0].rescued_since), (0, 0));
+}
+
 /// The follow-up of `parent`'s end: an operation under `{parent}:event`.
 fn follow_up(parent: &str, now: DateTime<Utc>) -> NewOperation {
     new_operation(&format!("{parent}:event"), 7, now)
@@ -1210,6 +1266,7 @@ macro_rules! conformance_suite {
             finalize_and_reap_check_the_lease_owner_too,
             a_reap_from_a_stale_read_loses_to_an_outcome_recorded_since,
             release_node_ends_only_the_earlier_incarnations_leases,
+            overview_counts_states_retries_stuck_due_and_rescues,
             follow_ups_are_inserted_with_an_applied_end_only,
             api_keys_are_stored_hashed_listed_touched_and_revoked,
         );

@@ -1,0 +1,122 @@
+//! `oncely status`: how each domain stands, in the terminal, for operators without a
+//! browser.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::Utc;
+use oncely::{DomainOverview, Store};
+use oncely_sqlx::AnyStore;
+
+use crate::duration;
+
+/// Flags of `oncely status`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct StatusArgs {
+    /// The service's database (read only: the schema is not touched).
+    #[arg(long, env = "ONCELY_DB", default_value = "sqlite://oncely.db")]
+    db: String,
+    /// How far back "ended" and "rescued" count.
+    #[arg(long, default_value = "15m", value_parser = duration::parse)]
+    window: Duration,
+    /// Print the overview as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) async fn run(args: StatusArgs) -> anyhow::Result<()> {
+    let store = AnyStore::open_without_migrating(&args.db)
+        .await
+        .with_context(|| format!("opening the database at {}", args.db))?;
+    let now = Utc::now();
+    let since = now - chrono::Duration::from_std(args.window).context("--window is too long")?;
+    let overview = store
+        .overview(since, now)
+        .await
+        .context("reading the overview (is the schema there? `oncely migrate` makes it)")?;
+    store.close().await;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &overview)?;
+        writeln!(out)?;
+    } else {
+        write_table(&mut out, &overview, args.window, now)?;
+    }
+    Ok(())
+}
+
+fn write_table(
+    out: &mut impl Write,
+    overview: &[DomainOverview],
+    window: Duration,
+    now: chrono::DateTime<Utc>,
+) -> std::io::Result<()> {
+    if overview.is_empty() {
+        return writeln!(out, "no operations yet");
+    }
+    let window = humantime(window);
+    writeln!(
+        out,
+        "{:<14} {:>9} {:>10} {:>9} {:>7} {:>7} {:>8} {:>6} {:>11} {:>10} {:>10}",
+        "domain",
+        "accepted",
+        "processing",
+        "completed",
+        "failed",
+        "timeout",
+        "retrying",
+        "stuck",
+        "oldest due",
+        format!("ended/{window}"),
+        format!("rescued/{window}"),
+    )?;
+    for domain in overview {
+        let state = |name: &str| domain.states.get(name).copied().unwrap_or(0);
+        let oldest = domain.oldest_due.map_or_else(
+            || "-".to_owned(),
+            |due| humantime((now - due).to_std().unwrap_or_default()),
+        );
+        writeln!(
+            out,
+            "{:<14} {:>9} {:>10} {:>9} {:>7} {:>7} {:>8} {:>6} {:>11} {:>10} {:>10}",
+            domain.domain,
+            state("ACCEPTED"),
+            state("PROCESSING"),
+            state("COMPLETED"),
+            state("FAILED"),
+            state("TIMEOUT"),
+            domain.retrying,
+            domain.stuck,
+            oldest,
+            domain.ended_since,
+            domain.rescued_since,
+        )?;
+    }
+    Ok(())
+}
+
+/// `90s` as `1m30s`, `15m` as `15m`: short, for a column.
+fn humantime(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    match (seconds / 3600, seconds % 3600 / 60, seconds % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, 0) => format!("{m}m"),
+        (0, m, s) => format!("{m}m{s}s"),
+        (h, 0, _) => format!("{h}h"),
+        (h, m, _) => format!("{h}h{m}m"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_short_for_a_column() {
+        assert_eq!(humantime(Duration::from_secs(0)), "0s");
+        assert_eq!(humantime(Duration::from_secs(90)), "1m30s");
+        assert_eq!(humantime(Duration::from_secs(900)), "15m");
+        assert_eq!(humantime(Duration::from_secs(3 * 3600 + 120)), "3h2m");
+    }
+}
