@@ -30,6 +30,10 @@ pub(crate) struct ServeArgs {
     /// domain's business key (payments: PAY-{customerId}-{orderId}-{paymentMethod}).
     #[arg(long, env = "ONCELY_REQUIRE_IDEMPOTENCY_KEY")]
     require_idempotency_key: bool,
+    /// Serve Prometheus metrics at GET /metrics on this address (a separate listener, for
+    /// an internal interface: the figures are every tenant's). Off by default.
+    #[arg(long, env = "ONCELY_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
     /// This process's name, stable across its restarts and unique among the live nodes
     /// (a pod or host name). At start the node takes back at once what it was running
     /// when it last died, instead of waiting for the lease. Default: the host name and
@@ -365,6 +369,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(url) = &webhooks.payment_events {
         orchestrator = orchestrator.with_events(url.clone());
     }
+    if let Some(listen) = &args.metrics_listen {
+        serve_metrics(listen).await?;
+    }
     let node = match &args.node_id {
         Some(node) => node.clone(),
         None => default_node_id(&args.listen)?,
@@ -427,6 +434,46 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .serve_with(listener, shutdown_signal(), options)
         .await
         .context("serving HTTP")
+}
+
+/// Installs the Prometheus recorder and serves `GET /metrics` on `listen`.
+async fn serve_metrics(listen: &str) -> anyhow::Result<()> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("oncely_call_duration_seconds".to_owned()),
+            &[
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ],
+        )
+        .context("configuring the metrics")?
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("--metrics-listen {listen}"))?;
+    let local = listener.local_addr()?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
+    let router = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let handle = handle.clone();
+            async move { handle.render() }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, router).await {
+            tracing::error!(%error, "the metrics listener stopped");
+        }
+    });
+    tracing::info!(listen = %format!("http://{local}/metrics"), "serving Prometheus metrics");
+    Ok(())
 }
 
 fn parse_node_id(value: &str) -> Result<NodeId, String> {

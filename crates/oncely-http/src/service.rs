@@ -212,6 +212,7 @@ impl ServiceBuilder {
             };
         }
         let router = router
+            .route_layer(axum::middleware::from_fn(count_request))
             .fallback(|| async {
                 Problem::new(
                     StatusCode::NOT_FOUND,
@@ -234,6 +235,28 @@ impl ServiceBuilder {
             document,
         })
     }
+}
+
+/// `oncely_http_requests_total{route, method, status}`, by the route's pattern (never the
+/// key in the path, which would make a series per operation).
+async fn count_request(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let response = next.run(request).await;
+    metrics::counter!(
+        "oncely_http_requests_total",
+        "route" => route,
+        "method" => method,
+        "status" => response.status().as_u16().to_string(),
+    )
+    .increment(1);
+    response
 }
 
 async fn ready(domains: &[Box<dyn Mounted>]) -> axum::response::Response {

@@ -38,6 +38,7 @@ use crate::store::{
     AcceptLease, Accepted, ClaimRequest, Decision, Fenced, FollowUps, ListFilter, NewOperation,
     Page, RecordOutcome, Store, StoreError, Transition,
 };
+use crate::telemetry;
 
 /// How an engine runs. Every field has a bound; [`EngineConfig::validate`] checks them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -654,6 +655,7 @@ impl<S: Store, O: Orchestrator> Shared<S, O> {
 
     /// `id` reached `state`, a terminal state, and it is committed.
     fn terminal(&self, id: OperationId, state: OperationState) {
+        telemetry::terminal(&self.domain, state);
         if let Some(observer) = &self.on_terminal {
             observer(id, state);
         }
@@ -808,6 +810,7 @@ async fn accept_batch<S: Store, O: Orchestrator>(
         .await;
     match accepted {
         Ok(accepted) => {
+            telemetry::accepted(&shared.domain, &accepted);
             if !start_leased(&shared, &accepted, slots, &finished) {
                 return false;
             }
@@ -1018,6 +1021,7 @@ async fn call<S: Store, O: Orchestrator>(
         scope: operation.scope.clone(),
     };
     let worker = shared.clone();
+    let started = tokio::time::Instant::now();
     let task = tokio::spawn(async move { worker.orchestrator.execute(command, attempt).await });
     let abort = task.abort_handle();
     let timeout = shared.config.call_timeout;
@@ -1028,7 +1032,7 @@ async fn call<S: Store, O: Orchestrator>(
             return None;
         }
     };
-    Some(match answer {
+    let (outcome, unknown) = match answer {
         Ok(Ok(outcome)) => (outcome, false),
         Ok(Err(error)) => (Outcome::retry(format!("the call panicked: {error}")), true),
         Err(_) => {
@@ -1036,7 +1040,9 @@ async fn call<S: Store, O: Orchestrator>(
             let reason = format!("no answer within {timeout:?}; the outcome is unknown");
             (Outcome::retry(reason), true)
         }
-    })
+    };
+    telemetry::attempt(&shared.domain, &outcome, unknown, started.elapsed());
+    Some((outcome, unknown))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1101,6 +1107,7 @@ async fn record_and_finalize<S: Store, O: Orchestrator>(
                 }
             }
             Fenced::Rejected => {
+                telemetry::fenced(&shared.domain, 1);
                 tracing::warn!(id = %record.fence.id, attempt = record.fence.attempt, "outcome of a lease taken over by another worker; kept in the log, not applied");
             }
         }
@@ -1334,6 +1341,7 @@ async fn reap_expired<S: Store, O: Orchestrator>(
             }
         }
     }
+    telemetry::rescued(&shared.domain, count as u64);
     shared.wake.notify_one();
     Ok(count)
 }

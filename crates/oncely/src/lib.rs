@@ -75,6 +75,7 @@ pub mod outcome;
 pub mod retry;
 pub mod state;
 pub mod store;
+mod telemetry;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{Engine, EngineBuilder, EngineConfig, Submission};
