@@ -38,7 +38,7 @@ use crate::store::{
     AcceptLease, Accepted, ClaimRequest, Decision, Fenced, FollowUps, ListFilter, NewOperation,
     Page, RecordOutcome, Store, StoreError, Transition,
 };
-use crate::telemetry;
+use crate::telemetry::Telemetry;
 
 /// How an engine runs. Every field has a bound; [`EngineConfig::validate`] checks them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,6 +217,7 @@ impl<S: Store, O: Orchestrator> EngineBuilder<S, O> {
     pub fn start(self) -> Result<Engine<S, O>, Error> {
         self.config.validate()?;
         let domain = DomainName::new(O::DOMAIN)?;
+        let telemetry = Telemetry::new(&domain);
         let (accept_tx, accept_rx) = mpsc::channel(self.config.batch_size_max * 4);
         let (finished_tx, finished_rx) = mpsc::channel(self.config.workers);
         let (stop_tx, stop_rx) = watch::channel(None);
@@ -236,6 +237,7 @@ impl<S: Store, O: Orchestrator> EngineBuilder<S, O> {
             waiters: Mutex::new(HashMap::new()),
             failpoints: self.failpoints,
             on_terminal: self.on_terminal,
+            telemetry,
         });
         tracing::info!(domain = %shared.domain, owner = %shared.owner, workers = shared.config.workers, "engine starting");
         let tasks = Tasks {
@@ -307,6 +309,7 @@ struct Shared<S, O> {
     waiters: Mutex<HashMap<OperationId, Arc<Notify>>>,
     failpoints: Failpoints,
     on_terminal: Option<TerminalObserver>,
+    telemetry: Telemetry,
 }
 
 struct AcceptRequest {
@@ -655,7 +658,7 @@ impl<S: Store, O: Orchestrator> Shared<S, O> {
 
     /// `id` reached `state`, a terminal state, and it is committed.
     fn terminal(&self, id: OperationId, state: OperationState) {
-        telemetry::terminal(&self.domain, state);
+        self.telemetry.terminal(state);
         if let Some(observer) = &self.on_terminal {
             observer(id, state);
         }
@@ -810,7 +813,7 @@ async fn accept_batch<S: Store, O: Orchestrator>(
         .await;
     match accepted {
         Ok(accepted) => {
-            telemetry::accepted(&shared.domain, &accepted);
+            shared.telemetry.accepted(&accepted);
             if !start_leased(&shared, &accepted, slots, &finished) {
                 return false;
             }
@@ -1041,7 +1044,9 @@ async fn call<S: Store, O: Orchestrator>(
             (Outcome::retry(reason), true)
         }
     };
-    telemetry::attempt(&shared.domain, &outcome, unknown, started.elapsed());
+    shared
+        .telemetry
+        .attempt(&outcome, unknown, started.elapsed());
     Some((outcome, unknown))
 }
 
@@ -1107,7 +1112,7 @@ async fn record_and_finalize<S: Store, O: Orchestrator>(
                 }
             }
             Fenced::Rejected => {
-                telemetry::fenced(&shared.domain, 1);
+                shared.telemetry.fenced(1);
                 tracing::warn!(id = %record.fence.id, attempt = record.fence.attempt, "outcome of a lease taken over by another worker; kept in the log, not applied");
             }
         }
@@ -1341,7 +1346,7 @@ async fn reap_expired<S: Store, O: Orchestrator>(
             }
         }
     }
-    telemetry::rescued(&shared.domain, count as u64);
+    shared.telemetry.rescued(count as u64);
     shared.wake.notify_one();
     Ok(count)
 }

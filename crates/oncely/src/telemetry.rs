@@ -1,66 +1,101 @@
 //! The engine's metrics, through the `metrics` facade (a no-op until the application
 //! installs a recorder, as `oncely serve` does for `GET /metrics`). Every name starts with
 //! `oncely_` and every series carries its `domain`.
+//!
+//! The handles are registered once, when the engine starts, so the hot path only adds to
+//! them: install the recorder before starting engines.
 
 use std::time::Duration;
+
+use metrics::{Counter, Histogram};
 
 use crate::key::DomainName;
 use crate::outcome::Outcome;
 use crate::state::OperationState;
 use crate::store::Accepted;
 
-/// Counts what an accept came to: new operations, replays, conflicts.
-pub(crate) fn accepted(domain: &DomainName, accepted: &[Accepted]) {
-    let (mut new, mut replayed, mut conflicts) = (0, 0, 0);
-    for accepted in accepted {
-        match accepted {
-            Accepted::New(_) => new += 1,
-            Accepted::Existing(_) => replayed += 1,
-            Accepted::Conflict(_) => conflicts += 1,
+/// The results an attempt's call is counted by.
+const RESULTS: [&str; 4] = ["ok", "retry", "fail", "unknown"];
+/// The terminal states.
+const TERMINAL: [OperationState; 3] = [
+    OperationState::Completed,
+    OperationState::Failed,
+    OperationState::Timeout,
+];
+
+/// One engine's metric handles.
+pub(crate) struct Telemetry {
+    accepted: Counter,
+    replayed: Counter,
+    conflicts: Counter,
+    terminal: [Counter; 3],
+    attempts: [Counter; 4],
+    durations: [Histogram; 4],
+    rescued: Counter,
+    fenced: Counter,
+}
+
+impl Telemetry {
+    /// Registers the handles of `domain` with the installed recorder.
+    pub(crate) fn new(domain: &DomainName) -> Self {
+        let domain = domain.to_string();
+        let counter = |name: &'static str| metrics::counter!(name, "domain" => domain.clone());
+        Self {
+            accepted: counter("oncely_operations_accepted_total"),
+            replayed: counter("oncely_operations_replayed_total"),
+            conflicts: counter("oncely_operations_conflicts_total"),
+            terminal: TERMINAL.map(|state| {
+                metrics::counter!("oncely_operations_terminal_total", "domain" => domain.clone(), "state" => state.as_str())
+            }),
+            attempts: RESULTS.map(|result| {
+                metrics::counter!("oncely_attempts_total", "domain" => domain.clone(), "result" => result)
+            }),
+            durations: RESULTS.map(|result| {
+                metrics::histogram!("oncely_call_duration_seconds", "domain" => domain.clone(), "result" => result)
+            }),
+            rescued: counter("oncely_reaper_rescues_total"),
+            fenced: counter("oncely_fenced_writes_total"),
         }
     }
-    let domain = domain.to_string();
-    metrics::counter!("oncely_operations_accepted_total", "domain" => domain.clone())
-        .increment(new);
-    metrics::counter!("oncely_operations_replayed_total", "domain" => domain.clone())
-        .increment(replayed);
-    metrics::counter!("oncely_operations_conflicts_total", "domain" => domain).increment(conflicts);
-}
 
-/// An operation this engine brought to a terminal state.
-pub(crate) fn terminal(domain: &DomainName, state: OperationState) {
-    metrics::counter!(
-        "oncely_operations_terminal_total",
-        "domain" => domain.to_string(),
-        "state" => state.as_str(),
-    )
-    .increment(1);
-}
+    /// Counts what an accept came to: new operations, replays, conflicts.
+    pub(crate) fn accepted(&self, accepted: &[Accepted]) {
+        for accepted in accepted {
+            match accepted {
+                Accepted::New(_) => self.accepted.increment(1),
+                Accepted::Existing(_) => self.replayed.increment(1),
+                Accepted::Conflict(_) => self.conflicts.increment(1),
+            }
+        }
+    }
 
-/// One attempt's external call: its result (`ok`, `retry`, `fail`, or `unknown` when no
-/// answer came) and how long it took.
-pub(crate) fn attempt(domain: &DomainName, outcome: &Outcome, unknown: bool, took: Duration) {
-    let result = match outcome {
-        _ if unknown => "unknown",
-        Outcome::Ok { .. } => "ok",
-        Outcome::Retry { .. } => "retry",
-        Outcome::Fail { .. } => "fail",
-    };
-    let domain = domain.to_string();
-    metrics::counter!("oncely_attempts_total", "domain" => domain.clone(), "result" => result)
-        .increment(1);
-    metrics::histogram!("oncely_call_duration_seconds", "domain" => domain, "result" => result)
-        .record(took.as_secs_f64());
-}
+    /// An operation this engine brought to a terminal state.
+    pub(crate) fn terminal(&self, state: OperationState) {
+        if let Some(index) = TERMINAL.iter().position(|terminal| *terminal == state) {
+            self.terminal[index].increment(1);
+        }
+    }
 
-/// Leases the Reaper took back.
-pub(crate) fn rescued(domain: &DomainName, count: u64) {
-    metrics::counter!("oncely_reaper_rescues_total", "domain" => domain.to_string())
-        .increment(count);
-}
+    /// One attempt's external call: its result (`ok`, `retry`, `fail`, or `unknown` when no
+    /// answer came) and how long it took.
+    pub(crate) fn attempt(&self, outcome: &Outcome, unknown: bool, took: Duration) {
+        let index = match outcome {
+            _ if unknown => 3,
+            Outcome::Ok { .. } => 0,
+            Outcome::Retry { .. } => 1,
+            Outcome::Fail { .. } => 2,
+        };
+        self.attempts[index].increment(1);
+        self.durations[index].record(took.as_secs_f64());
+    }
 
-/// Writes of a worker whose lease was taken over, refused by the fence (I4).
-pub(crate) fn fenced(domain: &DomainName, count: u64) {
-    metrics::counter!("oncely_fenced_writes_total", "domain" => domain.to_string())
-        .increment(count);
+    /// Leases the Reaper took back.
+    pub(crate) fn rescued(&self, count: u64) {
+        self.rescued.increment(count);
+    }
+
+    /// Writes of a worker whose lease was taken over, refused by the fence (I4).
+    pub(crate) fn fenced(&self, count: u64) {
+        self.fenced.increment(count);
+    }
 }
