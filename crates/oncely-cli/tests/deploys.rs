@@ -124,78 +124,73 @@ async fn start_at_once(db: &str) -> Nodes {
     nodes
 }
 
-fn stop(nodes: Nodes) {
-    drop(nodes);
+/// How many migrations succeeded, read through `pool` (any backend's).
+macro_rules! applied {
+    ($pool:expr) => {{
+        let applied: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
+                .fetch_one($pool)
+                .await
+                .unwrap();
+        usize::try_from(applied).unwrap()
+    }};
 }
 
 #[tokio::test]
 async fn five_nodes_starting_at_once_on_a_new_sqlite_file_all_come_up() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("new.db").display());
-    let nodes = start_at_once(&db).await;
-    stop(nodes);
+    drop(start_at_once(&db).await);
     let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
-    let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(applied as usize, migrations("sqlite"));
+    assert_eq!(applied!(&pool), migrations("sqlite"));
 }
 
-#[tokio::test]
-async fn five_nodes_starting_at_once_on_a_postgres_database_not_yet_created_all_come_up() {
-    let admin = std::env::var("ONCELY_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let pool = match sqlx::PgPool::connect(&admin).await {
-        Ok(pool) => pool,
-        Err(error) => return skip(&format!("PostgreSQL at {admin}"), error),
+/// A test that five nodes come up at once on a database of the server at `$env` (default
+/// `$default`) that does not exist yet, dropped afterwards.
+macro_rules! on_a_new_database {
+    ($test:ident, $pool:ty, $options:ty, $env:literal, $default:literal, $force:literal, $migrations:literal) => {
+        #[tokio::test]
+        async fn $test() {
+            let admin = std::env::var($env).unwrap_or_else(|_| $default.into());
+            let pool = match <$pool>::connect(&admin).await {
+                Ok(pool) => pool,
+                Err(error) => return skip(&format!("the server at {admin}"), error),
+            };
+            let name = format!("oncely_deploy_{}", std::process::id());
+            let drop_it = format!("DROP DATABASE IF EXISTS {name}{}", $force);
+            sqlx::query(&drop_it).execute(&pool).await.unwrap();
+            let db = <$options>::from_str(&admin)
+                .unwrap()
+                .database(&name)
+                .to_url_lossy()
+                .to_string();
+
+            drop(start_at_once(&db).await);
+            let created = <$pool>::connect(&db).await.unwrap();
+            let applied = applied!(&created);
+            created.close().await;
+            sqlx::query(&drop_it).execute(&pool).await.unwrap();
+            assert_eq!(applied, migrations($migrations));
+        }
     };
-    let name = format!("oncely_deploy_{}", std::process::id());
-    let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-    sqlx::query(&drop).execute(&pool).await.unwrap();
-    let db = sqlx::postgres::PgConnectOptions::from_str(&admin)
-        .unwrap()
-        .database(&name)
-        .to_url_lossy()
-        .to_string();
-
-    let nodes = start_at_once(&db).await;
-    stop(nodes);
-    let created = sqlx::PgPool::connect(&db).await.unwrap();
-    let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
-        .fetch_one(&created)
-        .await
-        .unwrap();
-    created.close().await;
-    sqlx::query(&drop).execute(&pool).await.unwrap();
-    assert_eq!(applied as usize, migrations("postgres"));
 }
 
-#[tokio::test]
-async fn five_nodes_starting_at_once_on_a_mysql_database_not_yet_created_all_come_up() {
-    let admin = std::env::var("ONCELY_TEST_MYSQL_URL")
-        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
-    let pool = match sqlx::MySqlPool::connect(&admin).await {
-        Ok(pool) => pool,
-        Err(error) => return skip(&format!("MySQL at {admin}"), error),
-    };
-    let name = format!("oncely_deploy_{}", std::process::id());
-    let drop = format!("DROP DATABASE IF EXISTS {name}");
-    sqlx::query(&drop).execute(&pool).await.unwrap();
-    let db = sqlx::mysql::MySqlConnectOptions::from_str(&admin)
-        .unwrap()
-        .database(&name)
-        .to_url_lossy()
-        .to_string();
+on_a_new_database!(
+    five_nodes_starting_at_once_on_a_postgres_database_not_yet_created_all_come_up,
+    sqlx::PgPool,
+    sqlx::postgres::PgConnectOptions,
+    "ONCELY_TEST_POSTGRES_URL",
+    "postgres://postgres@127.0.0.1:5432/test",
+    " WITH (FORCE)",
+    "postgres"
+);
 
-    let nodes = start_at_once(&db).await;
-    stop(nodes);
-    let created = sqlx::MySqlPool::connect(&db).await.unwrap();
-    let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
-        .fetch_one(&created)
-        .await
-        .unwrap();
-    created.close().await;
-    sqlx::query(&drop).execute(&pool).await.unwrap();
-    assert_eq!(applied as usize, migrations("mysql"));
-}
+on_a_new_database!(
+    five_nodes_starting_at_once_on_a_mysql_database_not_yet_created_all_come_up,
+    sqlx::MySqlPool,
+    sqlx::mysql::MySqlConnectOptions,
+    "ONCELY_TEST_MYSQL_URL",
+    "mysql://root@127.0.0.1:3306/test",
+    "",
+    "mysql"
+);
