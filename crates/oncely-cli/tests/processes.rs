@@ -168,7 +168,7 @@ async fn audit_exits_1_on_a_charge_no_payment_explains() {
 #[tokio::test]
 async fn audit_exits_3_and_status_shows_the_retry_while_payments_are_in_flight() {
     let dir = tempfile::tempdir().unwrap();
-    let (port, gateway_port) = (free_port(), free_port());
+    let (port, gateway_port, metrics_port) = (free_port(), free_port(), free_port());
     // A gateway that answers every charge 503: the payment waits for its next attempt.
     let mut gateway = oncely()
         .current_dir(dir.path())
@@ -196,6 +196,7 @@ async fn audit_exits_3_and_status_shows_the_retry_while_payments_are_in_flight()
         ])
         .args(["--gateway-url", &gateway_url, "--backoff-base", "60s"])
         .args(["--webhook-sim-listen", "127.0.0.1:0"])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -213,6 +214,26 @@ async fn audit_exits_3_and_status_shows_the_retry_while_payments_are_in_flight()
     // Waiting for its next attempt, which the API shows as ACCEPTED with a retry time.
     assert_eq!(body["state"], "ACCEPTED", "{body}");
     assert_eq!(body["attempts"], 1, "{body}");
+    // The backlog gauge counts it as waiting after the engine's next maintenance pass.
+    let waiting = r#"oncely_backlog{domain="PAYMENT",state="waiting"} 1"#;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let scrape = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if scrape.lines().any(|line| line == waiting) {
+            assert!(
+                scrape.contains(r#"oncely_attempts_total{domain="PAYMENT",result="retry"} 1"#),
+                "{scrape}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{scrape}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     assert!(body["nextRetryAt"].is_string(), "{body}");
     serve.kill().unwrap();
     serve.wait().unwrap();

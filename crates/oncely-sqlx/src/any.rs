@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use oncely::keys::{ApiKey, KeyStore};
 use oncely::{
-    AcceptLease, Accepted, ClaimRequest, DomainName, DomainOverview, Fenced, LeaseOwner,
+    AcceptLease, Accepted, Backlog, ClaimRequest, DomainName, DomainOverview, Fenced, LeaseOwner,
     ListFilter, NewOperation, NodeId, Operation, Page, PendingOutcome, RecordOutcome, Scope, Store,
     StoreError, Transition, WalEntry,
 };
@@ -136,6 +136,14 @@ impl Store for AnyStore {
 
     async fn reap(&self, batch: Vec<Transition>) -> Result<Vec<Fenced>, StoreError> {
         delegate!(self, store => store.reap(batch))
+    }
+
+    async fn backlog(
+        &self,
+        domain: &DomainName,
+        now: DateTime<Utc>,
+    ) -> Result<Backlog, StoreError> {
+        delegate!(self, store => store.backlog(domain, now))
     }
 
     async fn overview(

@@ -375,6 +375,7 @@ pub(crate) struct Statements {
     pub(crate) reap: WriteSql,
     pub(crate) expired: String,
     pub(crate) release: String,
+    pub(crate) backlog: String,
     pub(crate) overview: String,
     pub(crate) rescued: String,
     pub(crate) pending: String,
@@ -430,6 +431,16 @@ impl Statements {
             release: p("UPDATE oncely_operations SET lease_until = ? \
                  WHERE domain = ? AND state = 'PROCESSING' AND lease_until > ? \
                  AND SUBSTR(lease_owner, 1, LENGTH(?)) = ? AND lease_owner <> ?"
+                .to_owned()),
+            // Only live states: the partial indexes bound the cost by the backlog.
+            backlog: p("SELECT \
+                 COUNT(CASE WHEN o.state = 'ACCEPTED' AND o.next_retry_at <= ? THEN 1 END) AS due, \
+                 COUNT(CASE WHEN o.state = 'ACCEPTED' AND o.next_retry_at > ? THEN 1 END) AS waiting, \
+                 COUNT(CASE WHEN o.state = 'PROCESSING' THEN 1 END) AS processing, \
+                 MIN(CASE WHEN o.state = 'ACCEPTED' AND o.next_retry_at <= ? \
+                     THEN o.next_retry_at END) AS oldest_due \
+                 FROM oncely_operations o \
+                 WHERE o.domain = ? AND o.state IN ('ACCEPTED', 'PROCESSING')"
                 .to_owned()),
             // COUNT of a CASE, not SUM: the same integer type on every backend.
             overview: p("SELECT o.domain AS domain, o.state AS state, COUNT(*) AS n, \

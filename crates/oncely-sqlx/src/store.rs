@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use oncely::{
-    AcceptLease, Accepted, ClaimRequest, CrashPoint, DomainName, DomainOverview, Failpoints,
-    Fenced, LeaseOwner, ListFilter, NewOperation, NodeId, Operation, OperationState, Page,
-    PendingOutcome, RecordOutcome, Scope, Store, StoreError, Transition, WalEntry, WalKind,
+    AcceptLease, Accepted, Backlog, ClaimRequest, CrashPoint, DomainName, DomainOverview,
+    Failpoints, Fenced, LeaseOwner, ListFilter, NewOperation, NodeId, Operation, OperationState,
+    Page, PendingOutcome, RecordOutcome, Scope, Store, StoreError, Transition, WalEntry, WalKind,
 };
 use serde_json::{Value, json};
 use sqlx::pool::PoolOptions;
@@ -953,6 +953,30 @@ impl<B: Backend> Store for SqlStore<B> {
         )
         .await?;
         operations(&rows)
+    }
+
+    async fn backlog(
+        &self,
+        domain: &DomainName,
+        now: DateTime<Utc>,
+    ) -> Result<Backlog, StoreError> {
+        let at = Param::Int(millis(now));
+        let rows = fetch::<B>(
+            Exec::Pool(&self.reader),
+            &self.statements.backlog,
+            vec![at.clone(), at.clone(), at, Param::Text(domain.to_string())],
+        )
+        .await?;
+        let Some(row) = rows.first() else {
+            return Ok(Backlog::default());
+        };
+        let count = |column: &str| row.int(column).map(|n| u64::try_from(n).unwrap_or(0));
+        Ok(Backlog {
+            due: count("due")?,
+            waiting: count("waiting")?,
+            processing: count("processing")?,
+            oldest_due: row.int_opt("oldest_due")?.map(rows::time).transpose()?,
+        })
     }
 
     async fn overview(

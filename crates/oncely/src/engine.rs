@@ -1236,6 +1236,11 @@ async fn maintenance_loop<S: Store, O: Orchestrator>(
         if let Err(error) = purge_expired(&shared).await {
             tracing::warn!(%error, "retention purge failed");
         }
+        let now = shared.now();
+        match shared.store.backlog(&shared.domain, now).await {
+            Ok(backlog) => shared.telemetry.backlog(&backlog, now),
+            Err(error) => tracing::debug!(%error, "could not read the backlog for the gauges"),
+        }
         tokio::select! {
             () = tokio::time::sleep(shared.config.maintenance_interval) => {}
             _ = stop.changed() => return,

@@ -15,8 +15,8 @@ use chrono::{DateTime, Utc};
 use crate::key::{DomainName, NodeId, Scope};
 use crate::operation::{LeaseOwner, Operation, WalEntry};
 use crate::store::{
-    AcceptLease, Accepted, ClaimRequest, DomainOverview, Fenced, ListFilter, NewOperation, Page,
-    PendingOutcome, RecordOutcome, Store, StoreError, Transition, settle_in_two_steps,
+    AcceptLease, Accepted, Backlog, ClaimRequest, DomainOverview, Fenced, ListFilter, NewOperation,
+    Page, PendingOutcome, RecordOutcome, Store, StoreError, Transition, settle_in_two_steps,
 };
 
 /// The store calls a fault can be attached to.
@@ -186,6 +186,14 @@ impl<S: Store> Store for FaultyStore<S> {
 
     async fn reap(&self, batch: Vec<Transition>) -> Result<Vec<Fenced>, StoreError> {
         self.plan.run(StoreCall::Reap, self.inner.reap(batch)).await
+    }
+
+    async fn backlog(
+        &self,
+        domain: &DomainName,
+        now: DateTime<Utc>,
+    ) -> Result<Backlog, StoreError> {
+        self.inner.backlog(domain, now).await
     }
 
     async fn overview(

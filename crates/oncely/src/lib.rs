@@ -91,6 +91,6 @@ pub use outcome::Outcome;
 pub use retry::RetryPolicy;
 pub use state::OperationState;
 pub use store::{
-    AcceptLease, Accepted, ClaimRequest, Decision, DomainOverview, Fenced, FollowUps, ListFilter,
-    NewOperation, Page, PendingOutcome, RecordOutcome, Store, StoreError, Transition,
+    AcceptLease, Accepted, Backlog, ClaimRequest, Decision, DomainOverview, Fenced, FollowUps,
+    ListFilter, NewOperation, Page, PendingOutcome, RecordOutcome, Store, StoreError, Transition,
 };

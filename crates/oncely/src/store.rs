@@ -238,6 +238,20 @@ pub struct DomainOverview {
     pub rescued_since: u64,
 }
 
+/// The live part of one domain, read at a cost bounded by its size (the partial indexes
+/// over live states), for the engine's gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Backlog {
+    /// `ACCEPTED` operations due now: waiting for a worker.
+    pub due: u64,
+    /// `ACCEPTED` operations due later: retries in their backoff.
+    pub waiting: u64,
+    /// `PROCESSING` operations.
+    pub processing: u64,
+    /// When the oldest operation that is due now became due.
+    pub oldest_due: Option<DateTime<Utc>>,
+}
+
 /// What went wrong in a store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -362,6 +376,14 @@ pub trait Store: Send + Sync + 'static {
         current: &LeaseOwner,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// The domain's live operations at `now`: due, waiting for a retry, processing, and
+    /// the oldest due.
+    fn backlog(
+        &self,
+        domain: &DomainName,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Backlog, StoreError>> + Send;
 
     /// Every domain's overview at `now`, with what ended and what the Reaper rescued since
     /// `since`: one pass over the operations and over the log since `since`.

@@ -7,12 +7,13 @@
 
 use std::time::Duration;
 
-use metrics::{Counter, Histogram};
+use chrono::{DateTime, Utc};
+use metrics::{Counter, Gauge, Histogram};
 
 use crate::key::DomainName;
 use crate::outcome::Outcome;
 use crate::state::OperationState;
-use crate::store::Accepted;
+use crate::store::{Accepted, Backlog};
 
 /// The results an attempt's call is counted by.
 const RESULTS: [&str; 4] = ["ok", "retry", "fail", "unknown"];
@@ -33,6 +34,9 @@ pub(crate) struct Telemetry {
     durations: [Histogram; 4],
     rescued: Counter,
     fenced: Counter,
+    /// Due, waiting, processing.
+    backlog: [Gauge; 3],
+    oldest_due: Gauge,
 }
 
 impl Telemetry {
@@ -55,6 +59,10 @@ impl Telemetry {
             }),
             rescued: counter("oncely_reaper_rescues_total"),
             fenced: counter("oncely_fenced_writes_total"),
+            backlog: ["due", "waiting", "processing"].map(|state| {
+                metrics::gauge!("oncely_backlog", "domain" => domain.clone(), "state" => state)
+            }),
+            oldest_due: metrics::gauge!("oncely_oldest_due_seconds", "domain" => domain.clone()),
         }
     }
 
@@ -92,6 +100,18 @@ impl Telemetry {
     /// Leases the Reaper took back.
     pub(crate) fn rescued(&self, count: u64) {
         self.rescued.increment(count);
+    }
+
+    /// The live operations as the store counted them at `now`.
+    pub(crate) fn backlog(&self, backlog: &Backlog, now: DateTime<Utc>) {
+        let [due, waiting, processing] = &self.backlog;
+        due.set(backlog.due as f64);
+        waiting.set(backlog.waiting as f64);
+        processing.set(backlog.processing as f64);
+        let waited = backlog.oldest_due.map_or(0.0, |at| {
+            (now - at).num_milliseconds().max(0) as f64 / 1_000.0
+        });
+        self.oldest_due.set(waited);
     }
 
     /// Writes of a worker whose lease was taken over, refused by the fence (I4).

@@ -1002,7 +1002,7 @@ pub async fn release_node_ends_only_the_earlier_incarnations_leases<S: Store>(st
     assert_eq!(again, 0);
 }
 
-pub async fn overview_counts_states_retries_stuck_due_and_rescues<S: Store>(store: S) {
+pub async fn overview_and_backlog_count_states_retries_stuck_due_and_rescues<S: Store>(store: S) {
     assert_eq!(store.overview(at(0), at(0)).await.unwrap(), []);
     for key in ["a", "b", "c", "d"] {
         accept(&store, key, at(0)).await;
@@ -1053,6 +1053,18 @@ pub async fn overview_counts_states_retries_stuck_due_and_rescues<S: Store>(stor
         "d, due since it was accepted"
     );
     assert_eq!((domain.ended_since, domain.rescued_since), (1, 1));
+    // The live part alone, as the engine's gauges read it: d due since at(0), c waiting
+    // for its retry, a processing.
+    let backlog = store.backlog(&self::domain(), at(40)).await.unwrap();
+    assert_eq!(
+        backlog,
+        oncely::Backlog {
+            due: 1,
+            waiting: 1,
+            processing: 1,
+            oldest_due: Some(at(0)),
+        }
+    );
     // Since later, nothing ended or was rescued.
     let later = store.overview(at(41), at(41)).await.unwrap();
     assert_eq!((later[0].ended_since, later[0].rescued_since), (0, 0));
@@ -1266,7 +1278,7 @@ macro_rules! conformance_suite {
             finalize_and_reap_check_the_lease_owner_too,
             a_reap_from_a_stale_read_loses_to_an_outcome_recorded_since,
             release_node_ends_only_the_earlier_incarnations_leases,
-            overview_counts_states_retries_stuck_due_and_rescues,
+            overview_and_backlog_count_states_retries_stuck_due_and_rescues,
             follow_ups_are_inserted_with_an_applied_end_only,
             api_keys_are_stored_hashed_listed_touched_and_revoked,
         );
