@@ -179,16 +179,22 @@ fn discrepancies<K: std::fmt::Debug>(
     Ok(())
 }
 
+/// How many operations are still in flight, and the first twenty of them.
+fn in_flight(out: &mut impl Write, keys: &[String]) -> std::io::Result<()> {
+    writeln!(out, "non-terminal   {}", keys.len())?;
+    for key in keys.iter().take(20) {
+        writeln!(out, "  in flight    {key}")?;
+    }
+    Ok(())
+}
+
 /// Writes the audit as a table for people.
 pub fn write_table(out: &mut impl Write, audit: &Audit) -> std::io::Result<()> {
     if let Some(report) = &audit.payments {
         writeln!(out, "payments")?;
         writeln!(out, "operations     {}", states(&report.operations))?;
         writeln!(out, "charges        {}", report.charges)?;
-        writeln!(out, "non-terminal   {}", report.non_terminal.len())?;
-        for key in report.non_terminal.iter().take(20) {
-            writeln!(out, "  in flight    {key}")?;
-        }
+        in_flight(out, &report.non_terminal)?;
         let found = report.discrepancies.iter();
         discrepancies(
             out,
@@ -203,10 +209,7 @@ pub fn write_table(out: &mut impl Write, audit: &Audit) -> std::io::Result<()> {
             "deliveries     {} ({} arrived more than once, acted on once)",
             report.deliveries, report.redelivered
         )?;
-        writeln!(out, "non-terminal   {}", report.non_terminal.len())?;
-        for key in report.non_terminal.iter().take(20) {
-            writeln!(out, "  in flight    {key}")?;
-        }
+        in_flight(out, &report.non_terminal)?;
         let found = report.discrepancies.iter();
         discrepancies(
             out,
