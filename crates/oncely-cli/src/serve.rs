@@ -19,8 +19,8 @@ use crate::duration;
 /// Flags of `oncely serve`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ServeArgs {
-    /// The database: `sqlite://PATH` (created if missing), `postgres://USER@HOST/DB` or
-    /// `mysql://USER@HOST/DB`.
+    /// The database: `sqlite://PATH`, `postgres://USER@HOST/DB` or `mysql://USER@HOST/DB`;
+    /// created if it does not exist (and the user may).
     #[arg(long, env = "ONCELY_DB", default_value = "sqlite://oncely.db")]
     db: String,
     /// Where to listen.
