@@ -4,9 +4,7 @@
 
 mod common;
 
-use std::process::Stdio;
-
-use common::{free_port, oncely, wait_healthy};
+use common::{Logged, oncely, wait_healthy};
 use serde_json::json;
 
 /// The value of the series `name{labels}` (labels as written, in order), or 0.
@@ -22,28 +20,21 @@ fn value(scrape: &str, name: &str, labels: &str) -> f64 {
 async fn metrics_count_what_the_store_holds() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("oncely.db").display());
-    let (port, metrics_port) = (free_port(), free_port());
-    let mut serve = oncely()
-        .current_dir(dir.path())
-        .args([
-            "serve",
-            "--db",
-            &db,
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .args([
-            "--sim-listen",
-            "127.0.0.1:0",
-            "--webhook-sim-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    // Every listener on a port of the system's choosing, read back from the log.
+    let mut serve = Logged::spawn(
+        oncely()
+            .current_dir(dir.path())
+            .args(["serve", "--db", &db, "--listen", "127.0.0.1:0"])
+            .args([
+                "--sim-listen",
+                "127.0.0.1:0",
+                "--webhook-sim-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--metrics-listen", "127.0.0.1:0"]),
+    );
+    let metrics_url = serve.field("serving Prometheus metrics", "listen");
+    let base = serve.field("oncely is serving", "listen");
     wait_healthy(&base).await;
     let client = reqwest::Client::new();
     let pay = |order: u32, amount: &'static str| {
@@ -59,7 +50,7 @@ async fn metrics_count_what_the_store_holds() {
     assert_eq!(pay(1, "5.00").await.unwrap().status(), 200, "a replay");
     assert_eq!(pay(1, "6.00").await.unwrap().status(), 422, "a conflict");
 
-    let scrape = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+    let scrape = reqwest::get(&metrics_url)
         .await
         .unwrap()
         .text()
@@ -70,8 +61,7 @@ async fn metrics_count_what_the_store_holds() {
         .args(["status", "--db", &db, "--json"])
         .output()
         .unwrap();
-    serve.kill().unwrap();
-    serve.wait().unwrap();
+    drop(serve);
     let overview: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     let stored = overview
         .as_array()

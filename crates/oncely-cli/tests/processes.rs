@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{free_port, oncely, wait_healthy};
+use common::{Logged, free_port, oncely, wait_healthy};
 
 use std::process::{Command, Stdio};
 
@@ -168,40 +168,28 @@ async fn audit_exits_1_on_a_charge_no_payment_explains() {
 #[tokio::test]
 async fn audit_exits_3_and_status_shows_the_retry_while_payments_are_in_flight() {
     let dir = tempfile::tempdir().unwrap();
-    let (port, gateway_port, metrics_port) = (free_port(), free_port(), free_port());
+    // Every process binds a port of the system's choosing and says which in its log.
     // A gateway that answers every charge 503: the payment waits for its next attempt.
-    let mut gateway = oncely()
-        .current_dir(dir.path())
-        .args([
-            "gateway-sim",
-            "--listen",
-            &format!("127.0.0.1:{gateway_port}"),
-        ])
-        .args(["--error-rate", "1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let gateway_url = format!("http://127.0.0.1:{gateway_port}");
+    let mut gateway = Logged::spawn(oncely().current_dir(dir.path()).args([
+        "gateway-sim",
+        "--listen",
+        "127.0.0.1:0",
+        "--error-rate",
+        "1",
+    ]));
+    let gateway_url = gateway.field("simulated payment gateway", "url");
     wait_healthy(&gateway_url).await;
     let db = format!("sqlite://{}", dir.path().join("oncely.db").display());
-    let mut serve = oncely()
-        .current_dir(dir.path())
-        .args([
-            "serve",
-            "--db",
-            &db,
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .args(["--gateway-url", &gateway_url, "--backoff-base", "60s"])
-        .args(["--webhook-sim-listen", "127.0.0.1:0"])
-        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let mut serve = Logged::spawn(
+        oncely()
+            .current_dir(dir.path())
+            .args(["serve", "--db", &db, "--listen", "127.0.0.1:0"])
+            .args(["--gateway-url", &gateway_url, "--backoff-base", "60s"])
+            .args(["--webhook-sim-listen", "127.0.0.1:0"])
+            .args(["--metrics-listen", "127.0.0.1:0"]),
+    );
+    let metrics_url = serve.field("serving Prometheus metrics", "listen");
+    let base = serve.field("oncely is serving", "listen");
     wait_healthy(&base).await;
     let paid = reqwest::Client::new()
         .post(format!("{base}/v1/payments"))
@@ -218,7 +206,7 @@ async fn audit_exits_3_and_status_shows_the_retry_while_payments_are_in_flight()
     let waiting = r#"oncely_backlog{domain="PAYMENT",state="waiting"} 1"#;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        let scrape = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        let scrape = reqwest::get(&metrics_url)
             .await
             .unwrap()
             .text()
@@ -235,8 +223,7 @@ async fn audit_exits_3_and_status_shows_the_retry_while_payments_are_in_flight()
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     assert!(body["nextRetryAt"].is_string(), "{body}");
-    serve.kill().unwrap();
-    serve.wait().unwrap();
+    drop(serve);
 
     let audit = |allow: bool| {
         let mut command = oncely();
@@ -284,8 +271,7 @@ async fn audit_exits_3_and_status_shows_the_retry_while_payments_are_in_flight()
         "{}",
         String::from_utf8_lossy(&allowed.stdout)
     );
-    gateway.kill().unwrap();
-    gateway.wait().unwrap();
+    drop(gateway);
 }
 
 #[tokio::test]

@@ -93,3 +93,70 @@ pub async fn drop_postgres_database(admin: &str, name: &str) {
         .await
         .unwrap();
 }
+
+/// A child process whose log (stderr) is read line by line, so a test can learn the
+/// address it bound (`--listen 127.0.0.1:0`) instead of choosing a port ahead that another
+/// process may take first. Killed when dropped.
+pub struct Logged {
+    pub child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Logged {
+    /// Spawns `command` with stdout discarded and stderr read.
+    pub fn spawn(command: &mut Command) -> Self {
+        use std::io::BufRead;
+        let mut child = command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The value of `field=` on the first log line that contains `needle`, waiting up to
+    /// 30 s for it; panics with the log so far if the process ends or never says it.
+    pub fn field(&mut self, needle: &str, field: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let line = match self.lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) => line,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {
+                    continue;
+                }
+                Err(_) => panic!("no {needle:?} in the log:\n{}", self.seen.join("\n")),
+            };
+            let found = line.contains(needle).then(|| {
+                line.split_whitespace()
+                    .find_map(|word| word.strip_prefix(field)?.strip_prefix('='))
+                    .map(str::to_owned)
+            });
+            self.seen.push(line);
+            if let Some(Some(value)) = found {
+                return value;
+            }
+        }
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
