@@ -55,6 +55,7 @@
 //! - [`store`]: the `Store` port, batch by batch.
 //! - [`engine`]: the lifecycle, top to bottom, with the Finalizer and the Reaper.
 //! - [`clock`]: system and manual time.
+//! - [`memory`]: the store in memory, for tests and the simulator.
 //! - [`failpoint`]: crash points for tests (`failpoints` feature).
 //! - `faults`: a store wrapper that injects failures and unknown commits into store
 //!   calls, for tests (`failpoints` feature).
@@ -69,6 +70,7 @@ pub mod failpoint;
 pub mod faults;
 pub mod key;
 pub mod keys;
+pub mod memory;
 pub mod operation;
 pub mod orchestrator;
 pub mod outcome;
@@ -83,6 +85,7 @@ pub use error::Error;
 pub use failpoint::{CrashPoint, Failpoints};
 pub use key::{DomainName, IdempotencyKey, InvalidName, NodeId, Scope, TenantId};
 pub use keys::{ApiKey, KeySpec, KeyStore, NewKey, Role};
+pub use memory::MemoryStore;
 pub use operation::{
     Fence, Fingerprint, Lease, LeaseOwner, Operation, OperationId, WalEntry, WalKind,
 };
