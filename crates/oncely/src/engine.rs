@@ -15,6 +15,11 @@
 //!
 //! Dropping an engine without [`Engine::shutdown`] stops it at once, as a crash would: the
 //! next engine on the same store finishes everything (I2).
+//!
+//! Every `select!` here is `biased` (its branches are polled in order): the engine's tasks
+//! then make the same choices whenever the same things are ready, so that on a
+//! single-threaded runtime with simulated time a run replays exactly from its seed
+//! (`oncely sim`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -466,10 +471,11 @@ impl<S: Store, O: Orchestrator> Engine<S, O> {
                 break Ok(operation);
             }
             tokio::select! {
-                () = notified => {}
-                () = tokio::time::sleep(self.shared.config.poll_interval) => {}
-                () = tokio::time::sleep_until(deadline) => {}
-            }
+            biased;
+                    () = notified => {}
+                    () = tokio::time::sleep(self.shared.config.poll_interval) => {}
+                    () = tokio::time::sleep_until(deadline) => {}
+                }
         };
         self.shared.forget_waiter(first.id, notify);
         result
@@ -523,6 +529,29 @@ impl<S: Store, O: Orchestrator> Engine<S, O> {
         Ok(purge_expired(&self.shared).await?)
     }
 
+    /// Stops every task and running attempt of this engine at once, as `kill -9` would: no
+    /// outcome is recorded, no lease released. For tests and the simulator, which need to
+    /// crash an engine that others still hold.
+    pub fn crash(&self) {
+        if let Some(tasks) = self
+            .tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            tasks.abort();
+        }
+        self.accept_tx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        self.shared
+            .attempts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .abort_all();
+    }
+
     /// Stops taking work, lets running calls finish for up to `grace`, records and
     /// finalizes what they return, then stops. Calls still running after `grace` are
     /// abandoned: their leases expire and another engine retries them with the same key.
@@ -564,20 +593,8 @@ impl<S: Store, O: Orchestrator> Engine<S, O> {
 
 impl<S: Store, O: Orchestrator> Drop for Engine<S, O> {
     fn drop(&mut self) {
-        if let Some(tasks) = self
-            .tasks
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
-            tasks.abort();
-        }
         // As a crash would: the attempts stop too, their leases are left to expire.
-        self.shared
-            .attempts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .abort_all();
+        self.crash();
     }
 }
 
@@ -758,6 +775,7 @@ async fn pipelined<S, O, T, F, Fut>(
             }
         }
         tokio::select! {
+        biased;
             received = receiver.recv_many(&mut batch, shared.config.batch_size_max) => {
                 if received == 0 {
                     break;
@@ -907,20 +925,22 @@ async fn dispatch_loop<S: Store, O: Orchestrator>(
         let idle = claimed.len() < requested;
         for operation in claimed {
             let slot = tokio::select! {
-                slot = shared.slots.clone().acquire_owned() => slot,
-                // Stopping: what is claimed and not started is left to its lease.
-                _ = stop.changed() => break 'claiming,
-            };
+            biased;
+                    slot = shared.slots.clone().acquire_owned() => slot,
+                    // Stopping: what is claimed and not started is left to its lease.
+                    _ = stop.changed() => break 'claiming,
+                };
             let Ok(slot) = slot else { break 'claiming };
             shared.start_attempt(operation, slot, &finished);
         }
         if idle {
             tokio::select! {
-                () = shared.wake.notified() => {}
-                () = shared.store.work_signal(&shared.domain) => {}
-                () = tokio::time::sleep(shared.config.poll_interval) => {}
-                _ = stop.changed() => {}
-            }
+            biased;
+                    () = shared.wake.notified() => {}
+                    () = shared.store.work_signal(&shared.domain) => {}
+                    () = tokio::time::sleep(shared.config.poll_interval) => {}
+                    _ = stop.changed() => {}
+                }
         }
     }
     let grace = (*stop.borrow()).unwrap_or_default();
@@ -950,6 +970,7 @@ async fn free_slot_count<S: Store, O: Orchestrator>(
     stop: &mut watch::Receiver<Option<Duration>>,
 ) -> Option<usize> {
     tokio::select! {
+        biased;
         permit = shared.slots.acquire() => drop(permit.ok()?),
         _ = stop.changed() => return None,
     }
@@ -1029,6 +1050,7 @@ async fn call<S: Store, O: Orchestrator>(
     let abort = task.abort_handle();
     let timeout = shared.config.call_timeout;
     let answer = tokio::select! {
+        biased;
         answer = tokio::time::timeout(timeout, task) => answer,
         () = shared.failpoints.crashed() => {
             abort.abort();
@@ -1242,6 +1264,7 @@ async fn maintenance_loop<S: Store, O: Orchestrator>(
             Err(error) => tracing::debug!(%error, "could not read the backlog for the gauges"),
         }
         tokio::select! {
+        biased;
             () = tokio::time::sleep(shared.config.maintenance_interval) => {}
             _ = stop.changed() => return,
         }
