@@ -6,11 +6,15 @@
 //! - [`chaos`]: several `oncely serve` processes on one database, faulty simulated
 //!   providers, and faults thrown at them (SIGKILL, SIGSTOP past the lease, cut database
 //!   connections, lying answers); then the audit must be clean.
+//! - [`sim`]: the engine of several nodes run deterministically from a seed, in simulated
+//!   time, over an in-memory store and provider, with the invariants checked at every
+//!   step.
 //!
-//! The `oncely` binary wires them as `oncely audit` and `oncely chaos`.
+//! The `oncely` binary wires them as `oncely audit`, `oncely chaos` and `oncely sim`.
 
 pub mod audit;
 pub mod chaos;
 mod error;
+pub mod sim;
 
 pub use error::Error;
