@@ -46,9 +46,13 @@ fn mariadb_restart() -> Option<String> {
     let local = std::env::var("ONCELY_TEST_MYSQL_URL").map_or(true, |url| {
         url.contains("127.0.0.1") || url.contains("localhost")
     });
-    let tools = ["/usr/sbin/mariadbd", "/usr/bin/mariadb-admin", "/usr/bin/pgrep"]
-        .iter()
-        .all(|tool| std::path::Path::new(tool).exists())
+    let tools = [
+        "/usr/sbin/mariadbd",
+        "/usr/bin/mariadb-admin",
+        "/usr/bin/pgrep",
+    ]
+    .iter()
+    .all(|tool| std::path::Path::new(tool).exists())
         && std::path::Path::new("/sbin/start-stop-daemon").exists();
     (in_ci && local && tools).then(|| {
         "mariadb-admin -h 127.0.0.1 -u root shutdown; \

@@ -471,11 +471,11 @@ impl<S: Store, O: Orchestrator> Engine<S, O> {
                 break Ok(operation);
             }
             tokio::select! {
-            biased;
-                    () = notified => {}
-                    () = tokio::time::sleep(self.shared.config.poll_interval) => {}
-                    () = tokio::time::sleep_until(deadline) => {}
-                }
+                biased;
+                () = notified => {}
+                () = tokio::time::sleep(self.shared.config.poll_interval) => {}
+                () = tokio::time::sleep_until(deadline) => {}
+            }
         };
         self.shared.forget_waiter(first.id, notify);
         result
@@ -775,7 +775,7 @@ async fn pipelined<S, O, T, F, Fut>(
             }
         }
         tokio::select! {
-        biased;
+            biased;
             received = receiver.recv_many(&mut batch, shared.config.batch_size_max) => {
                 if received == 0 {
                     break;
@@ -925,22 +925,22 @@ async fn dispatch_loop<S: Store, O: Orchestrator>(
         let idle = claimed.len() < requested;
         for operation in claimed {
             let slot = tokio::select! {
-            biased;
-                    slot = shared.slots.clone().acquire_owned() => slot,
-                    // Stopping: what is claimed and not started is left to its lease.
-                    _ = stop.changed() => break 'claiming,
-                };
+                biased;
+                slot = shared.slots.clone().acquire_owned() => slot,
+                // Stopping: what is claimed and not started is left to its lease.
+                _ = stop.changed() => break 'claiming,
+            };
             let Ok(slot) = slot else { break 'claiming };
             shared.start_attempt(operation, slot, &finished);
         }
         if idle {
             tokio::select! {
-            biased;
-                    () = shared.wake.notified() => {}
-                    () = shared.store.work_signal(&shared.domain) => {}
-                    () = tokio::time::sleep(shared.config.poll_interval) => {}
-                    _ = stop.changed() => {}
-                }
+                biased;
+                () = shared.wake.notified() => {}
+                () = shared.store.work_signal(&shared.domain) => {}
+                () = tokio::time::sleep(shared.config.poll_interval) => {}
+                _ = stop.changed() => {}
+            }
         }
     }
     let grace = (*stop.borrow()).unwrap_or_default();
@@ -1264,7 +1264,7 @@ async fn maintenance_loop<S: Store, O: Orchestrator>(
             Err(error) => tracing::debug!(%error, "could not read the backlog for the gauges"),
         }
         tokio::select! {
-        biased;
+            biased;
             () = tokio::time::sleep(shared.config.maintenance_interval) => {}
             _ = stop.changed() => return,
         }
