@@ -56,13 +56,25 @@ fn two_hundred_seeds_keep_every_invariant_under_every_fault() {
             "no {count} in {summary}"
         );
     }
-    // Every payment ended, and most were charged.
+    // Every payment ended, most were charged once, and each end was announced once.
     let states = summary["states"].as_object().unwrap();
-    let ended: u64 = states.values().map(|n| n.as_u64().unwrap()).sum();
-    assert_eq!(ended, 200 * 30, "{states:?}");
-    let completed = states["COMPLETED"].as_u64().unwrap();
-    assert!(completed > ended / 2, "{states:?}");
+    let count = |name: &str| states.get(name).and_then(|n| n.as_u64()).unwrap_or(0);
+    let completed = count("SIM_PAYMENT COMPLETED");
+    let payments = completed + count("SIM_PAYMENT FAILED");
+    assert_eq!(payments, 200 * 30, "{states:?}");
+    assert!(completed > payments / 2, "{states:?}");
     assert_eq!(summary["counts"]["charges"].as_u64().unwrap(), completed);
+    assert_eq!(count("SIM_NOTICE COMPLETED"), payments, "{states:?}");
+    assert_eq!(
+        summary["counts"]["noticesActedOn"].as_u64().unwrap(),
+        payments
+    );
+    let all: u64 = states.values().map(|n| n.as_u64().unwrap()).sum();
+    assert_eq!(
+        all,
+        2 * payments,
+        "nothing else, nothing in flight: {states:?}"
+    );
 }
 
 #[test]

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 
 use oncely::{Decision, Operation, OperationId, OperationState, WalEntry, WalKind};
 
-use super::world::{Books, declined};
+use oncely::Orchestrator;
+
+use super::world::{Books, Notices, declined, notice_key};
 
 /// A broken invariant: which, and what shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,9 +87,25 @@ pub(crate) fn check(
         }
         let entries = log.get(&operation.id).map(Vec::as_slice).unwrap_or(&[]);
         check_log(operation, entries)?;
-        check_books(operation, books, clients)?;
+        if operation.scope.domain.as_str() == <Notices as Orchestrator>::DOMAIN {
+            check_notice(operation, books)?;
+        } else {
+            check_books(operation, books, clients)?;
+            check_outbox(operation, entries, operations)?;
+        }
     }
     check_keys_sent(books)?;
+    for (key, notice) in &books.notices {
+        if !operations
+            .iter()
+            .any(|operation| operation.scope.key.as_str() == notice.operation)
+        {
+            return broken(
+                "I2",
+                format!("the receiver acted on {key}, which the store does not hold"),
+            );
+        }
+    }
     for (key, charge) in &books.charges {
         if !operations
             .iter()
@@ -100,6 +118,15 @@ pub(crate) fn check(
         }
     }
     if end {
+        if let Some(operation) = operations.iter().find(|o| !o.state.is_terminal()) {
+            return broken(
+                "I2",
+                format!(
+                    "{} is still {} after the faults stopped",
+                    operation.scope, operation.state
+                ),
+            );
+        }
         for key in clients.acked.keys() {
             let operation = operations.iter().find(|o| o.scope.key.as_str() == key);
             match operation {
@@ -333,6 +360,54 @@ fn check_books(operation: &Operation, books: &Books, clients: &Clients) -> Resul
         }
         _ => Ok(()),
     }
+}
+
+/// The outbox: a payment that ended has the notice of its end, inserted with the end (so
+/// at every step, not eventually), and a notice exists only for a payment that ended.
+fn check_outbox(
+    payment: &Operation,
+    entries: &[&WalEntry],
+    operations: &[Operation],
+) -> Result<(), Violation> {
+    let key = payment.scope.key.as_str();
+    let ended = entries.iter().any(|entry| {
+        matches!(entry.kind, WalKind::Finalized | WalKind::Reaped)
+            && entry.state_after.is_terminal()
+    });
+    let notice = notice_key(key);
+    let announced = operations.iter().find(|o| {
+        o.scope.key.as_str() == notice
+            && o.scope.domain.as_str() == <Notices as Orchestrator>::DOMAIN
+    });
+    match (ended, announced) {
+        (true, None) => broken("outbox", format!("{key} ended without its notice")),
+        (false, Some(_)) => broken("outbox", format!("{key} has a notice but never ended")),
+        (_, Some(notice))
+            if notice.payload.get("payment").and_then(|p| p.as_str()) != Some(key) =>
+        {
+            broken(
+                "outbox",
+                format!("{notice:?} announces another payment than {key}"),
+            )
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A delivered notice reached the receiver (which acts on a key once, however often it
+/// arrives).
+fn check_notice(notice: &Operation, books: &Books) -> Result<(), Violation> {
+    let key = notice.scope.key.as_str();
+    if notice.state == OperationState::Completed && !books.notices.contains_key(key) {
+        return broken("once", format!("{key} is COMPLETED but never arrived"));
+    }
+    if matches!(notice.state, OperationState::Failed) {
+        return broken(
+            "once",
+            format!("{key} FAILED though the receiver never refuses"),
+        );
+    }
+    Ok(())
 }
 
 /// I7: every attempt of an operation sent the provider the operation's own key.

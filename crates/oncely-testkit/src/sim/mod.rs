@@ -20,14 +20,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use oncely::memory::Weakness;
-use oncely::{Engine, EngineConfig, LeaseOwner, MemoryStore, OperationState, WalKind};
+use oncely::{
+    Engine, EngineConfig, LeaseOwner, MemoryStore, OperationState, Orchestrator, WalKind,
+};
 use serde::Serialize;
 
 use check::Clients;
 pub use check::Violation;
 use world::{
-    Books, Counters, Dice, Journal, NodeClock, NodeStore, Pause, Pay, Payments, Provider, Weather,
-    key, lock,
+    Books, Counters, Dice, Journal, NodeClock, NodeStore, Notices, Pause, Pay, Payments, Provider,
+    Weather, key, lock,
 };
 
 /// A rule broken on purpose, to show that the simulation finds its absence.
@@ -146,7 +148,7 @@ pub struct SeedReport {
     pub simulated_seconds: u64,
     /// Faults and what they caused, by name.
     pub counts: BTreeMap<String, u64>,
-    /// Operations by final state.
+    /// Operations by domain and final state (`SIM_PAYMENT COMPLETED`).
     pub states: BTreeMap<String, u64>,
     /// The first broken invariant, if any.
     pub violation: Option<String>,
@@ -161,6 +163,8 @@ pub struct SeedReport {
 /// Node `i` of a run.
 struct Node {
     engine: Option<Arc<Engine<NodeStore, Payments>>>,
+    /// The same process's engine for the notices its payments' ends send.
+    notices: Option<Engine<NodeStore, Notices>>,
     incarnation: u32,
     pause: Pause,
     skew_ms: Arc<AtomicI64>,
@@ -212,6 +216,10 @@ impl World {
             pause: node.pause.clone(),
             fresh_key_per_attempt: self.config.flaw == Some(Flaw::FreshKeyPerAttempt),
         };
+        let notices = Notices {
+            provider: self.provider.clone(),
+            pause: node.pause.clone(),
+        };
         let config = EngineConfig {
             workers: 4,
             lease_ttl: LEASE,
@@ -229,13 +237,23 @@ impl World {
             start: self.start,
             skew_ms: node.skew_ms.clone(),
         };
+        // One process, one incarnation: both engines lease under its name.
         let owner = LeaseOwner::from_stored(format!("node-{index}/{:04x}", node.incarnation));
-        let engine = Engine::builder(store, payments)
-            .config(config)
-            .clock(clock)
-            .owner(owner)
+        let failed = |error: oncely::Error| crate::Error::Setup(format!("engine: {error}"));
+        let engine = Engine::builder(store.clone(), payments)
+            .config(config.clone())
+            .clock(clock.clone())
+            .owner(owner.clone())
             .start()
-            .map_err(|error| crate::Error::Setup(format!("engine: {error}")))?;
+            .map_err(failed)?;
+        node.notices = Some(
+            Engine::builder(store, notices)
+                .config(config)
+                .clock(clock)
+                .owner(owner)
+                .start()
+                .map_err(failed)?,
+        );
         node.engine = Some(Arc::new(engine));
         drop(nodes);
         self.note(&format!("start node {index}"));
@@ -273,6 +291,9 @@ impl World {
         let mut nodes = lock(&self.nodes);
         let node = &mut nodes[index];
         if let Some(engine) = node.engine.take() {
+            engine.crash();
+        }
+        if let Some(engine) = node.notices.take() {
             engine.crash();
         }
         node.pause.set_paused(false);
@@ -428,6 +449,7 @@ fn step(world: &Arc<World>, submitted: &mut usize) -> Result<(), crate::Error> {
             let (operations, _) = world.store.snapshot();
             let ended: Vec<_> = operations
                 .into_iter()
+                .filter(|o| o.scope.domain.as_str() == <Payments as Orchestrator>::DOMAIN)
                 .filter(|o| matches!(o.state, OperationState::Failed | OperationState::Timeout))
                 .collect();
             if !ended.is_empty()
@@ -474,6 +496,7 @@ async fn simulate(seed: u64, config: SimConfig) -> Result<SeedReport, crate::Err
             (0..config.nodes)
                 .map(|_| Node {
                     engine: None,
+                    notices: None,
                     incarnation: 0,
                     pause: Pause::default(),
                     skew_ms: Arc::new(AtomicI64::new(0)),
@@ -532,7 +555,7 @@ async fn simulate(seed: u64, config: SimConfig) -> Result<SeedReport, crate::Err
         ));
         *report
             .states
-            .entry(operation.state.as_str().to_owned())
+            .entry(format!("{} {}", operation.scope.domain, operation.state))
             .or_default() += 1;
     }
     let counters = &world.weather.counters;
@@ -548,6 +571,7 @@ async fn simulate(seed: u64, config: SimConfig) -> Result<SeedReport, crate::Err
         ("lostAnswers", &counters.lost_answers),
         ("charges", &counters.charges),
         ("providerReplays", &counters.replays),
+        ("noticesActedOn", &counters.notices),
     ] {
         counts.insert(name.to_owned(), counter.load(Ordering::Relaxed));
     }
@@ -637,7 +661,7 @@ pub struct Summary {
     pub simulated_seconds: u64,
     /// Every count, summed over the seeds.
     pub counts: BTreeMap<String, u64>,
-    /// Operations by final state, summed.
+    /// Operations by domain and final state, summed.
     pub states: BTreeMap<String, u64>,
     /// The seeds that broke an invariant, in seed order.
     pub failures: Vec<SeedReport>,

@@ -17,8 +17,8 @@ use oncely::store::{
     Page, PendingOutcome, RecordOutcome, Transition,
 };
 use oncely::{
-    Attempt, Clock, DomainName, IdempotencyKey, LeaseOwner, MemoryStore, NodeId, Operation,
-    Orchestrator, Outcome, RetryPolicy, Scope, Store, StoreError, WalEntry,
+    Attempt, Clock, Decision, DomainName, FollowUp, IdempotencyKey, LeaseOwner, MemoryStore,
+    NodeId, Operation, Orchestrator, Outcome, RetryPolicy, Scope, Store, StoreError, WalEntry,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -95,6 +95,7 @@ pub(crate) struct Counters {
     pub(crate) lost_answers: AtomicU64,
     pub(crate) charges: AtomicU64,
     pub(crate) replays: AtomicU64,
+    pub(crate) notices: AtomicU64,
 }
 
 pub(crate) fn count(counter: &AtomicU64) {
@@ -393,17 +394,29 @@ pub(crate) struct Charge {
     pub(crate) amount: i64,
 }
 
-/// The provider's books.
+/// The providers' books.
 #[derive(Debug, Default)]
 pub(crate) struct Books {
     /// Charges by the idempotency key they were made under.
     pub(crate) charges: BTreeMap<String, Charge>,
-    /// The keys each operation's attempts sent.
+    /// Notices acted on, by the key they were sent under, with the payment they announce
+    /// and how many times they arrived.
+    pub(crate) notices: BTreeMap<String, Notice>,
+    /// The keys each operation's attempts sent, by the operation's own key.
     pub(crate) keys_sent: BTreeMap<String, BTreeSet<String>>,
 }
 
-/// A payment provider that honours idempotency keys, declines some cards, and under
-/// stormy weather is unavailable, hangs, or loses its answer after charging.
+/// One notice the receiver acted on.
+#[derive(Debug, Clone)]
+pub(crate) struct Notice {
+    /// The notice operation's key, as the simulation knows it.
+    pub(crate) operation: String,
+    /// Times it arrived; acted on once.
+    pub(crate) arrivals: u32,
+}
+
+/// The payment provider and the notice receiver: both honour idempotency keys, and under
+/// stormy weather are unavailable, hang, or lose their answer after acting.
 #[derive(Debug)]
 pub(crate) struct Provider {
     pub(crate) books: Mutex<Books>,
@@ -419,7 +432,14 @@ pub(crate) fn declined(amount: i64) -> bool {
 const HANG: Duration = Duration::from_secs(30);
 
 impl Provider {
-    async fn charge(&self, operation: &str, key: &str, amount: i64) -> Outcome {
+    /// One call under `key` for the operation `operation`: the weather's faults around
+    /// `act`, which does what the call does to the books and answers.
+    async fn call(
+        &self,
+        operation: &str,
+        key: &str,
+        act: impl FnOnce(&mut Books, &Journal) -> Outcome,
+    ) -> Outcome {
         let weather = &self.weather;
         tokio::time::sleep(weather.dice.millis(1..=150)).await;
         let stormy = weather.stormy();
@@ -431,7 +451,7 @@ impl Provider {
         }
         if stormy && weather.dice.chance(3) {
             count(&weather.counters.provider_hangs);
-            journal.note(&format!("provider {key}: hangs before charging"));
+            journal.note(&format!("provider {key}: hangs before acting"));
             tokio::time::sleep(HANG).await;
         }
         let outcome = {
@@ -441,27 +461,7 @@ impl Provider {
                 .entry(operation.to_owned())
                 .or_default()
                 .insert(key.to_owned());
-            if declined(amount) {
-                journal.note(&format!("provider {key}: declined"));
-                Outcome::fail("card declined").with_error_code("card_declined")
-            } else if let Some(charge) = books.charges.get(key) {
-                count(&weather.counters.replays);
-                journal.note(&format!("provider {key}: replayed"));
-                Outcome::ok()
-                    .with_data("amount", charge.amount)
-                    .with_data("replayed", true)
-            } else {
-                count(&weather.counters.charges);
-                journal.note(&format!("provider {key}: charged {amount}"));
-                books.charges.insert(
-                    key.to_owned(),
-                    Charge {
-                        operation: operation.to_owned(),
-                        amount,
-                    },
-                );
-                Outcome::ok().with_data("amount", amount)
-            }
+            act(&mut books, journal)
         };
         if stormy && weather.dice.chance(5) {
             count(&weather.counters.lost_answers);
@@ -472,6 +472,53 @@ impl Provider {
             return Outcome::retry("connection reset after the request was sent");
         }
         outcome
+    }
+
+    async fn charge(&self, operation: &str, key: &str, amount: i64) -> Outcome {
+        let counters = &self.weather.counters;
+        self.call(operation, key, |books, journal| {
+            if declined(amount) {
+                journal.note(&format!("provider {key}: declined"));
+                return Outcome::fail("card declined").with_error_code("card_declined");
+            }
+            if let Some(charge) = books.charges.get(key) {
+                count(&counters.replays);
+                journal.note(&format!("provider {key}: replayed"));
+                return Outcome::ok()
+                    .with_data("amount", charge.amount)
+                    .with_data("replayed", true);
+            }
+            count(&counters.charges);
+            journal.note(&format!("provider {key}: charged {amount}"));
+            books.charges.insert(
+                key.to_owned(),
+                Charge {
+                    operation: operation.to_owned(),
+                    amount,
+                },
+            );
+            Outcome::ok().with_data("amount", amount)
+        })
+        .await
+    }
+
+    async fn deliver(&self, operation: &str, key: &str) -> Outcome {
+        let counters = &self.weather.counters;
+        self.call(operation, key, |books, journal| {
+            let notice = books.notices.entry(key.to_owned()).or_insert(Notice {
+                operation: operation.to_owned(),
+                arrivals: 0,
+            });
+            notice.arrivals += 1;
+            if notice.arrivals == 1 {
+                count(&counters.notices);
+                journal.note(&format!("receiver {key}: acted on"));
+            } else {
+                journal.note(&format!("receiver {key}: seen before"));
+            }
+            Outcome::ok()
+        })
+        .await
     }
 }
 
@@ -489,15 +536,51 @@ pub(crate) struct Payments {
     pub(crate) fresh_key_per_attempt: bool,
 }
 
+/// The retry policy of both simulated domains.
+fn policy() -> RetryPolicy {
+    RetryPolicy::exponential(Duration::from_millis(100), Duration::from_secs(2))
+        .attempts(8)
+        .with_jitter()
+}
+
+/// The key of the notice that announces the end of payment `key`.
+pub(crate) fn notice_key(key: &str) -> String {
+    format!("{key}:ended")
+}
+
 impl Orchestrator for Payments {
     type Command = Pay;
     const DOMAIN: &'static str = "SIM_PAYMENT";
     const EVENT_TYPE: &'static str = "SIM_PAYMENT_REQUESTED";
 
     fn retry_policy(&self) -> RetryPolicy {
-        RetryPolicy::exponential(Duration::from_millis(100), Duration::from_secs(2))
-            .attempts(8)
-            .with_jitter()
+        policy()
+    }
+
+    /// A payment's end announces itself (the outbox): a notice under a key derived from
+    /// the payment's, in the transaction that applies the end.
+    fn follow_ups(&self, operation: &Operation, decision: &Decision) -> Vec<FollowUp> {
+        let state = decision.target_state();
+        if !state.is_terminal() {
+            return Vec::new();
+        }
+        let key = notice_key(operation.scope.key.as_str());
+        let Ok(key) = IdempotencyKey::new(key) else {
+            return Vec::new();
+        };
+        let Ok(domain) = DomainName::new(Notices::DOMAIN) else {
+            return Vec::new();
+        };
+        let notice = Announce {
+            payment: operation.scope.key.to_string(),
+            state: state.as_str().to_owned(),
+        };
+        vec![FollowUp {
+            domain,
+            key,
+            event_type: Notices::EVENT_TYPE.to_owned(),
+            payload: serde_json::to_value(notice).unwrap_or_default(),
+        }]
     }
 
     async fn execute(&self, command: Pay, attempt: Attempt) -> Outcome {
@@ -509,6 +592,37 @@ impl Orchestrator for Payments {
         };
         let outcome = self.provider.charge(&operation, &key, command.amount).await;
         // A stopped process reads the answer only when it runs again.
+        running(&self.pause).await;
+        outcome
+    }
+}
+
+/// The notice a payment's end sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Announce {
+    pub(crate) payment: String,
+    pub(crate) state: String,
+}
+
+/// The simulated notification domain: payments' ends, delivered to a receiver that acts
+/// on each key once.
+pub(crate) struct Notices {
+    pub(crate) provider: Arc<Provider>,
+    pub(crate) pause: Pause,
+}
+
+impl Orchestrator for Notices {
+    type Command = Announce;
+    const DOMAIN: &'static str = "SIM_NOTICE";
+    const EVENT_TYPE: &'static str = "SIM_NOTICE_REQUESTED";
+
+    fn retry_policy(&self) -> RetryPolicy {
+        policy()
+    }
+
+    async fn execute(&self, _command: Announce, attempt: Attempt) -> Outcome {
+        let key = attempt.idempotency_key().as_str();
+        let outcome = self.provider.deliver(key, key).await;
         running(&self.pause).await;
         outcome
     }
