@@ -139,7 +139,8 @@ fn write_summary(
     )?;
     writeln!(out, "  states: {}", pairs(&summary.states))?;
     writeln!(out, "  counts: {}", pairs(&summary.counts))?;
-    for failure in &summary.failures {
+    const SHOWN: usize = 20;
+    for failure in summary.failures.iter().take(SHOWN) {
         writeln!(
             out,
             "  seed {} BROKEN at step {} (digest {}): {}",
@@ -154,6 +155,13 @@ fn write_summary(
             failure.seed,
             flaw.map(|f| format!(" --flaw {}", f.name()))
                 .unwrap_or_default()
+        )?;
+    }
+    if summary.failures.len() > SHOWN {
+        writeln!(
+            out,
+            "  … and {} more (all in --json)",
+            summary.failures.len() - SHOWN
         )?;
     }
     match (flaw, summary.failures.first()) {
