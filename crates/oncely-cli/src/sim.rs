@@ -29,8 +29,8 @@ pub(crate) struct SimArgs {
     #[arg(long, default_value_t = 150)]
     steps: usize,
     /// Breaks one rule on purpose and runs until a seed finds it: no-owner-fence,
-    /// reap-recorded, finalize-before-record or fresh-key-per-attempt. Exits 0 when found,
-    /// 1 when no seed found it.
+    /// reap-recorded, finalize-before-record, fresh-key-per-attempt or follow-ups-apart.
+    /// Exits 0 when found, 1 when no seed found it.
     #[arg(long, value_parser = parse_flaw)]
     flaw: Option<Flaw>,
     /// With --seed: print the run's event log (simulated milliseconds, event), the lines

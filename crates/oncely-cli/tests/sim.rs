@@ -100,6 +100,7 @@ fn each_removed_rule_is_found_and_its_seed_replays() {
         "reap-recorded",
         "finalize-before-record",
         "fresh-key-per-attempt",
+        "follow-ups-apart",
     ] {
         let (ok, stdout, stderr) = run(&["--seeds", "200", "--flaw", flaw]);
         assert!(ok, "{flaw} not found:\n{stdout}\n{stderr}");

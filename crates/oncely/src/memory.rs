@@ -41,6 +41,9 @@ pub enum Weakness {
     /// A settle applies the decision first and records the outcome in a second step, and a
     /// finalize needs no recorded outcome: the log no longer comes first.
     FinalizeBeforeRecord,
+    /// An end's follow-ups are inserted after it, in a transaction of their own, instead
+    /// of with it: no longer an outbox.
+    FollowUpsApart,
 }
 
 /// Operations, their write-ahead log and API keys, in memory. Clones share the data.
@@ -384,7 +387,37 @@ fn by_id<T>(items: &[T], key: impl Fn(&T) -> OperationId) -> Vec<usize> {
 }
 
 impl MemoryStore {
-    fn records(&self, batch: &[RecordOutcome], step: Step) -> Result<Vec<Fenced>, StoreError> {
+    /// Inserts the follow-ups that [`Weakness::FollowUpsApart`] kept from their ends'
+    /// transactions, after a window in which a crash loses them.
+    async fn insert_apart(&self, kept: FollowUps) -> Result<(), StoreError> {
+        if kept.is_empty() {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        self.lock().follow_ups(&kept)
+    }
+
+    /// Inserts `follow_ups` of an applied end in `data`, or keeps them in `kept` for later
+    /// when the store is weakened so.
+    fn submit(
+        &self,
+        data: &mut Data,
+        follow_ups: &FollowUps,
+        kept: &mut FollowUps,
+    ) -> Result<(), StoreError> {
+        if self.weak(Weakness::FollowUpsApart) {
+            kept.extend(follow_ups.iter().cloned());
+            return Ok(());
+        }
+        data.follow_ups(follow_ups)
+    }
+
+    fn records(
+        &self,
+        batch: &[RecordOutcome],
+        step: Step,
+        kept: &mut FollowUps,
+    ) -> Result<Vec<Fenced>, StoreError> {
         let mut data = self.lock();
         let mut fenced = vec![Fenced::Rejected; batch.len()];
         for index in by_id(batch, |record| record.fence.id) {
@@ -400,13 +433,18 @@ impl MemoryStore {
                 |_, _| true,
             )?;
             if fenced[index] == Fenced::Applied && step == Step::Settle {
-                data.follow_ups(&record.follow_ups)?;
+                self.submit(&mut data, &record.follow_ups, kept)?;
             }
         }
         Ok(fenced)
     }
 
-    fn transitions(&self, batch: &[Transition], step: Step) -> Result<Vec<Fenced>, StoreError> {
+    fn transitions(
+        &self,
+        batch: &[Transition],
+        step: Step,
+        kept: &mut FollowUps,
+    ) -> Result<Vec<Fenced>, StoreError> {
         let check_owner = !self.weak(Weakness::NoOwnerFence);
         let reap_recorded = self.weak(Weakness::ReapRecorded);
         let unrecorded_finalize = self.weak(Weakness::FinalizeBeforeRecord);
@@ -432,7 +470,7 @@ impl MemoryStore {
                 guard,
             )?;
             if fenced[index] == Fenced::Applied {
-                data.follow_ups(&transition.follow_ups)?;
+                self.submit(&mut data, &transition.follow_ups, kept)?;
             }
         }
         Ok(fenced)
@@ -449,7 +487,9 @@ impl MemoryStore {
                 follow_ups: record.follow_ups.clone(),
             })
             .collect();
-        let finalized = self.transitions(&transitions, Step::Finalize)?;
+        let mut kept = FollowUps::new();
+        let finalized = self.transitions(&transitions, Step::Finalize, &mut kept)?;
+        self.insert_apart(kept).await?;
         // The window between the two steps, where a crash loses the outcome.
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         let mut data = self.lock();
@@ -524,18 +564,24 @@ impl Store for MemoryStore {
     }
 
     async fn record_outcomes(&self, batch: Vec<RecordOutcome>) -> Result<Vec<Fenced>, StoreError> {
-        self.records(&batch, Step::Record)
+        self.records(&batch, Step::Record, &mut FollowUps::new())
     }
 
     async fn settle(&self, batch: Vec<RecordOutcome>) -> Result<Vec<Fenced>, StoreError> {
         if self.weak(Weakness::FinalizeBeforeRecord) {
             return self.settle_backwards(&batch).await;
         }
-        self.records(&batch, Step::Settle)
+        let mut kept = FollowUps::new();
+        let fenced = self.records(&batch, Step::Settle, &mut kept)?;
+        self.insert_apart(kept).await?;
+        Ok(fenced)
     }
 
     async fn finalize(&self, batch: Vec<Transition>) -> Result<Vec<Fenced>, StoreError> {
-        self.transitions(&batch, Step::Finalize)
+        let mut kept = FollowUps::new();
+        let fenced = self.transitions(&batch, Step::Finalize, &mut kept)?;
+        self.insert_apart(kept).await?;
+        Ok(fenced)
     }
 
     async fn expired_leases(
@@ -560,7 +606,10 @@ impl Store for MemoryStore {
     }
 
     async fn reap(&self, batch: Vec<Transition>) -> Result<Vec<Fenced>, StoreError> {
-        self.transitions(&batch, Step::Reap)
+        let mut kept = FollowUps::new();
+        let fenced = self.transitions(&batch, Step::Reap, &mut kept)?;
+        self.insert_apart(kept).await?;
+        Ok(fenced)
     }
 
     async fn release_node(

@@ -1,10 +1,11 @@
 //! Deterministic simulation: the real engine of several nodes, on one thread, in
-//! simulated time, over an in-memory store and a simulated provider, with crashes,
+//! simulated time, over an in-memory store, a simulated payment provider and a notice
+//! receiver (each payment's end sends a notice through the outbox), with crashes,
 //! restarts, pauses past the lease, clock jumps, failed and commit-unknown store calls,
 //! provider outages, hangs and lost answers — all chosen by one seed.
 //!
-//! After every step the invariants (I1–I4, I6, I7, and "charged once" against the
-//! provider's books) are checked; at the end, with the faults stopped, every operation a
+//! After every step the invariants (I1–I4, I6, I7, "charged once" against the provider's
+//! books, and the outbox) are checked; at the end, with the faults stopped, every operation a
 //! client was told about must be terminal (I2). A run is a pure function of its seed and
 //! settings: [`run_seed`] of the same seed gives the same [`SeedReport::digest`], so a
 //! failing seed can be replayed, traced and fixed.
@@ -44,15 +45,18 @@ pub enum Flaw {
     FinalizeBeforeRecord,
     /// Every attempt sends the provider a key of its own.
     FreshKeyPerAttempt,
+    /// A payment's end and the notice it sends are written in two transactions.
+    FollowUpsApart,
 }
 
 impl Flaw {
     /// Every flaw.
-    pub const ALL: [Flaw; 4] = [
+    pub const ALL: [Flaw; 5] = [
         Self::NoOwnerFence,
         Self::ReapRecorded,
         Self::FinalizeBeforeRecord,
         Self::FreshKeyPerAttempt,
+        Self::FollowUpsApart,
     ];
 
     /// Its name on the command line.
@@ -62,6 +66,7 @@ impl Flaw {
             Self::ReapRecorded => "reap-recorded",
             Self::FinalizeBeforeRecord => "finalize-before-record",
             Self::FreshKeyPerAttempt => "fresh-key-per-attempt",
+            Self::FollowUpsApart => "follow-ups-apart",
         }
     }
 
@@ -75,6 +80,7 @@ impl Flaw {
             Self::NoOwnerFence => Some(Weakness::NoOwnerFence),
             Self::ReapRecorded => Some(Weakness::ReapRecorded),
             Self::FinalizeBeforeRecord => Some(Weakness::FinalizeBeforeRecord),
+            Self::FollowUpsApart => Some(Weakness::FollowUpsApart),
             Self::FreshKeyPerAttempt => None,
         }
     }
