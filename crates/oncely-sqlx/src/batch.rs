@@ -180,7 +180,7 @@ impl<'a> WriteRow<'a> {
                     &record.fence,
                     record.now,
                     with_decision.then_some(&record.decision),
-                    Some(rows::record_detail(record)),
+                    Some(oncely::store::recorded_detail(record).to_string()),
                 )
             })
             .collect()

@@ -7,9 +7,8 @@
 use chrono::{DateTime, Utc};
 use oncely::store::LIST_LIMIT_MAX;
 use oncely::{
-    Accepted, Decision, DomainName, Fingerprint, IdempotencyKey, Lease, LeaseOwner, Operation,
-    OperationId, OperationState, Outcome, Page, PendingOutcome, RecordOutcome, Scope, StoreError,
-    TenantId, WalEntry, WalKind,
+    Decision, DomainName, Fingerprint, IdempotencyKey, Lease, LeaseOwner, Operation, OperationId,
+    OperationState, Outcome, Page, PendingOutcome, Scope, StoreError, TenantId, WalEntry, WalKind,
 };
 use serde_json::Value;
 
@@ -155,16 +154,6 @@ pub(crate) struct DecisionColumns {
     pub(crate) completed_at: Option<i64>,
 }
 
-/// The longest error message kept on the operation (the log keeps the whole reason).
-pub(crate) const ERROR_MESSAGE_MAX: usize = 1_000;
-
-fn message(reason: &str) -> String {
-    match reason.char_indices().nth(ERROR_MESSAGE_MAX) {
-        Some((end, _)) => reason[..end].to_owned(),
-        None => reason.to_owned(),
-    }
-}
-
 pub(crate) fn decision_columns(decision: &Decision, now: DateTime<Utc>) -> DecisionColumns {
     let state = decision.target_state();
     let completed_at = state.is_terminal().then(|| millis(now));
@@ -181,7 +170,7 @@ pub(crate) fn decision_columns(decision: &Decision, now: DateTime<Utc>) -> Decis
             state,
             outcome_data: None,
             error_code: code.clone(),
-            error_message: Some(message(reason)),
+            error_message: Some(oncely::store::error_message(reason)),
             next_retry_at: None,
             completed_at,
         },
@@ -189,7 +178,7 @@ pub(crate) fn decision_columns(decision: &Decision, now: DateTime<Utc>) -> Decis
             state,
             outcome_data: None,
             error_code: None,
-            error_message: Some(message(reason)),
+            error_message: Some(oncely::store::error_message(reason)),
             next_retry_at: Some(millis(*at)),
             completed_at,
         },
@@ -197,35 +186,10 @@ pub(crate) fn decision_columns(decision: &Decision, now: DateTime<Utc>) -> Decis
             state,
             outcome_data: None,
             error_code: None,
-            error_message: Some(message(reason)),
+            error_message: Some(oncely::store::error_message(reason)),
             next_retry_at: None,
             completed_at,
         },
-    }
-}
-
-/// I1: the scope is taken; the same request is a replay, another one a conflict.
-pub(crate) fn replay_or_conflict(existing: Operation, fingerprint: &Fingerprint) -> Accepted {
-    if &existing.fingerprint == fingerprint {
-        Accepted::Existing(existing)
-    } else {
-        Accepted::Conflict(existing)
-    }
-}
-
-/// Only `FAILED` and `TIMEOUT` operations take an operator's retry.
-pub(crate) fn check_retryable(operation: &Operation) -> Result<(), StoreError> {
-    match operation.state {
-        OperationState::Failed | OperationState::Timeout => {
-            debug_assert!(operation.state.can_move_to(OperationState::Accepted));
-            Ok(())
-        }
-        state @ (OperationState::Accepted
-        | OperationState::Processing
-        | OperationState::Completed) => Err(StoreError::NotRetryable {
-            scope: operation.scope.clone(),
-            state,
-        }),
     }
 }
 
@@ -235,8 +199,4 @@ pub(crate) fn order_by<T, K: Ord>(items: &[T], key: impl Fn(&T) -> K) -> Vec<usi
     let mut indexes: Vec<usize> = (0..items.len()).collect();
     indexes.sort_by_key(|&index| key(&items[index]));
     indexes
-}
-
-pub(crate) fn record_detail(record: &RecordOutcome) -> String {
-    serde_json::json!({ "outcome": record.outcome, "decision": record.decision }).to_string()
 }

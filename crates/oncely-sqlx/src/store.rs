@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use oncely::store::{accepted_detail, check_retryable, replay_or_conflict};
 use oncely::{
     AcceptLease, Accepted, Backlog, ClaimRequest, CrashPoint, DomainName, DomainOverview,
     Failpoints, Fenced, LeaseOwner, ListFilter, NewOperation, NodeId, Operation, OperationState,
@@ -383,7 +384,7 @@ impl<'a> AcceptPlan<'a> {
                     lease_until: lease.map(|(_, until)| until),
                     last_attempt_at: lease.map(|_| at),
                     at,
-                    accepted: accepted_detail(&new.event_type),
+                    accepted: accepted_detail(&new.event_type).to_string(),
                     executing: lease.map(|(_, until)| executing_detail(until).to_string()),
                 }
             })
@@ -431,21 +432,16 @@ impl<'a> AcceptPlan<'a> {
                 let current = existing.get(&key).cloned().ok_or_else(|| {
                     StoreError::Corrupt(format!("{} conflicted but cannot be read", new.scope))
                 })?;
-                Ok(rows::replay_or_conflict(current, &new.fingerprint))
+                Ok(replay_or_conflict(current, &new.fingerprint))
             })
             .collect()
     }
 }
 
-/// The detail of an `ACCEPTED` entry: the domain's event type.
-fn accepted_detail(event_type: &str) -> String {
-    json!({ "eventType": event_type }).to_string()
-}
-
-/// The detail of an `EXECUTING` entry: when its lease ends.
+/// The detail of an `EXECUTING` entry, from the lease's end in milliseconds.
 fn executing_detail(lease_until: i64) -> Value {
     let until = DateTime::from_timestamp_millis(lease_until).unwrap_or(DateTime::<Utc>::MAX_UTC);
-    json!({ "leaseUntil": until.to_rfc3339() })
+    oncely::store::executing_detail(until)
 }
 
 fn by_scope(operations: Vec<Operation>) -> HashMap<String, Operation> {
@@ -561,7 +557,7 @@ impl<B: Backend> SqlStore<B> {
                     owner: leased.as_ref().map(|(owner, _)| *owner),
                     attempt: i64::from(operation.attempt_count),
                     at: millis(operation.created_at),
-                    accepted: accepted_detail(&operation.event_type),
+                    accepted: accepted_detail(&operation.event_type).to_string(),
                     executing: leased.map(|(_, detail)| detail),
                 }
             })
@@ -1099,7 +1095,7 @@ impl<B: Backend> Store for SqlStore<B> {
             .ok_or_else(|| StoreError::NotFound {
                 scope: scope.clone(),
             })?;
-        rows::check_retryable(&current)?;
+        check_retryable(&current)?;
         let action = ActionRow {
             id: current.id.0,
             state: current.state.as_str(),

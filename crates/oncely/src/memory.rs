@@ -24,11 +24,9 @@ use crate::state::OperationState;
 use crate::store::{
     AcceptLease, Accepted, Backlog, ClaimRequest, Decision, DomainOverview, Fenced, FollowUps,
     LIST_LIMIT_MAX, ListFilter, NewOperation, Page, PendingOutcome, RecordOutcome, Store,
-    StoreError, Transition,
+    StoreError, Transition, accepted_detail, check_retryable, error_message, executing_detail,
+    recorded_detail, replay_or_conflict,
 };
-
-/// The longest error message kept on an operation, as on the SQL stores.
-const ERROR_MESSAGE_MAX: usize = 1_000;
 
 /// A rule of the store that [`MemoryStore::weakened`] removes, to show that the tests and
 /// the simulator catch its absence. Never used outside such checks.
@@ -121,13 +119,6 @@ fn reapable(operation: &Operation, now: DateTime<Utc>) -> bool {
         .as_ref()
         .is_some_and(|lease| lease.until <= now)
         && !recorded(operation)
-}
-
-fn message(reason: &str) -> String {
-    match reason.char_indices().nth(ERROR_MESSAGE_MAX) {
-        Some((end, _)) => reason[..end].to_owned(),
-        None => reason.to_owned(),
-    }
 }
 
 fn corrupt(error: serde_json::Error) -> StoreError {
@@ -235,7 +226,7 @@ impl Data {
                 WalKind::Accepted,
                 0,
                 None,
-                json!({ "eventType": new.event_type }),
+                accepted_detail(&new.event_type),
                 now,
             );
             if let Some(lease) = &operation.lease {
@@ -259,16 +250,15 @@ impl Data {
                 if let Some(operation) = inserted.remove(&index) {
                     return Ok(Accepted::New(operation));
                 }
-                match self.by_scope(&new.scope) {
-                    Some(existing) if existing.fingerprint == new.fingerprint => {
-                        Ok(Accepted::Existing(existing.clone()))
-                    }
-                    Some(existing) => Ok(Accepted::Conflict(existing.clone())),
-                    None => Err(StoreError::Corrupt(format!(
-                        "{} was accepted but cannot be read",
-                        new.scope
-                    ))),
-                }
+                self.by_scope(&new.scope)
+                    .cloned()
+                    .map(|existing| replay_or_conflict(existing, &new.fingerprint))
+                    .ok_or_else(|| {
+                        StoreError::Corrupt(format!(
+                            "{} was accepted but cannot be read",
+                            new.scope
+                        ))
+                    })
             })
             .collect()
     }
@@ -287,13 +277,13 @@ impl Data {
             }
             Decision::Fail { reason, code } => {
                 operation.error_code.clone_from(code);
-                operation.error_message = Some(message(reason));
+                operation.error_message = Some(error_message(reason));
             }
             Decision::RetryAt { reason, at } => {
-                operation.error_message = Some(message(reason));
+                operation.error_message = Some(error_message(reason));
                 operation.next_retry_at = Some(ms(*at));
             }
-            Decision::GiveUp { reason } => operation.error_message = Some(message(reason)),
+            Decision::GiveUp { reason } => operation.error_message = Some(error_message(reason)),
         }
         operation.completed_at = state.is_terminal().then_some(now);
         operation.updated_at = now;
@@ -370,15 +360,6 @@ impl Data {
     }
 }
 
-/// The detail of an `EXECUTING` entry: when its lease ends.
-fn executing_detail(until: DateTime<Utc>) -> Value {
-    json!({ "leaseUntil": until.to_rfc3339() })
-}
-
-fn record_detail(record: &RecordOutcome) -> Value {
-    json!({ "outcome": record.outcome, "decision": record.decision })
-}
-
 /// Indexes of `items` in the order of `key`, as the SQL stores write batches (id order).
 fn by_id<T>(items: &[T], key: impl Fn(&T) -> OperationId) -> Vec<usize> {
     let mut indexes: Vec<usize> = (0..items.len()).collect();
@@ -427,7 +408,7 @@ impl MemoryStore {
                 step,
                 &record.fence,
                 decision,
-                Some(record_detail(record)),
+                Some(recorded_detail(record)),
                 record.now,
                 true,
                 |_, _| true,
@@ -502,7 +483,7 @@ impl MemoryStore {
                     WalKind::OutcomeRecorded,
                     record.fence.attempt,
                     Some(record.fence.owner.clone()),
-                    record_detail(record),
+                    recorded_detail(record),
                     ms(record.now),
                 );
             }
@@ -785,15 +766,7 @@ impl Store for MemoryStore {
             .ok_or_else(|| StoreError::NotFound {
                 scope: scope.clone(),
             })?;
-        if !matches!(
-            current.state,
-            OperationState::Failed | OperationState::Timeout
-        ) {
-            return Err(StoreError::NotRetryable {
-                scope: scope.clone(),
-                state: current.state,
-            });
-        }
+        check_retryable(&current)?;
         let mut retried = current.clone();
         retried.state = OperationState::Accepted;
         retried.attempt_floor = retried.attempt_count;

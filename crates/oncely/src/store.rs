@@ -446,6 +446,65 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<WalEntry>, StoreError>> + Send;
 }
 
+// ---------------------------------------------------------------------------------------
+// What every store writes the same way: the log entries' details, the message kept on an
+// operation, and the answers of accept and retry. Each store calls these, so the stores
+// cannot drift apart.
+// ---------------------------------------------------------------------------------------
+
+/// The longest error message kept on an operation (its log keeps the whole reason).
+pub const ERROR_MESSAGE_MAX: usize = 1_000;
+
+/// `reason` cut to [`ERROR_MESSAGE_MAX`] characters, as an operation keeps it.
+pub fn error_message(reason: &str) -> String {
+    match reason.char_indices().nth(ERROR_MESSAGE_MAX) {
+        Some((end, _)) => reason[..end].to_owned(),
+        None => reason.to_owned(),
+    }
+}
+
+/// The detail of an `ACCEPTED` entry: the domain's event type.
+pub fn accepted_detail(event_type: &str) -> Value {
+    serde_json::json!({ "eventType": event_type })
+}
+
+/// The detail of an `EXECUTING` entry: when its lease ends.
+pub fn executing_detail(lease_until: DateTime<Utc>) -> Value {
+    serde_json::json!({ "leaseUntil": lease_until.to_rfc3339() })
+}
+
+/// The detail of an `OUTCOME_RECORDED` or `OUTCOME_REJECTED` entry: the outcome and the
+/// decision made of it, which the Finalizer applies as they are.
+pub fn recorded_detail(record: &RecordOutcome) -> Value {
+    serde_json::json!({ "outcome": record.outcome, "decision": record.decision })
+}
+
+/// I1: what an accept of `fingerprint` answers when its scope holds `existing`: the same
+/// request is a replay, another one a conflict.
+pub fn replay_or_conflict(existing: Operation, fingerprint: &Fingerprint) -> Accepted {
+    if &existing.fingerprint == fingerprint {
+        Accepted::Existing(existing)
+    } else {
+        Accepted::Conflict(existing)
+    }
+}
+
+/// Only `FAILED` and `TIMEOUT` operations take an operator's retry.
+pub fn check_retryable(operation: &Operation) -> Result<(), StoreError> {
+    match operation.state {
+        OperationState::Failed | OperationState::Timeout => {
+            debug_assert!(operation.state.can_move_to(OperationState::Accepted));
+            Ok(())
+        }
+        state @ (OperationState::Accepted
+        | OperationState::Processing
+        | OperationState::Completed) => Err(StoreError::NotRetryable {
+            scope: operation.scope.clone(),
+            state,
+        }),
+    }
+}
+
 /// [`Store::settle`] as two transactions: [`Store::record_outcomes`], then
 /// [`Store::finalize`] of what was recorded. The trait's default; a crash between the two
 /// leaves recorded outcomes for the Finalizer (I3).
