@@ -996,14 +996,7 @@ impl<B: Backend> Store for SqlStore<B> {
             let name = row.text("domain")?;
             let domain = domains
                 .entry(name.clone())
-                .or_insert_with(|| DomainOverview {
-                    domain: name,
-                    states: OperationState::ALL
-                        .iter()
-                        .map(|state| (state.as_str().to_owned(), 0))
-                        .collect(),
-                    ..DomainOverview::default()
-                });
+                .or_insert_with(|| DomainOverview::empty(name));
             let count = |column: &str| row.int(column).map(|n| u64::try_from(n).unwrap_or(0));
             domain.states.insert(row.text("state")?, count("n")?);
             domain.retrying += count("retrying")?;

@@ -659,14 +659,7 @@ impl Store for MemoryStore {
             domain_of.insert(operation.id, name.clone());
             let domain = domains
                 .entry(name.clone())
-                .or_insert_with(|| DomainOverview {
-                    domain: name,
-                    states: OperationState::ALL
-                        .iter()
-                        .map(|state| (state.as_str().to_owned(), 0))
-                        .collect(),
-                    ..DomainOverview::default()
-                });
+                .or_insert_with(|| DomainOverview::empty(name));
             *domain
                 .states
                 .entry(operation.state.as_str().to_owned())

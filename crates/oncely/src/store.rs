@@ -238,6 +238,20 @@ pub struct DomainOverview {
     pub rescued_since: u64,
 }
 
+impl DomainOverview {
+    /// A domain with nothing counted yet: every state at zero.
+    pub fn empty(domain: impl Into<String>) -> Self {
+        Self {
+            domain: domain.into(),
+            states: OperationState::ALL
+                .iter()
+                .map(|state| (state.as_str().to_owned(), 0))
+                .collect(),
+            ..Self::default()
+        }
+    }
+}
+
 /// The live part of one domain, read at a cost bounded by its size (the partial indexes
 /// over live states), for the engine's gauges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
