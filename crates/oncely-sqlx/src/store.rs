@@ -12,13 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use oncely::store::{accepted_detail, check_retryable, replay_or_conflict};
+use oncely::store::{accepted_detail, check_retryable, replay_or_conflict, retried_detail};
 use oncely::{
     AcceptLease, Accepted, Backlog, ClaimRequest, CrashPoint, DomainName, DomainOverview,
     Failpoints, Fenced, LeaseOwner, ListFilter, NewOperation, NodeId, Operation, OperationState,
     Page, PendingOutcome, RecordOutcome, Scope, Store, StoreError, Transition, WalEntry, WalKind,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::pool::PoolOptions;
 use sqlx::{Pool, Transaction};
 use tokio::sync::Notify;
@@ -1108,11 +1108,7 @@ impl<B: Backend> Store for SqlStore<B> {
                 state: OperationState::Accepted,
             });
         };
-        let detail = json!({
-            "previousState": current.state,
-            "previousError": current.error_message,
-            "by": by,
-        });
+        let detail = retried_detail(&current, by);
         self.append(
             &mut tx,
             &[Entry {

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use chrono::{DateTime, Utc};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::key::{DomainName, NodeId, Scope};
 use crate::keys::{ApiKey, KeyStore};
@@ -25,7 +25,7 @@ use crate::store::{
     AcceptLease, Accepted, Backlog, ClaimRequest, Decision, DomainOverview, Fenced, FollowUps,
     LIST_LIMIT_MAX, ListFilter, NewOperation, Page, PendingOutcome, RecordOutcome, Store,
     StoreError, Transition, accepted_detail, check_retryable, error_message, executing_detail,
-    recorded_detail, replay_or_conflict,
+    recorded_detail, replay_or_conflict, retried_detail,
 };
 
 /// A rule of the store that [`MemoryStore::weakened`] removes, to show that the tests and
@@ -769,11 +769,7 @@ impl Store for MemoryStore {
         retried.error_code = None;
         retried.error_message = None;
         retried.updated_at = now;
-        let detail = json!({
-            "previousState": current.state,
-            "previousError": current.error_message,
-            "by": by,
-        });
+        let detail = retried_detail(&current, by);
         let owner = retried.lease.as_ref().map(|lease| lease.owner.clone());
         data.append(
             &retried,

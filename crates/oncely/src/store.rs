@@ -493,6 +493,16 @@ pub fn recorded_detail(record: &RecordOutcome) -> Value {
     serde_json::json!({ "outcome": record.outcome, "decision": record.decision })
 }
 
+/// The detail of an `OPERATOR_RETRIED` entry: what the operation was before, and who
+/// asked (an API key's id, say).
+pub fn retried_detail(previous: &Operation, by: Option<&str>) -> Value {
+    serde_json::json!({
+        "previousState": previous.state,
+        "previousError": previous.error_message,
+        "by": by,
+    })
+}
+
 /// I1: what an accept of `fingerprint` answers when its scope holds `existing`: the same
 /// request is a replay, another one a conflict.
 pub fn replay_or_conflict(existing: Operation, fingerprint: &Fingerprint) -> Accepted {
