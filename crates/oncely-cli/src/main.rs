@@ -39,15 +39,21 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Runs the service: payments and notifications over HTTP, their workers, Finalizer
-    /// and Reaper. With no flags: SQLite in ./oncely.db, 127.0.0.1:8080, a simulated
-    /// gateway and a simulated webhook receiver in-process.
+    /// Runs the service: payments, notifications and uploads over HTTP, their workers,
+    /// Finalizer and Reaper. With no flags: SQLite in ./oncely.db, 127.0.0.1:8080, a
+    /// simulated gateway and a simulated webhook receiver in-process, uploads to
+    /// ./oncely-uploads/.
     Serve(Box<serve::ServeArgs>),
     /// Runs the simulated payment gateway, with faults by flag.
     GatewaySim(sims::GatewaySimArgs),
     /// Runs the simulated webhook receiver: checks signatures, records each webhook-id
     /// once, with faults by flag.
     WebhookSim(sims::WebhookSimArgs),
+    /// Puts the simulators' faults in front of any HTTP provider (an S3-compatible store,
+    /// a staging API): forwards every request to --upstream, except those answered 503,
+    /// 429 or not at all first, and loses some answers after the upstream carried the
+    /// request out. GET /_fault-proxy/stats counts requests by method.
+    FaultProxy(sims::FaultProxyArgs),
     /// Several serve nodes on one database, faulty simulated providers, and faults
     /// thrown at them (SIGKILLs, pauses past the lease, cut database connections, lying
     /// answers); then checks every operation ended and the audit is clean. Exits 1
@@ -128,6 +134,7 @@ async fn main() -> ExitCode {
         Command::Serve(args) => serve::run(*args).await.map(|()| ExitCode::SUCCESS),
         Command::GatewaySim(args) => sims::gateway(args).await.map(|()| ExitCode::SUCCESS),
         Command::WebhookSim(args) => sims::webhooks(args).await.map(|()| ExitCode::SUCCESS),
+        Command::FaultProxy(args) => sims::fault_proxy(args).await.map(|()| ExitCode::SUCCESS),
         Command::Audit(args) => audit::run(args)
             .await
             .map(|verdict| ExitCode::from(verdict.exit_code())),

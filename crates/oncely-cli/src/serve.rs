@@ -1,4 +1,4 @@
-//! `oncely serve`: payments and notifications, one service, one database.
+//! `oncely serve`: payments, notifications and uploads, one service, one database.
 
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use oncely_notification::Notifier;
 use oncely_payment::{GatewayClient, PaymentOrchestrator};
 use oncely_reqwest::{Destinations, Timeouts, WebhookClient, WebhookSecret};
 use oncely_sqlx::AnyStore;
+use oncely_upload::{Storage, Uploader};
 use tokio::net::TcpListener;
 
 use crate::duration;
@@ -215,6 +216,55 @@ pub(crate) struct ServeArgs {
         help_heading = "Notifications"
     )]
     webhook_attempts_max: u32,
+
+    /// The S3-compatible endpoint uploads go to (`https://s3.eu-west-1.amazonaws.com`,
+    /// `http://127.0.0.1:9000`), path-style, signed with AWS_ACCESS_KEY_ID /
+    /// AWS_SECRET_ACCESS_KEY (/ AWS_SESSION_TOKEN). Without it, uploads go to --uploads-dir.
+    #[arg(long, env = "ONCELY_S3_ENDPOINT", help_heading = "Uploads")]
+    s3_endpoint: Option<String>,
+    /// The region requests to --s3-endpoint are signed for.
+    #[arg(
+        long,
+        env = "ONCELY_S3_REGION",
+        default_value = "us-east-1",
+        requires = "s3_endpoint",
+        help_heading = "Uploads"
+    )]
+    s3_region: String,
+    /// Where uploads go without --s3-endpoint: a directory per bucket.
+    #[arg(
+        long,
+        env = "ONCELY_UPLOADS_DIR",
+        default_value = "oncely-uploads",
+        conflicts_with = "s3_endpoint",
+        help_heading = "Uploads"
+    )]
+    uploads_dir: std::path::PathBuf,
+    /// Object writes running at once.
+    #[arg(
+        long,
+        env = "ONCELY_UPLOAD_WORKERS",
+        default_value_t = 16,
+        help_heading = "Uploads"
+    )]
+    upload_workers: usize,
+    /// Object store request timeout (must be below four fifths of the lease).
+    #[arg(long, env = "ONCELY_UPLOAD_TIMEOUT", default_value = "30s", value_parser = duration::parse, help_heading = "Uploads")]
+    upload_timeout: Duration,
+    /// Base of the upload retry backoff.
+    #[arg(long, env = "ONCELY_UPLOAD_BACKOFF_BASE", default_value = "1s", value_parser = duration::parse, help_heading = "Uploads")]
+    upload_backoff_base: Duration,
+    /// Longest upload retry backoff.
+    #[arg(long, env = "ONCELY_UPLOAD_BACKOFF_MAX", default_value = "60s", value_parser = duration::parse, help_heading = "Uploads")]
+    upload_backoff_max: Duration,
+    /// Attempts before an upload is given up as TIMEOUT.
+    #[arg(
+        long,
+        env = "ONCELY_UPLOAD_ATTEMPTS_MAX",
+        default_value_t = 8,
+        help_heading = "Uploads"
+    )]
+    upload_attempts_max: u32,
 }
 
 /// One domain's engine settings, as flags give them.
@@ -261,6 +311,31 @@ impl ServeArgs {
             backoff_base: self.webhook_backoff_base,
             backoff_max: self.webhook_backoff_max,
         }
+    }
+
+    fn uploads(&self) -> DomainFlags<'_> {
+        DomainFlags {
+            name: "--upload-timeout",
+            workers: self.upload_workers,
+            timeout: self.upload_timeout,
+            attempts_max: self.upload_attempts_max,
+            backoff_base: self.upload_backoff_base,
+            backoff_max: self.upload_backoff_max,
+        }
+    }
+
+    /// Where uploads go: the S3 endpoint, or the local directory (logged as such).
+    fn storage(&self) -> anyhow::Result<Storage> {
+        let storage = match &self.s3_endpoint {
+            Some(endpoint) => Storage::s3(endpoint, &self.s3_region, self.upload_timeout)
+                .context("--s3-endpoint")?,
+            None => {
+                let storage = Storage::local(&self.uploads_dir).context("--uploads-dir")?;
+                tracing::warn!(dir = %self.uploads_dir.display(), "no --s3-endpoint given: uploads go to a local directory, a directory per bucket");
+                storage
+            }
+        };
+        Ok(storage)
     }
 
     /// The engine settings of one domain: its own workers and call timeout, the lease,
@@ -356,6 +431,15 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let notifications = args.notifications();
     let payment_config = args.engine_config(&payments)?;
     let notification_config = args.engine_config(&notifications)?;
+    let uploads = args.uploads();
+    let upload_config = EngineConfig {
+        // A batch's rows travel as one statement parameter: two 5 MiB objects (base64)
+        // stay below MySQL's default max_allowed_packet of 16 MiB.
+        batch_size_max: 2,
+        ..args.engine_config(&uploads)?
+    };
+    let storage = args.storage()?;
+    let described = storage.describe();
     let store = if args.no_migrate {
         AnyStore::open_without_migrating(&args.db).await
     } else {
@@ -387,6 +471,11 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .config(notification_config)
         .retry_policy(notifications.retry_policy())
         .start()?;
+    let upload_engine = Engine::builder(store.clone(), Uploader(storage))
+        .node(&node)
+        .config(upload_config)
+        .retry_policy(uploads.retry_policy())
+        .start()?;
     let listener = TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -414,6 +503,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let service = builder
         .domain(payment_engine)
         .domain(notification_engine)
+        .domain(upload_engine)
         .build()?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(tls_config(cert, key).context("--tls-cert / --tls-key")?),
@@ -429,7 +519,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         grace: args.shutdown_grace,
     };
     let events = webhooks.payment_events.as_deref().unwrap_or("off");
-    tracing::info!(listen = %format!("{scheme}://{local}"), db = %args.db, %gateway, payment_events = events, "oncely is serving payments and notifications");
+    tracing::info!(listen = %format!("{scheme}://{local}"), db = %args.db, %gateway, payment_events = events, uploads = %described, "oncely is serving payments, notifications and uploads");
     service
         .serve_with(listener, shutdown_signal(), options)
         .await

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use oncely_gateway_sim::{GatewaySim, RunningSim, SimConfig, WebhookSim};
+use oncely_gateway_sim::{FaultProxy, GatewaySim, RunningSim, SimConfig, WebhookSim};
 
 use crate::duration;
 
@@ -91,6 +91,31 @@ pub(crate) struct WebhookSimArgs {
     secret: String,
     #[command(flatten)]
     faults: FaultFlags,
+}
+
+/// Flags of `oncely fault-proxy`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct FaultProxyArgs {
+    /// The provider to forward to: `http://HOST:PORT` (an S3-compatible store, say).
+    #[arg(long)]
+    upstream: String,
+    /// Where to listen.
+    #[arg(long, default_value = "127.0.0.1:8083")]
+    listen: String,
+    #[command(flatten)]
+    faults: FaultFlags,
+}
+
+pub(crate) async fn fault_proxy(args: FaultProxyArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.faults.decline_rate == 0.0,
+        "--decline-rate means nothing to a proxy: it cannot decline for a provider it does not know"
+    );
+    let config = args.faults.config();
+    let proxy = FaultProxy::new(&args.upstream, config.clone())?;
+    let running = proxy.spawn(&args.listen).await?;
+    tracing::warn!(url = %running.url(), upstream = %args.upstream, ?config, "SIMULATION: fault proxy");
+    until_interrupted(running).await
 }
 
 pub(crate) async fn gateway(args: GatewaySimArgs) -> anyhow::Result<()> {

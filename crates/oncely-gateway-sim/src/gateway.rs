@@ -1,11 +1,12 @@
 //! The simulated payment gateway: its HTTP surface and its ledger.
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::Router;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Json, State};
+use axum::extract::{Json, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -87,6 +88,17 @@ pub struct GatewaySim {
     /// The number of the last charge: charges are numbered from it, not by counting the
     /// ledger (a count costs a scan of the whole ledger per charge).
     numbered: std::sync::atomic::AtomicI64,
+    /// Requests to charge and lookups served, for tests that count calls.
+    served: [AtomicU64; 2],
+}
+
+/// How many requests a simulator served, by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Served {
+    /// `POST /v1/charges`, whatever came of them.
+    pub charge_requests: u64,
+    /// `GET /v1/charges/{key}`.
+    pub lookups: u64,
 }
 
 impl GatewaySim {
@@ -118,6 +130,7 @@ impl GatewaySim {
             ledger,
             faults,
             numbered: std::sync::atomic::AtomicI64::new(last),
+            served: [AtomicU64::new(0), AtomicU64::new(0)],
         })
     }
 
@@ -125,6 +138,7 @@ impl GatewaySim {
     pub fn router(self: Arc<Self>) -> Router {
         Router::new()
             .route("/v1/charges", post(charge))
+            .route("/v1/charges/{key}", get(lookup))
             .route("/v1/ledger", get(ledger))
             .route("/healthz", get(|| async { "ok" }))
             .with_state(self)
@@ -133,6 +147,30 @@ impl GatewaySim {
     /// Serves on `addr` (`127.0.0.1:0` picks a free port) in a background task.
     pub async fn spawn(self: Arc<Self>, addr: &str) -> Result<RunningSim, SimError> {
         sim::spawn(self.router(), addr, "gateway").await
+    }
+
+    /// The requests served so far.
+    pub fn served(&self) -> Served {
+        Served {
+            charge_requests: self.served[0].load(Ordering::Relaxed),
+            lookups: self.served[1].load(Ordering::Relaxed),
+        }
+    }
+
+    /// The charge made under `key`, if any.
+    pub async fn charge_by_key(&self, key: &str) -> Result<Option<Charge>, sqlx::Error> {
+        let pool = match &self.ledger {
+            LedgerStore::Sqlite(pool) => pool,
+            LedgerStore::Memory(memory) => {
+                let memory = memory.lock().unwrap_or_else(PoisonError::into_inner);
+                return Ok(memory.by_key.get(key).map(|(_, charge)| charge.clone()));
+            }
+        };
+        let row = sqlx::query("SELECT * FROM charges WHERE idem_key = ?")
+            .bind(key)
+            .fetch_optional(pool)
+            .await?;
+        row.as_ref().map(charge_row).transpose()
     }
 
     /// Every charge, oldest first.
@@ -151,22 +189,46 @@ impl GatewaySim {
         let rows = sqlx::query("SELECT * FROM charges ORDER BY created_at, rowid")
             .fetch_all(pool)
             .await?;
-        rows.iter()
-            .map(|row| {
-                let amount: String = row.try_get("amount")?;
-                Ok(Charge {
-                    idempotency_key: row.try_get("idem_key")?,
-                    transaction_id: row.try_get("transaction_id")?,
-                    approval_code: row.try_get("approval_code")?,
-                    amount: Decimal::from_str(&amount)
-                        .map_err(|error| sqlx::Error::Decode(Box::new(error)))?,
-                    currency: row.try_get("currency")?,
-                    order_id: row.try_get("order_id")?,
-                    customer_id: row.try_get("customer_id")?,
-                    created_at_ms: row.try_get("created_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(charge_row).collect()
+    }
+}
+
+fn charge_row(row: &sqlx::sqlite::SqliteRow) -> Result<Charge, sqlx::Error> {
+    let amount: String = row.try_get("amount")?;
+    Ok(Charge {
+        idempotency_key: row.try_get("idem_key")?,
+        transaction_id: row.try_get("transaction_id")?,
+        approval_code: row.try_get("approval_code")?,
+        amount: Decimal::from_str(&amount).map_err(|error| sqlx::Error::Decode(Box::new(error)))?,
+        currency: row.try_get("currency")?,
+        order_id: row.try_get("order_id")?,
+        customer_id: row.try_get("customer_id")?,
+        created_at_ms: row.try_get("created_at")?,
+    })
+}
+
+/// `GET /v1/charges/{key}`: the charge made under the key, as `POST` answered it, or
+/// `404`. The same faults as a charge apply (latency, 503, 429, hangs); nothing is lost.
+async fn lookup(State(sim): State<Arc<GatewaySim>>, Path(key): Path<String>) -> Response {
+    sim.served[1].fetch_add(1, Ordering::Relaxed);
+    if let Some(fault) = sim.faults.before_serving().await {
+        return fault;
+    }
+    match sim.charge_by_key(&key).await {
+        Ok(Some(charge)) => Json(serde_json::json!({
+            "transactionId": charge.transaction_id,
+            "approvalCode": charge.approval_code,
+            "idempotencyKey": charge.idempotency_key,
+            "amount": charge.amount.to_string(),
+            "currency": charge.currency,
+        }))
+        .into_response(),
+        Ok(None) => problem(
+            StatusCode::NOT_FOUND,
+            "no_such_charge",
+            format!("no charge was made under {key}"),
+        ),
+        Err(error) => ledger_failed(&error),
     }
 }
 
@@ -175,6 +237,7 @@ async fn charge(
     headers: HeaderMap,
     body: Result<Json<ChargeBody>, JsonRejection>,
 ) -> Response {
+    sim.served[0].fetch_add(1, Ordering::Relaxed);
     let Some(key) = headers
         .get("idempotency-key")
         .and_then(|value| value.to_str().ok())

@@ -7,6 +7,8 @@
 //! - `POST /v1/charges` with an `Idempotency-Key` header charges once per key. The same
 //!   key with the same body returns the same charge (`Idempotent-Replayed: true`); the same
 //!   key with another body is `422`.
+//! - `GET /v1/charges/{key}` answers the charge made under a key, or `404`: what a
+//!   client asks before charging again after a lost answer.
 //! - `GET /v1/ledger` lists every charge, for audits.
 //! - Every charge is in a SQLite ledger before it is answered, so the ledger survives
 //!   restarts ([`GatewaySim::open`]); benchmarks keep it in memory instead
@@ -26,13 +28,20 @@
 //! good (stable per key, as a declined card is), requests that hang past the client's
 //! timeout, and "recorded but answer lost": the ledger write commits, then the connection
 //! breaks before the body is sent.
+//!
+//! The fault proxy ([`FaultProxy`]) puts the same faults in front of any real provider
+//! (an S3-compatible store, say): it forwards every request to its upstream, except those
+//! its faults answer first, and loses the answer to some that the upstream carried out.
+//! `GET /_fault-proxy/stats` counts what it received and forwarded, by method.
 
 #![forbid(unsafe_code)]
 
 mod gateway;
+mod proxy;
 mod sim;
 mod webhooks;
 
-pub use gateway::{Charge, ChargeBody, GatewaySim, Ledger};
+pub use gateway::{Charge, ChargeBody, GatewaySim, Ledger, Served};
+pub use proxy::{FaultProxy, ProxyStats, STATS_PATH};
 pub use sim::{RunningSim, SimConfig, SimError};
 pub use webhooks::{Deliveries, Delivery, Rejection, WebhookSim};

@@ -109,6 +109,15 @@ pub struct GatewayClient {
     ledger_url: String,
 }
 
+/// What the gateway has under a key (`GET /v1/charges/{key}`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lookup {
+    /// A charge: the one asked for, or (see [`ChargeResponse::mismatch`]) another.
+    Charged(ChargeResponse),
+    /// No charge under the key (`404`).
+    NotCharged,
+}
+
 impl GatewayClient {
     /// A client of the gateway at `base_url` (its `/v1/charges` is called).
     pub fn new(base_url: &str, timeouts: GatewayTimeouts) -> Result<Self, GatewayError> {
@@ -125,6 +134,30 @@ impl GatewayClient {
             charges_url: format!("{base}/v1/charges"),
             ledger_url: format!("{base}/v1/ledger"),
         })
+    }
+
+    /// What the gateway has under `key` (`GET /v1/charges/{key}`): asked before charging
+    /// again after an attempt whose answer was lost. A failed lookup comes back as the
+    /// outcome that says so (a `Retry`).
+    pub async fn lookup(&self, key: &IdempotencyKey) -> Result<Lookup, Outcome> {
+        let mut url = reqwest::Url::parse(&self.charges_url)
+            .map_err(|error| Outcome::retry(format!("the charges URL is invalid: {error}")))?;
+        url.path_segments_mut()
+            .map_err(|()| Outcome::retry("the charges URL cannot take a key"))?
+            .push(key.as_str());
+        let response = self.api.get(url.as_str()).send().await;
+        let response = response.map_err(|error| {
+            Outcome::retry(format!(
+                "the gateway could not be asked about {key}: {error}"
+            ))
+        })?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(Lookup::NotCharged);
+        }
+        match oncely_reqwest::read::<ChargeResponse>(response).await {
+            Ok(charge) => Ok(Lookup::Charged(charge)),
+            Err(outcome) => Err(outcome.into_unknown()),
+        }
     }
 
     /// Every charge in the gateway's ledger (`GET /v1/ledger`), for audits.
@@ -152,17 +185,46 @@ impl GatewayClient {
             // A 2xx that describes another charge: the gateway may or may not have made
             // ours. Unknown, so asked again under the same key, which returns what it did;
             // a gateway that keeps answering so ends TIMEOUT, never COMPLETED.
-            Ok(charge) if let Some(mismatch) = charge.mismatch(key, command) => Outcome::retry(
+            Ok(charge) if let Some(mismatch) = charge.mismatch(key, command) => Outcome::unknown(
                 format!("the gateway answered 2xx with {mismatch}; the outcome is unknown"),
             ),
-            Ok(charge) => Outcome::ok()
-                .with_data("transactionId", charge.transaction_id)
-                .with_data("approvalCode", charge.approval_code)
-                .with_data("amount", command.amount().to_string())
-                .with_data("currency", command.currency().as_str()),
+            Ok(charge) => charged(charge, command),
             Err(outcome) => outcome,
         }
     }
+
+    /// What became of an earlier attempt under `key` whose answer was lost: `Some(Ok)`
+    /// when the gateway has the charge, `None` when it has none (charging is then safe),
+    /// `Some(Retry)` when it cannot tell now. A charge under the key that is not this
+    /// command's is never taken for it: `Fail` (`idempotency_key_reused`).
+    pub async fn reconcile(
+        &self,
+        key: &IdempotencyKey,
+        command: &PaymentCommand,
+    ) -> Option<Outcome> {
+        match self.lookup(key).await {
+            Ok(Lookup::NotCharged) => None,
+            Ok(Lookup::Charged(charge)) if let Some(mismatch) = charge.mismatch(key, command) => {
+                Some(
+                    Outcome::fail(format!(
+                        "the gateway holds a charge under this key with {mismatch}"
+                    ))
+                    .with_error_code("idempotency_key_reused"),
+                )
+            }
+            Ok(Lookup::Charged(charge)) => Some(charged(charge, command)),
+            Err(outcome) => Some(outcome),
+        }
+    }
+}
+
+/// The `Ok` outcome of a charge that matches its command.
+fn charged(charge: ChargeResponse, command: &PaymentCommand) -> Outcome {
+    Outcome::ok()
+        .with_data("transactionId", charge.transaction_id)
+        .with_data("approvalCode", charge.approval_code)
+        .with_data("amount", command.amount().to_string())
+        .with_data("currency", command.currency().as_str())
 }
 
 #[cfg(test)]

@@ -19,7 +19,9 @@ pub mod command;
 pub mod gateway;
 
 pub use command::{Currency, InvalidPayment, PaymentCommand, PaymentRequest};
-pub use gateway::{ChargeRequest, ChargeResponse, GatewayClient, GatewayError, GatewayTimeouts};
+pub use gateway::{
+    ChargeRequest, ChargeResponse, GatewayClient, GatewayError, GatewayTimeouts, Lookup,
+};
 
 use oncely::{
     Attempt, Decision, DomainName, FollowUp, IdempotencyKey, InvalidName, Operation,
@@ -129,6 +131,16 @@ impl Orchestrator for PaymentOrchestrator {
         tracing::debug!(key = %attempt.idempotency_key(), attempt = attempt.number, "charging");
         self.gateway
             .charge(attempt.idempotency_key(), &command)
+            .await
+    }
+
+    /// After an attempt whose answer was lost, the gateway is asked (`GET
+    /// /v1/charges/{key}`) before charging again: a charge it has completes the payment
+    /// with no second request to charge.
+    async fn reconcile(&self, command: &PaymentCommand, attempt: &Attempt) -> Option<Outcome> {
+        tracing::debug!(key = %attempt.idempotency_key(), attempt = attempt.number, "asking the gateway before charging again");
+        self.gateway
+            .reconcile(attempt.idempotency_key(), command)
             .await
     }
 }

@@ -109,15 +109,15 @@ impl ApiClient {
     }
 }
 
-/// A 2xx answer read as `T`; anything else, classified.
-pub(crate) async fn read<T: DeserializeOwned>(response: Response) -> Result<T, Outcome> {
+/// A 2xx answer read as `T`; anything else, classified by [`classify`].
+pub async fn read<T: DeserializeOwned>(response: Response) -> Result<T, Outcome> {
     let status = response.status();
     let wait = retry_after(response.headers());
     if status.is_success() {
         // The provider said yes but the answer could not be read: it may have acted. The
         // same key next time returns what it did.
         return response.json::<T>().await.map_err(|error| {
-            Outcome::retry(format!(
+            Outcome::unknown(format!(
                 "the API answered {status} but the body could not be read ({error}); the outcome is unknown"
             ))
         });
@@ -126,17 +126,20 @@ pub(crate) async fn read<T: DeserializeOwned>(response: Response) -> Result<T, O
     Err(classify(status, &body, wait))
 }
 
-/// An error before any answer: a timeout, a refused or broken connection. The request
-/// may have reached the provider, so it is retried with the same key.
+/// An error before any answer: a timeout, a refused or broken connection. A connection
+/// that was never made sent nothing: a plain `Retry`. Any other failure may have reached
+/// the provider: an unknown `Retry`, which the domain may reconcile before the next
+/// attempt, and which is retried with the same key.
 pub(crate) fn transport_failure(error: &reqwest::Error) -> Outcome {
+    if error.is_connect() {
+        return Outcome::retry(format!("the API could not be reached: {error}"));
+    }
     let what = if error.is_timeout() {
         "the API did not answer in time"
-    } else if error.is_connect() {
-        "the API could not be reached"
     } else {
         "the request failed"
     };
-    Outcome::retry(format!("{what}: {error}"))
+    Outcome::unknown(format!("{what}; the outcome is unknown: {error}"))
 }
 
 /// `Retry-After` in seconds or as an HTTP date, capped at an hour.

@@ -249,6 +249,7 @@ impl World {
         let fenced = self
             .store
             .record_outcomes(vec![RecordOutcome {
+                reconciled: false,
                 fence: held.fence.clone(),
                 outcome,
                 decision: decision.clone(),

@@ -10,11 +10,14 @@
 //!   time, over an in-memory store and provider, with the invariants checked at every
 //!   step.
 //!
+//! - [`moto`]: an S3-compatible server (moto) for tests that need one.
+//!
 //! The `oncely` binary wires them as `oncely audit`, `oncely chaos` and `oncely sim`.
 
 pub mod audit;
 pub mod chaos;
 mod error;
+pub mod moto;
 pub mod sim;
 
 pub use error::Error;

@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use serde::Deserialize;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -34,7 +35,7 @@ use crate::clock::{self, Clock, SystemClock};
 use crate::error::Error;
 use crate::failpoint::{CrashPoint, Failpoints};
 use crate::key::{DomainName, IdempotencyKey, NodeId, Scope, TenantId};
-use crate::operation::{Fence, Fingerprint, LeaseOwner, Operation, OperationId, WalEntry};
+use crate::operation::{Fence, Fingerprint, LeaseOwner, Operation, OperationId, WalEntry, WalKind};
 use crate::orchestrator::{Attempt, Orchestrator};
 use crate::outcome::Outcome;
 use crate::retry::RetryPolicy;
@@ -327,9 +328,8 @@ struct Finished {
     operation: Operation,
     fence: Fence,
     outcome: Outcome,
-    /// True when no answer came (timeout, panic): the side effect may or may not have
-    /// happened.
-    unknown: bool,
+    /// True when the outcome is the orchestrator's reconcile, not a call.
+    reconciled: bool,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -1008,7 +1008,7 @@ async fn run_attempt<S: Store, O: Orchestrator>(
         return;
     };
     debug_assert_eq!(fence.owner, shared.owner);
-    let Some((outcome, unknown)) = call(&shared, &operation).await else {
+    let Some((outcome, reconciled)) = call(&shared, &operation).await else {
         return; // crashed during the call
     };
     if shared.failpoints.hit(CrashPoint::AfterAnswer) {
@@ -1018,7 +1018,7 @@ async fn run_attempt<S: Store, O: Orchestrator>(
         operation,
         fence,
         outcome,
-        unknown,
+        reconciled,
         _slot: slot,
     };
     if finished.send(finished_attempt).await.is_err() {
@@ -1027,7 +1027,9 @@ async fn run_attempt<S: Store, O: Orchestrator>(
 }
 
 /// Makes the external call, in a task of its own so that a panic or a hang in the
-/// orchestrator cannot take the engine with it. `None` if the engine crashed meanwhile.
+/// orchestrator cannot take the engine with it; when the previous attempt's outcome is
+/// unknown, asks the orchestrator to reconcile first. The outcome, and whether it came
+/// from a reconcile; `None` if the engine crashed meanwhile.
 async fn call<S: Store, O: Orchestrator>(
     shared: &Arc<Shared<S, O>>,
     operation: &Operation,
@@ -1044,9 +1046,16 @@ async fn call<S: Store, O: Orchestrator>(
         number: operation.attempt_count,
         scope: operation.scope.clone(),
     };
+    let ask_first = previous_outcome_unknown(shared, operation).await;
     let worker = shared.clone();
     let started = tokio::time::Instant::now();
-    let task = tokio::spawn(async move { worker.orchestrator.execute(command, attempt).await });
+    let task = tokio::spawn(async move {
+        if ask_first && let Some(answer) = worker.orchestrator.reconcile(&command, &attempt).await {
+            // A provider that could not tell leaves the outcome as unknown as it was.
+            return (answer.into_unknown(), true);
+        }
+        (worker.orchestrator.execute(command, attempt).await, false)
+    });
     let abort = task.abort_handle();
     let timeout = shared.config.call_timeout;
     let answer = tokio::select! {
@@ -1057,19 +1066,53 @@ async fn call<S: Store, O: Orchestrator>(
             return None;
         }
     };
-    let (outcome, unknown) = match answer {
-        Ok(Ok(outcome)) => (outcome, false),
-        Ok(Err(error)) => (Outcome::retry(format!("the call panicked: {error}")), true),
+    let (outcome, reconciled) = match answer {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(error)) => (
+            Outcome::unknown(format!("the call panicked: {error}")),
+            false,
+        ),
         Err(_) => {
             abort.abort();
             let reason = format!("no answer within {timeout:?}; the outcome is unknown");
-            (Outcome::retry(reason), true)
+            (Outcome::unknown(reason), false)
         }
     };
     shared
         .telemetry
-        .attempt(&outcome, unknown, started.elapsed());
-    Some((outcome, unknown))
+        .attempt(&outcome, outcome.is_unknown(), started.elapsed());
+    Some((outcome, reconciled))
+}
+
+/// Whether the attempt before `operation`'s current one ended without a known outcome:
+/// no outcome of it is in the log (its worker died, or its lease was taken over), or the
+/// recorded one is an unknown `Retry`. Read from the log only for attempts after the
+/// first; a log that cannot be read counts as unknown, so the domain is asked first.
+async fn previous_outcome_unknown<S: Store, O: Orchestrator>(
+    shared: &Shared<S, O>,
+    operation: &Operation,
+) -> bool {
+    let Some(previous) = operation.attempt_count.checked_sub(1).filter(|n| *n > 0) else {
+        return false;
+    };
+    let log = match shared.store.history(&operation.scope).await {
+        Ok(log) => log,
+        Err(error) => {
+            tracing::warn!(id = %operation.id, %error, "the log cannot be read; reconciling before the call");
+            return true;
+        }
+    };
+    let recorded = log
+        .iter()
+        .rev()
+        .find(|entry| entry.kind == WalKind::OutcomeRecorded && entry.attempt == previous);
+    recorded.is_none_or(|entry| {
+        entry
+            .detail
+            .get("outcome")
+            .and_then(|outcome| Outcome::deserialize(outcome).ok())
+            .is_none_or(|outcome| outcome.is_unknown())
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1102,10 +1145,11 @@ async fn record_and_finalize<S: Store, O: Orchestrator>(
                 &shared.policy,
                 &attempt.operation,
                 &attempt.outcome,
-                attempt.unknown,
+                false,
                 now,
             );
             RecordOutcome {
+                reconciled: attempt.reconciled,
                 fence: attempt.fence.clone(),
                 follow_ups: shared.follow_ups(&attempt.operation, &decision, now),
                 decision,
@@ -1198,7 +1242,12 @@ pub fn decide(
             reason: reason.clone(),
             code: code.clone(),
         },
-        Outcome::Retry { reason, backoff } => {
+        Outcome::Retry {
+            reason,
+            backoff,
+            unknown: said_unknown,
+        } => {
+            let unknown = unknown || *said_unknown;
             if unknown && !policy.retry_unknown_outcome {
                 return Decision::GiveUp {
                     reason: format!("{reason}; unknown outcomes are not retried"),

@@ -112,4 +112,24 @@ pub trait Orchestrator: Send + Sync + 'static {
         command: Self::Command,
         attempt: Attempt,
     ) -> impl Future<Output = Outcome> + Send;
+
+    /// Asks the provider what became of an earlier attempt whose outcome is unknown, before
+    /// the engine calls [`Orchestrator::execute`] again: the worker died during the call,
+    /// the call timed out, or `execute` returned [`Outcome::unknown`].
+    ///
+    /// `Some(outcome)` settles the attempt without calling again: it is recorded in the
+    /// write-ahead log (an `OUTCOME_RECORDED` entry whose detail says `"reconciled": true`)
+    /// and finalized like any outcome. `Ok` when the provider has the side effect, `Fail`
+    /// when it has a conflicting one, `Retry` when it could not tell (then the outcome stays
+    /// unknown and the next attempt asks again). `None` means the provider has nothing:
+    /// the engine executes. The default answers `None`, which suits APIs that honour
+    /// idempotency keys, where executing again is itself the question.
+    fn reconcile(
+        &self,
+        command: &Self::Command,
+        attempt: &Attempt,
+    ) -> impl Future<Output = Option<Outcome>> + Send {
+        let _ = (command, attempt);
+        std::future::ready(None)
+    }
 }

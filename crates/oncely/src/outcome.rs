@@ -40,6 +40,12 @@ pub enum Outcome {
             with = "duration_ms"
         )]
         backoff: Option<Duration>,
+        /// Whether the side effect may have happened: the request may have reached the
+        /// API and its answer was lost (a timeout, a broken connection, an unreadable 2xx).
+        /// Before the next attempt the engine asks the domain to reconcile
+        /// ([`crate::Orchestrator::reconcile`]).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        unknown: bool,
     },
     /// A permanent failure: trying again would not help.
     Fail {
@@ -63,6 +69,17 @@ impl Outcome {
         Self::Retry {
             reason: reason.into(),
             backoff: None,
+            unknown: false,
+        }
+    }
+
+    /// A `Retry` whose side effect may have happened: the answer never came. The next
+    /// attempt is preceded by the domain's [`crate::Orchestrator::reconcile`].
+    pub fn unknown(reason: impl Into<String>) -> Self {
+        Self::Retry {
+            reason: reason.into(),
+            backoff: None,
+            unknown: true,
         }
     }
 
@@ -89,9 +106,12 @@ impl Outcome {
     /// Sets the backoff of a `Retry` outcome; other outcomes are returned unchanged.
     pub fn with_backoff(self, backoff: Duration) -> Self {
         match self {
-            Self::Retry { reason, .. } => Self::Retry {
+            Self::Retry {
+                reason, unknown, ..
+            } => Self::Retry {
                 reason,
                 backoff: Some(backoff),
+                unknown,
             },
             other @ (Self::Ok { .. } | Self::Fail { .. }) => other,
         }
@@ -116,6 +136,25 @@ impl Outcome {
     /// Whether this is `Retry`.
     pub fn is_retry(&self) -> bool {
         matches!(self, Self::Retry { .. })
+    }
+
+    /// Whether this is a `Retry` whose side effect may have happened.
+    pub fn is_unknown(&self) -> bool {
+        matches!(self, Self::Retry { unknown: true, .. })
+    }
+
+    /// The same outcome, a `Retry` marked unknown; others unchanged.
+    pub fn into_unknown(self) -> Self {
+        match self {
+            Self::Retry {
+                reason, backoff, ..
+            } => Self::Retry {
+                reason,
+                backoff,
+                unknown: true,
+            },
+            other @ (Self::Ok { .. } | Self::Fail { .. }) => other,
+        }
     }
 
     /// Whether this is `Fail`.
@@ -171,6 +210,7 @@ mod tests {
             Outcome::ok().with_data("transactionId", "tx_1"),
             Outcome::retry("503").with_backoff(Duration::from_millis(1500)),
             Outcome::retry("no answer"),
+            Outcome::unknown("lost").with_backoff(Duration::from_secs(1)),
             Outcome::fail("declined").with_error_code("card_declined"),
         ];
         for outcome in outcomes {
@@ -181,5 +221,12 @@ mod tests {
             serde_json::to_value(Outcome::retry("r").with_backoff(Duration::from_secs(2))).unwrap();
         assert_eq!(json["backoffMs"], 2000);
         assert_eq!(json["type"], "RETRY");
+        assert!(
+            json.get("unknown").is_none(),
+            "a definite retry says nothing more"
+        );
+        let json = serde_json::to_value(Outcome::unknown("lost")).unwrap();
+        assert_eq!(json["unknown"], true);
+        assert!(Outcome::retry("r").into_unknown().is_unknown());
     }
 }

@@ -109,6 +109,9 @@ pub struct RecordOutcome {
     pub now: DateTime<Utc>,
     /// What the decision submits, when it is applied.
     pub follow_ups: FollowUps,
+    /// Whether the outcome is the domain's reconcile of an unknown earlier attempt rather
+    /// than an answer to a call ([`crate::Orchestrator::reconcile`]); said in the log.
+    pub reconciled: bool,
 }
 
 /// What an attempt's end does to its operation: computed by the engine from the outcome
@@ -488,9 +491,14 @@ pub fn executing_detail(lease_until: DateTime<Utc>) -> Value {
 }
 
 /// The detail of an `OUTCOME_RECORDED` or `OUTCOME_REJECTED` entry: the outcome and the
-/// decision made of it, which the Finalizer applies as they are.
+/// decision made of it, which the Finalizer applies as they are, and `"reconciled": true`
+/// when the outcome came from the domain's reconcile rather than a call.
 pub fn recorded_detail(record: &RecordOutcome) -> Value {
-    serde_json::json!({ "outcome": record.outcome, "decision": record.decision })
+    let mut detail = serde_json::json!({ "outcome": record.outcome, "decision": record.decision });
+    if record.reconciled {
+        detail["reconciled"] = Value::Bool(true);
+    }
+    detail
 }
 
 /// The detail of an `OPERATOR_RETRIED` entry: what the operation was before, and who

@@ -108,6 +108,7 @@ pub async fn record<S: Store>(
     let decision = decide(&RetryPolicy::default(), operation, &outcome, false, now);
     let fenced = store
         .record_outcomes(vec![RecordOutcome {
+            reconciled: false,
             fence: fence.clone(),
             outcome,
             decision: decision.clone(),
@@ -748,6 +749,7 @@ pub async fn settle<S: Store>(
     let decision = decide(&RetryPolicy::default(), operation, &outcome, false, now);
     store
         .settle(vec![RecordOutcome {
+            reconciled: false,
             fence: fence.clone(),
             outcome,
             decision,
@@ -1098,6 +1100,7 @@ pub async fn follow_ups_are_inserted_with_an_applied_end_only<S: Store>(store: S
     let decision = decide(&RetryPolicy::default(), &settled, &outcome, false, at(2));
     let applied = store
         .settle(vec![RecordOutcome {
+            reconciled: false,
             fence: settled.fence().unwrap(),
             outcome,
             decision,
@@ -1150,6 +1153,7 @@ pub async fn follow_ups_are_inserted_with_an_applied_end_only<S: Store>(store: S
     let decision = decide(&RetryPolicy::default(), &zombie, &outcome, false, at(41));
     let rejected = store
         .settle(vec![RecordOutcome {
+            reconciled: false,
             fence: zombie.fence().unwrap(),
             outcome,
             decision,
@@ -1176,6 +1180,7 @@ pub async fn follow_ups_are_inserted_with_an_applied_end_only<S: Store>(store: S
     let decision = decide(&RetryPolicy::default(), repeat, &outcome, false, at(101));
     let applied = store
         .settle(vec![RecordOutcome {
+            reconciled: false,
             fence: repeat.fence().unwrap(),
             outcome,
             decision,

@@ -1,0 +1,92 @@
+//! An S3-compatible server for tests: moto's `moto_server`, started on a free port of
+//! 127.0.0.1 and stopped when dropped.
+//!
+//! The server is `$ONCELY_MOTO_SERVER` or `moto_server` on the `PATH` (`pip install
+//! 'moto[server]'`; `.ci/run` installs it). When neither runs, [`Moto::start`] says
+//! `SKIPPED:` on stderr and answers `None`, except under `CI=true`, where a test that
+//! needs S3 must not pass without it: it panics.
+
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::error::{Context, Error, ensure};
+
+/// A running `moto_server`.
+#[derive(Debug)]
+pub struct Moto {
+    child: Child,
+    /// Its base URL, `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+}
+
+impl Moto {
+    /// Starts one, or says why not (see the module's documentation).
+    #[allow(clippy::panic)]
+    pub async fn start() -> Option<Self> {
+        match Self::try_start().await {
+            Ok(moto) => Some(moto),
+            Err(error) => {
+                let in_ci = std::env::var("CI").is_ok_and(|value| value == "true" || value == "1");
+                assert!(!in_ci, "moto_server is needed under CI=true: {error}");
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIPPED: no S3-compatible server ({error}); pip install 'moto[server]'"
+                );
+                None
+            }
+        }
+    }
+
+    async fn try_start() -> Result<Self, Error> {
+        let program =
+            std::env::var("ONCELY_MOTO_SERVER").unwrap_or_else(|_| "moto_server".to_owned());
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = Command::new(&program)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .during_with(|| format!("starting {program}"))?;
+        let moto = Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let answer = client.get(&moto.endpoint).send().await;
+            if answer.is_ok_and(|answer| answer.status().is_success()) {
+                return Ok(moto);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{program} did not answer on {} within 30 s",
+                moto.endpoint
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Creates a bucket (unsigned: moto takes any caller).
+    pub async fn create_bucket(&self, bucket: &str) -> Result<(), Error> {
+        let answer = reqwest::Client::new()
+            .put(format!("{}/{bucket}", self.endpoint))
+            .send()
+            .await?;
+        ensure!(
+            answer.status().is_success(),
+            "creating bucket {bucket} answered {}",
+            answer.status()
+        );
+        Ok(())
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
