@@ -3,13 +3,16 @@
 
 use std::io::Write;
 
+use std::time::Duration;
+
 use anyhow::Context;
 use oncely_sqlx::AnyStore;
 use oncely_testkit::audit::{Books, Verdict, audit, write_table};
+use oncely_upload::Storage;
 
 /// Flags of `oncely audit`.
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("books").required(true).multiple(true).args(["gateway", "webhooks"])))]
+#[command(group(clap::ArgGroup::new("books").required(true).multiple(true).args(["gateway", "webhooks", "s3_endpoint", "uploads_dir"])))]
 pub(crate) struct AuditArgs {
     /// The service's database.
     #[arg(long, env = "ONCELY_DB", default_value = "sqlite://oncely.db")]
@@ -33,6 +36,23 @@ pub(crate) struct AuditArgs {
     /// PENDING, PROCESSING or RETRY_WAIT operations exits 3: their books are not closed yet).
     #[arg(long)]
     allow_in_flight: bool,
+    /// The S3-compatible endpoint uploads went to (`serve --s3-endpoint`): audits uploads
+    /// (every COMPLETED upload's object there with its checksum, no FAILED one's).
+    /// Signed with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
+    #[arg(long, env = "ONCELY_S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
+    /// The region requests to --s3-endpoint are signed for.
+    #[arg(
+        long,
+        env = "ONCELY_S3_REGION",
+        default_value = "us-east-1",
+        requires = "s3_endpoint"
+    )]
+    s3_region: String,
+    /// The directory uploads went to without an S3 endpoint (`serve --uploads-dir`):
+    /// audits uploads.
+    #[arg(long, conflicts_with = "s3_endpoint")]
+    uploads_dir: Option<std::path::PathBuf>,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -51,6 +71,14 @@ pub(crate) async fn run(args: AuditArgs) -> anyhow::Result<Verdict> {
         gateway: args.gateway.as_deref(),
         webhooks,
         payment_events: args.payment_events,
+        uploads: match (&args.s3_endpoint, &args.uploads_dir) {
+            (Some(endpoint), _) => Some(
+                Storage::s3(endpoint, &args.s3_region, Duration::from_secs(30))
+                    .context("--s3-endpoint")?,
+            ),
+            (None, Some(dir)) => Some(Storage::local(dir).context("--uploads-dir")?),
+            (None, None) => None,
+        },
     };
     let audit = audit(&store, books).await?;
     let mut out = std::io::stdout().lock();

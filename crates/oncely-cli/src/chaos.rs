@@ -61,6 +61,16 @@ pub(crate) struct ChaosArgs {
     /// faults (as `pg_ctlcluster 15 main restart`); the nodes must ride through it.
     #[arg(long)]
     db_restart: Option<String>,
+    /// Distinct uploads to send, mixed with the rest; one in 25 goes to a name another
+    /// writer took first and must end FAILED (object-exists) with that object untouched.
+    #[arg(long, default_value_t = 0)]
+    uploads: usize,
+    /// The S3-compatible endpoint uploads go to, through a fault-proxy with the run's
+    /// faults (bucket oncely-chaos, created if missing; signed with AWS_ACCESS_KEY_ID /
+    /// AWS_SECRET_ACCESS_KEY, or any key for a test server). Without it, uploads go to
+    /// a directory in the work directory.
+    #[arg(long)]
+    s3_endpoint: Option<String>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -82,6 +92,8 @@ pub(crate) async fn run(args: ChaosArgs) -> anyhow::Result<bool> {
         clients: args.clients,
         timeout: args.timeout,
         workdir: args.workdir,
+        uploads: args.uploads,
+        s3: args.s3_endpoint,
         db_restart: args.db_restart,
     };
     let min_completion_rate = config.min_completion_rate;

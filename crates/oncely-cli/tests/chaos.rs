@@ -1,6 +1,6 @@
-//! `oncely chaos` on PostgreSQL and MySQL, three nodes each: payments and notifications,
-//! random SIGKILLs, pauses past the lease, cut database connections and a lying gateway,
-//! then a clean audit of both simulators. (SQLite, one node: end_to_end.rs.)
+//! `oncely chaos` on PostgreSQL and MySQL, three nodes each: payments, notifications and
+//! uploads (to moto behind a fault proxy), random SIGKILLs, pauses past the lease, cut
+//! database connections and a lying gateway, then a clean audit of every book. (SQLite, one node: end_to_end.rs.)
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -67,16 +67,26 @@ fn mariadb_restart() -> Option<String> {
 
 /// Runs a bounded chaos round of `nodes` nodes on `url` and checks its report; restarts the
 /// database server halfway when `db_restart` says how.
-fn assert_clean_chaos(url: &str, nodes: usize, db_restart: Option<String>) {
+fn assert_clean_chaos(url: &str, nodes: usize, db_restart: Option<String>, s3: Option<&str>) {
     let nodes_flag = nodes.to_string();
     let mut chaos = oncely();
     chaos
         .args(["chaos", "--db", url, "--nodes", &nodes_flag])
-        .args(["--payments", "300", "--notifications", "100"])
+        .args([
+            "--payments",
+            "300",
+            "--notifications",
+            "100",
+            "--uploads",
+            "100",
+        ])
         .args(["--kills", "6", "--pauses", "2", "--db-faults", "2"])
         .args(["--lie-rate", "0.05", "--json"]);
     if let Some(command) = &db_restart {
         chaos.args(["--db-restart", command]);
+    }
+    if let Some(endpoint) = s3 {
+        chaos.args(["--s3-endpoint", endpoint]);
     }
     let restarts = u64::from(db_restart.is_some());
     let output = chaos.output().unwrap();
@@ -113,6 +123,7 @@ fn assert_clean_chaos(url: &str, nodes: usize, db_restart: Option<String>) {
     assert_eq!(audit["paymentEvents"], json!([]));
     assert_eq!(report["unexpectedAnswers"], json!([]));
     assert_eq!(report["undelivered"], json!([]));
+    common::assert_uploads_clean(&report, s3.is_some());
     // Every payment that ended COMPLETED or FAILED announced it; the receiver has each
     // payment event and notification once.
     let payments = &audit["payments"]["operations"];
@@ -133,7 +144,9 @@ async fn three_nodes_on_postgres_survive_kills_pauses_cut_connections_and_lies_w
             "not restarting PostgreSQL mid-run: only under CI=true, on the local server, with pg_ctlcluster"
         );
     }
-    let result = std::panic::catch_unwind(|| assert_clean_chaos(&url, 3, restart));
+    let moto = oncely_testkit::moto::Moto::start().await;
+    let s3 = moto.as_ref().map(|moto| moto.endpoint.as_str());
+    let result = std::panic::catch_unwind(|| assert_clean_chaos(&url, 3, restart, s3));
     common::drop_postgres_database(&admin, &name).await;
     result.unwrap();
 }
@@ -180,7 +193,9 @@ async fn three_nodes_on_mysql_survive_kills_pauses_cut_connections_and_lies_with
             "not restarting MariaDB mid-run: only under CI=true, on the local server, with its tools"
         );
     }
-    let result = std::panic::catch_unwind(|| assert_clean_chaos(&url, 3, restart));
+    let moto = oncely_testkit::moto::Moto::start().await;
+    let s3 = moto.as_ref().map(|moto| moto.endpoint.as_str());
+    let result = std::panic::catch_unwind(|| assert_clean_chaos(&url, 3, restart, s3));
     sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
         .execute(&pool)
         .await

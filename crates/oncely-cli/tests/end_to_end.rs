@@ -3,7 +3,7 @@
 //! notifications with duplicates and conflicting bodies while SIGKILLing and restarting
 //! the service, and waits for every operation to end; then both simulators are restarted
 //! on their ledger files and `oncely audit` reconciles payments, notifications and payment
-//! events.
+//! events, and uploads against the S3 server (moto, behind a fault proxy) they went to.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -31,12 +31,17 @@ fn find_ledger(dir: &Path, name: &str) -> PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn payments_and_notifications_survive_repeated_sigkill_and_the_audit_is_clean() {
+async fn payments_notifications_and_uploads_survive_repeated_sigkill_and_the_audit_is_clean() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("oncely.db").display());
-    let chaos = oncely()
+    let moto = oncely_testkit::moto::Moto::start().await;
+    let mut chaos = oncely();
+    chaos.arg("chaos");
+    if let Some(moto) = &moto {
+        chaos.args(["--s3-endpoint", &moto.endpoint]);
+    }
+    let chaos = chaos
         .args([
-            "chaos",
             "--db",
             &db,
             "--nodes",
@@ -47,6 +52,8 @@ async fn payments_and_notifications_survive_repeated_sigkill_and_the_audit_is_cl
             "128",
             "--kills",
             "6",
+            "--uploads",
+            "100",
             "--json",
         ])
         .arg("--workdir")
@@ -67,6 +74,7 @@ async fn payments_and_notifications_survive_repeated_sigkill_and_the_audit_is_cl
     );
     assert_eq!(report["kills"], 6);
     assert_eq!(report["unexpectedAnswers"], json!([]));
+    common::assert_uploads_clean(&report, moto.is_some());
 
     // The simulators again, on the same ledger files: they survived, and `oncely audit`
     // agrees.
@@ -108,8 +116,17 @@ async fn payments_and_notifications_survive_repeated_sigkill_and_the_audit_is_cl
         .unwrap();
     wait_healthy(&gateway_url).await;
     wait_healthy(&hooks_url).await;
-    let audit = oncely()
-        .args(["audit", "--json", "--db", &db, "--gateway", &gateway_url])
+    let mut audit = oncely();
+    audit.arg("audit");
+    match &moto {
+        Some(moto) => audit
+            .args(["--s3-endpoint", &moto.endpoint])
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing"),
+        None => audit.args(["--uploads-dir", report["uploadsTo"].as_str().unwrap()]),
+    };
+    let audit = audit
+        .args(["--json", "--db", &db, "--gateway", &gateway_url])
         .args(["--webhooks", &hooks_url, "--payment-events"])
         .args(["--webhook-endpoint", report["webhooks"].as_str().unwrap()])
         .output()
@@ -147,4 +164,7 @@ async fn payments_and_notifications_survive_repeated_sigkill_and_the_audit_is_cl
         "once per webhook-id"
     );
     assert_eq!(audit_report["paymentEvents"], json!([]));
+    let uploads = &audit_report["uploads"];
+    assert_eq!(uploads["discrepancies"], json!([]), "{uploads:#}");
+    assert_eq!(uploads["objectsChecked"], 100, "{uploads:#}");
 }

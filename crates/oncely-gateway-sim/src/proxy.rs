@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -152,16 +152,31 @@ async fn forward(State(proxy): State<Arc<FaultProxy>>, request: Request) -> Resp
             );
         }
     };
-    let sent = proxy
-        .client
-        .request(method.clone(), format!("{}{path}", proxy.upstream))
-        .headers(headers)
-        .body(body)
-        .send()
-        .await;
-    let answer = match sent {
-        Ok(answer) => answer,
-        Err(error) => {
+    // In a task of its own: a client that goes away (timed out, killed) does not cancel
+    // what the upstream is already doing, and the answer is still counted.
+    let upstream = {
+        let proxy = proxy.clone();
+        let request = proxy
+            .client
+            .request(method.clone(), format!("{}{path}", proxy.upstream))
+            .headers(headers)
+            .body(body);
+        let method = method.clone();
+        tokio::spawn(async move {
+            let answer = request.send().await?;
+            let status = answer.status();
+            proxy.count(
+                |s| &mut s.forwarded,
+                format!("{method} {}", status.as_u16()),
+            );
+            let headers = answer.headers().clone();
+            let body = answer.bytes().await?;
+            Ok::<_, reqwest::Error>((status, headers, body))
+        })
+    };
+    let (status, upstream_headers, body) = match upstream.await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(error)) => {
             tracing::warn!(%error, "the upstream could not be reached");
             return problem(
                 StatusCode::BAD_GATEWAY,
@@ -169,12 +184,14 @@ async fn forward(State(proxy): State<Arc<FaultProxy>>, request: Request) -> Resp
                 format!("the upstream could not be reached: {error}"),
             );
         }
+        Err(error) => {
+            return problem(
+                StatusCode::BAD_GATEWAY,
+                "upstream_failed",
+                format!("the upstream call failed: {error}"),
+            );
+        }
     };
-    let status = answer.status();
-    proxy.count(
-        |s| &mut s.forwarded,
-        format!("{method} {}", status.as_u16()),
-    );
     // Only a write has something to commit: a lost answer to a read loses nothing.
     let write = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
     if status.is_success() && write && proxy.faults.loses_answer() {
@@ -183,21 +200,11 @@ async fn forward(State(proxy): State<Arc<FaultProxy>>, request: Request) -> Resp
         return sim::lost_answer();
     }
     let mut response = Response::builder().status(status);
-    for (name, value) in answer.headers() {
+    for (name, value) in &upstream_headers {
         if !HOP_BY_HOP.contains(name) {
             response = response.header(name, value);
         }
     }
-    let body: Bytes = match answer.bytes().await {
-        Ok(body) => body,
-        Err(error) => {
-            return problem(
-                StatusCode::BAD_GATEWAY,
-                "upstream_broke",
-                format!("the upstream's answer broke off: {error}"),
-            );
-        }
-    };
     response
         .body(Body::from(body))
         .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())

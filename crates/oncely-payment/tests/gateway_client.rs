@@ -217,3 +217,71 @@ async fn a_lying_answer_is_never_a_charge_and_the_truth_is_one_retry_away() {
     assert!(matches!(outcome, Outcome::Ok { .. }), "{outcome:?}");
     assert_eq!(honest.charges().await.unwrap().len(), 40);
 }
+
+#[tokio::test]
+async fn a_lost_answer_is_unknown_and_reconcile_finds_the_charge_without_charging() {
+    let (sim, _running, client) = gateway(SimConfig {
+        lost_answer_rate: 1.0,
+        ..SimConfig::default()
+    })
+    .await;
+    let outcome = client.charge(&key("lost"), &command("4")).await;
+    assert!(outcome.is_unknown(), "{outcome:?}");
+
+    let Some(Outcome::Ok { data }) = client.reconcile(&key("lost"), &command("4")).await else {
+        panic!("the charge was not found")
+    };
+    let charged = sim.charges().await.unwrap();
+    assert_eq!(data["transactionId"], charged[0].transaction_id.as_str());
+    assert_eq!(client.reconcile(&key("never"), &command("4")).await, None);
+    // A charge under the key that is not this command's is never taken for it.
+    let other = client.reconcile(&key("lost"), &command("5")).await;
+    let Some(Outcome::Fail { code, .. }) = other else {
+        panic!("{other:?}")
+    };
+    assert_eq!(code.as_deref(), Some("idempotency_key_reused"));
+    let served = sim.served();
+    assert_eq!((served.charge_requests, served.lookups), (1, 3));
+}
+
+#[tokio::test]
+async fn a_payment_whose_answer_was_lost_is_charged_once_and_completes() {
+    use oncely::{Engine, EngineConfig, OperationState, RetryPolicy, WalKind};
+    use oncely_payment::PaymentOrchestrator;
+
+    let (sim, _running, client) = gateway(SimConfig {
+        lost_answer_rate: 1.0,
+        ..SimConfig::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("p.db").display());
+    let store = oncely_sqlx::SqliteStore::open(&db).await.unwrap();
+    let policy = RetryPolicy::exponential(Duration::from_millis(10), Duration::from_millis(50));
+    let engine = Engine::builder(store, PaymentOrchestrator::new(client))
+        .config(EngineConfig {
+            poll_interval: Duration::from_millis(20),
+            ..EngineConfig::default()
+        })
+        .retry_policy(policy)
+        .start()
+        .unwrap();
+    let submitted = engine.submit(key("pay-lost"), command("7")).await.unwrap();
+    let done = engine
+        .wait(&submitted.operation.scope, Duration::from_secs(20))
+        .await
+        .unwrap();
+
+    assert_eq!(done.state, OperationState::Completed, "{done:?}");
+    // Every charge request's answer is lost, so only the lookup could complete it.
+    assert_eq!(sim.served().charge_requests, 1, "charged again");
+    assert_eq!(sim.charges().await.unwrap().len(), 1);
+    let log = engine.history(&done.scope).await.unwrap();
+    let reconciled = log
+        .iter()
+        .filter(|entry| entry.kind == WalKind::OutcomeRecorded)
+        .filter(|entry| entry.detail["reconciled"] == true)
+        .count();
+    assert_eq!(reconciled, 1, "{log:#?}");
+    engine.shutdown(Duration::from_secs(5)).await;
+}

@@ -1,5 +1,6 @@
 //! The audit: payments against the gateway's ledger, notifications against the webhook
-//! receiver's record, and payment events against the payments that ended.
+//! receiver's record, payment events against the payments that ended, and uploads against
+//! the object store.
 
 use std::io::Write;
 
@@ -9,6 +10,8 @@ use oncely_notification::audit::{NotificationReport, ReceiverRecord};
 use oncely_payment::audit::{AuditReport, Discrepancy};
 use oncely_payment::{GatewayClient, GatewayTimeouts, PaymentOrchestrator};
 use oncely_sqlx::AnyStore;
+use oncely_upload::audit::UploadReport;
+use oncely_upload::{Storage, Uploader};
 use serde::Serialize;
 
 use crate::error::{Context, Error};
@@ -48,6 +51,9 @@ pub struct Audit {
     /// Payments that ended without their event, when asked.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payment_events: Option<Vec<Discrepancy>>,
+    /// Uploads against the store they went to, when it was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uploads: Option<UploadReport>,
 }
 
 impl Audit {
@@ -59,6 +65,7 @@ impl Audit {
                 .as_ref()
                 .is_none_or(NotificationReport::is_clean)
             && self.payment_events.as_ref().is_none_or(Vec::is_empty)
+            && self.uploads.as_ref().is_none_or(UploadReport::is_clean)
     }
 
     /// The verdict: discrepancies first, then work still in flight (unless allowed).
@@ -79,6 +86,7 @@ impl Audit {
                 .notifications
                 .as_ref()
                 .map_or(0, |r| r.non_terminal.len())
+            + self.uploads.as_ref().map_or(0, |r| r.non_terminal.len())
     }
 }
 
@@ -91,6 +99,8 @@ pub struct Books<'a> {
     pub webhooks: Option<(&'a str, &'a str)>,
     /// Whether payments announce their ends.
     pub payment_events: bool,
+    /// Where uploads went.
+    pub uploads: Option<Storage>,
 }
 
 /// Reads the books named and compares them with the store.
@@ -99,6 +109,7 @@ pub async fn audit(store: &AnyStore, books: Books<'_>) -> Result<Audit, Error> {
         gateway,
         webhooks,
         payment_events,
+        uploads,
     } = books;
     let payments = all_of::<PaymentOrchestrator>(store).await?;
     let notifications = all_of::<Notifier>(store).await?;
@@ -106,7 +117,12 @@ pub async fn audit(store: &AnyStore, books: Books<'_>) -> Result<Audit, Error> {
         payments: None,
         notifications: None,
         payment_events: None,
+        uploads: None,
     };
+    if let Some(storage) = uploads {
+        let operations = all_of::<Uploader>(store).await?;
+        audit.uploads = Some(oncely_upload::audit::reconcile(&operations, &storage).await);
+    }
     if let Some(gateway) = gateway {
         let charges = GatewayClient::new(gateway, GatewayTimeouts::default())
             .during("building the gateway client")?
@@ -209,6 +225,17 @@ pub fn write_table(out: &mut impl Write, audit: &Audit) -> std::io::Result<()> {
             "deliveries     {} ({} arrived more than once, acted on once)",
             report.deliveries, report.redelivered
         )?;
+        in_flight(out, &report.non_terminal)?;
+        let found = report.discrepancies.iter();
+        discrepancies(
+            out,
+            found.map(|d| (d.kind, d.key.clone(), d.detail.clone())),
+        )?;
+    }
+    if let Some(report) = &audit.uploads {
+        writeln!(out, "uploads")?;
+        writeln!(out, "operations     {}", states(&report.operations))?;
+        writeln!(out, "objects        {} looked at", report.objects_checked)?;
         in_flight(out, &report.non_terminal)?;
         let found = report.discrepancies.iter();
         discrepancies(

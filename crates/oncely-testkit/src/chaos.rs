@@ -62,6 +62,14 @@ pub struct ChaosConfig {
     pub timeout: Duration,
     /// Keep logs and the gateway ledger here instead of a temporary directory.
     pub workdir: Option<PathBuf>,
+    /// Distinct uploads to send, mixed with the rest (duplicates and conflicts likewise);
+    /// one in 25 goes to a name another writer took first, and must end FAILED with that
+    /// object untouched.
+    pub uploads: usize,
+    /// The S3-compatible endpoint uploads go to, through a `fault-proxy` with the run's
+    /// faults; its bucket `oncely-chaos` is created if missing. `None`: uploads go to a
+    /// directory in the work directory, shared by the nodes.
+    pub s3: Option<String>,
     /// A shell command that restarts the database server (as
     /// `pg_ctlcluster 15 main restart`), run once, halfway through the faults; the nodes
     /// must ride through it. `None`: the server is not restarted.
@@ -86,6 +94,8 @@ impl ChaosConfig {
             clients: 8,
             timeout: Duration::from_secs(300),
             workdir: None,
+            uploads: 0,
+            s3: None,
             db_restart: None,
         }
     }
@@ -106,6 +116,16 @@ pub struct ChaosReport {
     pub payments: usize,
     /// Distinct notifications sent.
     pub notifications: usize,
+    /// Distinct uploads sent.
+    pub uploads: usize,
+    /// Where uploads went: the fault proxy in front of the S3 endpoint, or a directory.
+    pub uploads_to: String,
+    /// Objects another writer put first whose content changed: must be none.
+    pub overwritten: Vec<String>,
+    /// What the fault proxy in front of the S3 endpoint saw, by method: requests
+    /// received, answered by the upstream, and answers lost after the upstream acted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3_requests: Option<oncely_gateway_sim::ProxyStats>,
     /// Requests sent, duplicates and conflicts included.
     pub requests: usize,
     /// SIGKILLs, each followed by a restart.
@@ -153,6 +173,48 @@ struct Cluster {
     workdir: PathBuf,
     nodes: Vec<Node>,
     simulators: Vec<Child>,
+    /// `--s3-endpoint …` or `--uploads-dir …` for the nodes.
+    uploads: Vec<String>,
+}
+
+/// The bucket chaos uploads go to.
+const BUCKET: &str = "oncely-chaos";
+
+/// The AWS keys the nodes sign S3 requests with: the environment's, or any (a test
+/// server such as moto takes any).
+fn s3_keys() -> Vec<(&'static str, String)> {
+    ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+        .into_iter()
+        .map(|name| {
+            (
+                name,
+                std::env::var(name).unwrap_or_else(|_| "testing".into()),
+            )
+        })
+        .collect()
+}
+
+/// The storage the audit reads uploads from: the endpoint itself, past the proxy.
+fn audit_storage(s3: Option<&str>, dir: &Path) -> Result<oncely_upload::Storage, Error> {
+    let storage = match s3 {
+        Some(endpoint) => {
+            let keys = s3_keys();
+            oncely_upload::Storage::s3_with_keys(
+                endpoint,
+                "us-east-1",
+                Duration::from_secs(30),
+                &keys[0].1,
+                &keys[1].1,
+            )
+        }
+        None => oncely_upload::Storage::local(dir),
+    };
+    storage.during("opening the upload storage")
+}
+
+/// What one upload's content is: about 1 KiB, different per upload and version.
+fn upload_content(run: &str, n: usize, version: usize) -> Vec<u8> {
+    format!("{run}:{n}:{version}:").repeat(64).into_bytes()
 }
 
 fn free_port() -> Result<u16, Error> {
@@ -190,11 +252,16 @@ impl Cluster {
         let child = self
             .command()
             .args([which, "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--ledger")
-            .arg(format!(
-                "sqlite://{}",
-                self.workdir.join(format!("{which}.db")).display()
-            ))
+            .args(match which {
+                "fault-proxy" => Vec::new(),
+                _ => vec![
+                    "--ledger".to_owned(),
+                    format!(
+                        "sqlite://{}",
+                        self.workdir.join(format!("{which}.db")).display()
+                    ),
+                ],
+            })
             .args(["--seed", &seed.to_string()])
             .args(["--latency-min", "1ms", "--latency-max", "15ms"])
             .args(["--error-rate", "0.05", "--rate-limit-rate", "0.05"])
@@ -245,6 +312,16 @@ impl Cluster {
                 "500ms",
             ])
             .args(["--webhook-attempts-max", "30"])
+            .args(&self.uploads)
+            .args(["--upload-timeout", "1s", "--upload-workers", "16"])
+            .args([
+                "--upload-backoff-base",
+                "50ms",
+                "--upload-backoff-max",
+                "500ms",
+            ])
+            .args(["--upload-attempts-max", "30"])
+            .envs(s3_keys())
             .stdout(Stdio::null())
             .stderr(log_to(&self.workdir, &format!("node-{index}.log"))?)
             .spawn()
@@ -404,6 +481,26 @@ fn strikes(kills: usize, pauses: usize, db_faults: usize, rng: &mut fastrand::Rn
 /// How long a paused node sleeps: past the lease `start` gives the nodes (3 s).
 const PAUSE: Duration = Duration::from_secs(4);
 
+fn client_for_setup() -> Result<reqwest::Client, Error> {
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?)
+}
+
+/// Waits up to 30 s for `GET url` to answer 2xx.
+async fn wait_ready(client: &reqwest::Client, url: &str) -> Result<(), Error> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(response) = client.get(url).send().await
+            && response.status().is_success()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(Error::Setup(format!("{url} did not answer within 30 s")))
+}
+
 async fn wait_healthy(client: &reqwest::Client, base: &str) -> Result<(), Error> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
@@ -434,8 +531,25 @@ fn plan(
     run: &str,
     payments: usize,
     notifications: usize,
+    uploads: usize,
     webhooks: &str,
 ) -> (Vec<Request>, Vec<Request>) {
+    use base64::Engine as _;
+    let upload = |n: usize, version: usize| {
+        let content = upload_content(run, n, version);
+        Request {
+            path: "/v1/uploads",
+            key: format!("chaos-{run}-u{n:05}"),
+            body: json!({
+                "bucket": BUCKET,
+                "objectKey": upload_name(run, n),
+                "contentType": "text/plain",
+                "contentBase64": base64::engine::general_purpose::STANDARD.encode(&content),
+                "sha256": oncely_upload::storage::hex_sha256(&content),
+            }),
+            conflicting: false,
+        }
+    };
     let payment = |order: usize, cents: usize| Request {
         path: "/v1/payments",
         key: format!("chaos-{run}-p{order:05}"),
@@ -459,7 +573,14 @@ fn plan(
     };
     let total = payments + notifications;
     let mut first: Vec<Request> = Vec::new();
+    // Uploads go in between, evenly.
+    let every = (total + uploads) / uploads.max(1);
+    let mut next_upload = 0;
     for i in 0..total {
+        if uploads > 0 && i % every.max(1) == 0 && next_upload < uploads {
+            first.push(upload(next_upload, 1));
+            next_upload += 1;
+        }
         // Spread the notifications evenly among the payments.
         let n = i * notifications / total.max(1);
         let is_notification = (i + 1) * notifications / total.max(1) > n;
@@ -473,6 +594,7 @@ fn plan(
             first.push(duplicate);
         }
     }
+    first.extend((next_upload..uploads).map(|n| upload(n, 1)));
     let conflicting = |mut request: Request| {
         request.conflicting = true;
         request
@@ -485,8 +607,23 @@ fn plan(
                 .step_by(40)
                 .map(|n| conflicting(notification(n, 2))),
         )
+        .chain((0..uploads).step_by(40).map(|n| conflicting(upload(n, 2))))
         .collect();
     (first, conflicts)
+}
+
+/// The object name of upload `n`: one in 25 is a name another writer takes first.
+fn upload_name(run: &str, n: usize) -> String {
+    if n % 25 == 7 {
+        format!("chaos/{run}/taken-{n}.txt")
+    } else {
+        format!("chaos/{run}/u{n:05}.txt")
+    }
+}
+
+/// What another writer puts at the taken names before the run.
+fn theirs(run: &str, n: usize) -> Vec<u8> {
+    format!("another writer's {run}/{n}").into_bytes()
 }
 
 /// How long one request is retried across nodes before it counts as unanswered.
@@ -633,6 +770,38 @@ pub async fn run(args: ChaosConfig) -> Result<ChaosReport, Error> {
             })
             .collect::<Result<_, Error>>()?,
         simulators: Vec::new(),
+        uploads: Vec::new(),
+    };
+    let uploads_dir = workdir.join("uploads");
+    let storage = audit_storage(args.s3.as_deref(), &uploads_dir)?;
+    let uploads_to = match &args.s3 {
+        Some(endpoint) => {
+            let created = client_for_setup()?
+                .put(format!("{}/{BUCKET}", endpoint.trim_end_matches('/')))
+                .send()
+                .await
+                .during_with(|| format!("creating bucket {BUCKET} at {endpoint}"))?;
+            // 409: the bucket exists already (a run before this one).
+            ensure!(
+                created.status().is_success() || created.status().as_u16() == 409,
+                "creating bucket {BUCKET} at {endpoint} answered {}",
+                created.status()
+            );
+            let port = free_port()?;
+            cluster.start_simulator(
+                "fault-proxy",
+                port,
+                args.seed.wrapping_add(3),
+                &["--upstream", endpoint],
+            )?;
+            let proxy = format!("http://127.0.0.1:{port}");
+            cluster.uploads = vec!["--s3-endpoint".into(), proxy.clone()];
+            proxy
+        }
+        None => {
+            cluster.uploads = vec!["--uploads-dir".into(), uploads_dir.display().to_string()];
+            uploads_dir.display().to_string()
+        }
     };
     let lie_rate = args.lie_rate.to_string();
     cluster.start_simulator(
@@ -648,6 +817,10 @@ pub async fn run(args: ChaosConfig) -> Result<ChaosReport, Error> {
         .build()?;
     wait_healthy(&client, &cluster.gateway).await?;
     wait_healthy(&client, &cluster.webhooks).await?;
+    if args.s3.is_some() {
+        let stats = format!("{uploads_to}{}", oncely_gateway_sim::STATS_PATH);
+        wait_ready(&client, &stats).await?;
+    }
     for index in 0..args.nodes {
         cluster.start(index)?;
     }
@@ -665,8 +838,24 @@ pub async fn run(args: ChaosConfig) -> Result<ChaosReport, Error> {
         &run_id,
         args.payments,
         args.notifications,
+        args.uploads,
         &cluster.webhooks,
     );
+    let taken: Vec<usize> = (0..args.uploads).filter(|n| n % 25 == 7).collect();
+    for n in &taken {
+        let content = theirs(&run_id, *n);
+        let sha256 = oncely_upload::storage::hex_sha256(&content);
+        storage
+            .create(
+                BUCKET,
+                &upload_name(&run_id, *n),
+                content.into(),
+                "text/plain",
+                &sha256,
+            )
+            .await
+            .during("writing another writer's object")?;
+    }
     let rng = Arc::new(Mutex::new(fastrand::Rng::with_seed(args.seed)));
     let progress = Arc::new(AtomicUsize::new(0));
     let total = first.len();
@@ -737,11 +926,28 @@ pub async fn run(args: ChaosConfig) -> Result<ChaosReport, Error> {
     for index in 0..args.nodes {
         cluster.kill(index)?;
     }
+    let s3_requests = match &args.s3 {
+        Some(_) => {
+            let stats = format!("{uploads_to}{}", oncely_gateway_sim::STATS_PATH);
+            let read = async {
+                client
+                    .get(&stats)
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .json()
+                    .await
+            };
+            Some(read.await.during("reading the fault proxy's counts")?)
+        }
+        None => None,
+    };
     // The simulators stay up until their ledgers are read.
     let books = crate::audit::Books {
         gateway: Some(&cluster.gateway),
         webhooks: Some((&cluster.webhooks, &cluster.webhooks)),
         payment_events: true,
+        uploads: (args.uploads > 0).then(|| storage.clone()),
     };
     let audit = crate::audit::audit(&store, books)
         .await
@@ -756,6 +962,17 @@ pub async fn run(args: ChaosConfig) -> Result<ChaosReport, Error> {
         .count();
     drop(cluster);
     store.close().await;
+    let mut overwritten = Vec::new();
+    for n in taken {
+        let name = upload_name(&run_id, n);
+        let now = storage
+            .read(BUCKET, &name)
+            .await
+            .during("reading a taken name")?;
+        if now.as_deref() != Some(theirs(&run_id, n).as_slice()) {
+            overwritten.push(name);
+        }
+    }
 
     let unexpected_answers = answers
         .iter()
@@ -790,6 +1007,10 @@ pub async fn run(args: ChaosConfig) -> Result<ChaosReport, Error> {
         webhooks,
         payments,
         notifications: distinct("/v1/notifications"),
+        uploads: distinct("/v1/uploads"),
+        uploads_to,
+        overwritten,
+        s3_requests,
         requests: answers.len(),
         kills: args.kills,
         pauses: args.pauses,
@@ -823,6 +1044,7 @@ impl ChaosReport {
     pub fn passed(&self, min_completion_rate: f64) -> bool {
         self.unexpected_answers.is_empty()
             && self.undelivered.is_empty()
+            && self.overwritten.is_empty()
             && self.audit.is_clean()
             && self.audit.in_flight() == 0
             && self.completion_rate >= min_completion_rate
@@ -847,9 +1069,25 @@ pub fn write_report(out: &mut impl std::io::Write, report: &ChaosReport) -> std:
     writeln!(out, "nodes          {}", report.nodes)?;
     writeln!(
         out,
-        "sent           {} payments, {} notifications ({} requests)",
-        report.payments, report.notifications, report.requests
+        "sent           {} payments, {} notifications, {} uploads ({} requests)",
+        report.payments, report.notifications, report.uploads, report.requests
     )?;
+    if report.uploads > 0 {
+        writeln!(out, "uploads to     {}", report.uploads_to)?;
+        writeln!(out, "overwritten    {}", report.overwritten.len())?;
+        if let Some(stats) = &report.s3_requests {
+            let each = |counts: &std::collections::BTreeMap<String, u64>| {
+                let each: Vec<String> = counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
+                each.join(", ")
+            };
+            writeln!(out, "s3 received    {}", each(&stats.received))?;
+            writeln!(out, "s3 answered    {}", each(&stats.forwarded))?;
+            writeln!(out, "s3 lost        {}", each(&stats.lost))?;
+        }
+        for name in &report.overwritten {
+            writeln!(out, "  {name}")?;
+        }
+    }
     writeln!(
         out,
         "faults         {} kills, {} pauses, {} db faults ({} connections cut), {} lies",

@@ -289,7 +289,8 @@ mod tests {
 
     #[test]
     fn bad_requests_are_refused_with_a_reason() {
-        let cases: [(&str, fn(&mut UploadRequest)); 9] = [
+        type Change = fn(&mut UploadRequest);
+        let cases: [(&str, Change); 9] = [
             ("sha256 does not match", |r| r.sha256 = hex_sha256(b"other")),
             ("64 lowercase hex", |r| r.sha256 = r.sha256.to_uppercase()),
             ("not base64", |r| r.content_base64 = "***".into()),

@@ -10,9 +10,11 @@
 //!
 //! - [`domain`]: the request, the checked command and the orchestrator, in one file.
 //! - [`storage`]: where objects go: an S3 endpoint or a local directory.
+//! - [`audit`]: reconciling uploads with the store they went to.
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod domain;
 pub mod storage;
 

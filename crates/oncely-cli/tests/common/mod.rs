@@ -160,3 +160,29 @@ impl Drop for Logged {
         let _ = self.child.wait();
     }
 }
+
+/// Checks the uploads of a chaos report (100 sent, one in 25 to a name another writer
+/// took first): all ended, none lost, none overwritten, the taken names FAILED with their
+/// objects untouched; through the fault proxy when `through_s3`.
+pub fn assert_uploads_clean(report: &serde_json::Value, through_s3: bool) {
+    use serde_json::json;
+    assert_eq!(report["uploads"], 100, "{report:#}");
+    assert_eq!(report["overwritten"], json!([]), "{report:#}");
+    let audit = &report["audit"]["uploads"];
+    assert_eq!(audit["discrepancies"], json!([]), "{audit:#}");
+    assert_eq!(audit["nonTerminal"], json!([]), "{audit:#}");
+    assert_eq!(
+        audit["operations"],
+        json!({ "COMPLETED": 96, "FAILED": 4 }),
+        "every upload but the four to taken names completed: {audit:#}"
+    );
+    if through_s3 {
+        let requests = &report["s3Requests"];
+        // A conditional create succeeds once per name: one successful PUT per completed
+        // upload means nothing was written twice and nothing overwritten. The taken names
+        // were refused (412), or found taken by a look before any PUT.
+        assert_eq!(requests["forwarded"]["PUT 200"], 96, "{requests:#}");
+        let refused = requests["forwarded"]["PUT 412"].as_u64().unwrap_or(0);
+        assert!(refused <= 4, "{requests:#}");
+    }
+}
