@@ -502,18 +502,7 @@ async fn wait_ready(client: &reqwest::Client, url: &str) -> Result<(), Error> {
 }
 
 async fn wait_healthy(client: &reqwest::Client, base: &str) -> Result<(), Error> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(response) = client.get(format!("{base}/healthz")).send().await
-            && response.status().is_success()
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Err(Error::Setup(format!(
-        "{base} did not become healthy within 30 s"
-    )))
+    wait_ready(client, &format!("{base}/healthz")).await
 }
 
 #[derive(Debug, Clone)]
