@@ -16,7 +16,7 @@ use crate::result::WorkloadResult;
 use crate::scratch::{Backend, Scratch};
 use crate::stats::Latencies;
 use crate::workload::{
-    Load, OPERATION_TIMEOUT, backend, scratch_done, start_engine, stop_engine, with_load,
+    Load, OPERATION_TIMEOUT, backend, payments, scratch_done, start_engine, stop_engine, with_load,
 };
 
 /// Rows written per fill statement.
@@ -34,7 +34,7 @@ pub async fn run(load: &Load, retained: u64) -> Result<WorkloadResult, BenchErro
     fill(&scratch, retained).await?;
     let fill_seconds = filling.elapsed().as_secs_f64();
     let gateway = Gateway::start(Duration::from_millis(load.latency_ms)).await?;
-    let (engine, finishes) = start_engine(load, &scratch, &gateway).await?;
+    let (engine, finishes) = start_engine(load, &scratch, payments(&gateway)).await?;
     let accepts = Arc::new(Mutex::new(Latencies::new()));
     let (driver, recorder) = (engine.clone(), accepts.clone());
     let driven = closed_loop(load.n, load.clients, move |i| {

@@ -10,6 +10,7 @@ use crate::BenchError;
 use crate::report::{Machine, Report};
 use crate::result::WorkloadResult;
 use crate::soak::SoakSpec;
+use crate::uploads::{DIRECT, UploadSpec};
 use crate::workload::{Load, Spec};
 
 /// The flag a child process is started with, followed by its [`Spec`] as JSON.
@@ -65,6 +66,9 @@ pub struct PeerSpec {
     pub load: Load,
 }
 
+/// The workload that measures what serving `/metrics` costs.
+pub const METRICS_OVERHEAD: &str = "metrics-overhead";
+
 /// The peers, in the order each round runs them.
 pub const PEERS: [&str; 3] = ["underway", "apalis", "dbos"];
 
@@ -81,6 +85,8 @@ enum Job {
     },
     /// Sets PostgreSQL's autovacuum (`None`: as configured).
     Autovacuum(Option<bool>),
+    /// An uploads run; its endpoint is the moto server the plan starts.
+    Upload(UploadSpec),
 }
 
 struct Scheduled {
@@ -96,6 +102,12 @@ impl Job {
             Job::Http { db } => format!("http-accept on {db}"),
             Job::OpenSoak { db, share } => format!("soak-open on {db} at {share} of peak"),
             Job::Autovacuum(on) => format!("autovacuum {on:?}"),
+            Job::Upload(spec) => format!(
+                "{} {} on {}",
+                spec.load.workload,
+                if spec.direct { DIRECT } else { "oncely" },
+                spec.load.db
+            ),
         }
     }
 
@@ -113,6 +125,7 @@ impl Job {
             Job::Http { .. } => "http-accept".to_owned(),
             Job::OpenSoak { .. } => "soak-open".to_owned(),
             Job::Autovacuum(_) => "soak".to_owned(),
+            Job::Upload(spec) | Job::Child(Spec::Upload(spec)) => spec.load.workload.clone(),
         }
     }
 }
@@ -180,6 +193,49 @@ impl Plan {
                 jobs.push(Job::Child(Spec::Oncely(
                     self.load(&workload, db, overhead_n, clients, 64),
                 )));
+            }
+        }
+        // What oncely adds to an upload, one client, beside the same create made directly.
+        for (workload, size) in crate::uploads::SIZES {
+            let n = match (self.quick, size > 64 * 1024) {
+                (true, big) => {
+                    if big {
+                        5
+                    } else {
+                        20
+                    }
+                }
+                (false, true) => 100,
+                (false, false) => (self.n / 50).max(100),
+            };
+            let upload = |db: &str, direct: bool| {
+                Job::Upload(UploadSpec {
+                    load: Load {
+                        batch: 2,
+                        ..self.load(workload, db, n, 1, 8)
+                    },
+                    size,
+                    endpoint: String::new(),
+                    direct,
+                })
+            };
+            jobs.push(upload("-", true));
+            for db in &self.databases {
+                jobs.push(upload(db, false));
+            }
+        }
+        // What serving /metrics costs: `oncely serve` over HTTP with no metrics recorder,
+        // beside the same with /metrics scraped every 5 s, as Prometheus would.
+        if let Some(pg) = self.postgres() {
+            let seconds = if self.quick { 4 } else { 60 };
+            for scrape_seconds in [None, Some(5)] {
+                jobs.push(Job::Child(Spec::Soak(SoakSpec {
+                    workload: METRICS_OVERHEAD.to_owned(),
+                    seconds,
+                    interval_seconds: seconds.div_ceil(3),
+                    scrape_seconds,
+                    ..SoakSpec::closed(self, pg, None)
+                })));
             }
         }
         if let Some(pg) = self.postgres() {
@@ -329,6 +385,20 @@ pub async fn run_plan(plan: &Plan) -> Report {
     } else {
         None
     };
+    let moto = if jobs.iter().any(|s| matches!(s.job, Job::Upload(_))) {
+        match oncely_testkit::moto::Moto::spawn().await {
+            Ok(moto) => Some(moto),
+            Err(error) => {
+                notes.push(format!(
+                    "uploads-* not run: no S3-compatible server ({error}); pip install \
+                     'moto[server]' or set ONCELY_MOTO_SERVER"
+                ));
+                None
+            }
+        }
+    } else {
+        None
+    };
     let mut results: Vec<WorkloadResult> = Vec::with_capacity(jobs.len());
     let mut autovacuum = if autovacuum_changed {
         Some("on".to_owned())
@@ -351,6 +421,18 @@ pub async fn run_plan(plan: &Plan) -> Report {
                 continue;
             }
             Job::Child(spec) => run_child(plan, spec).await,
+            Job::Upload(spec) => {
+                let Some(moto) = &moto else { continue };
+                let spec = UploadSpec {
+                    endpoint: moto.endpoint.clone(),
+                    ..spec.clone()
+                };
+                let result = run_child(plan, &Spec::Upload(spec)).await;
+                if let Err(error) = crate::uploads::reset_moto(&moto.endpoint).await {
+                    notes.push(error);
+                }
+                result
+            }
             Job::Peer(peer) => match &peers_binary {
                 Some(Ok(binary)) => run_peer(binary, peer).await,
                 Some(Err(error)) => Err(BenchError::Setup(error.to_string())),
@@ -377,6 +459,8 @@ pub async fn run_plan(plan: &Plan) -> Report {
         let mut result = result.unwrap_or_else(|error| {
             let (system, backend) = match job {
                 Job::Peer(peer) => (peer.system.as_str(), "postgres"),
+                Job::Upload(spec) if spec.direct => (DIRECT, "-"),
+                Job::Upload(spec) => ("oncely", crate::workload::backend(&spec.load.db)),
                 _ => ("oncely", "-"),
             };
             WorkloadResult::failed(&job.workload(), system, backend, error.to_string())

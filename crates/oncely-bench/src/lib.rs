@@ -20,7 +20,11 @@
 //! - **bigtable**: accept latency and e2e throughput with millions of finished payments
 //!   retained;
 //! - **soak**: `oncely serve` over HTTP for minutes, closed and open loop, interval by
-//!   interval.
+//!   interval;
+//! - **uploads-1k / uploads-1m**: objects written to moto (S3) through the uploads domain,
+//!   beside the same conditional create made directly: what oncely adds to an upload;
+//! - **metrics-overhead**: `oncely serve` over HTTP with no metrics recorder, beside the
+//!   same with `/metrics` scraped every 5 s.
 //!
 //! Comparisons run in alternating rounds and are reported as medians with their spread. A
 //! run fails when any workload errors or loses a payment, never on a timing.
@@ -40,6 +44,7 @@ pub mod scratch;
 pub mod server;
 pub mod soak;
 pub mod stats;
+pub mod uploads;
 pub mod workload;
 
 pub use harness::{Plan, run_plan};

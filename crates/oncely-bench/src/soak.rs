@@ -53,6 +53,10 @@ pub struct SoakSpec {
     /// A note for the report (how the database was configured).
     #[serde(default)]
     pub note: Option<String>,
+    /// Serve `/metrics` (`--metrics-listen`) and scrape it every this many seconds, as
+    /// Prometheus would; absent: no metrics recorder at all.
+    #[serde(default)]
+    pub scrape_seconds: Option<u64>,
 }
 
 impl SoakSpec {
@@ -69,9 +73,13 @@ impl SoakSpec {
             latency_ms: 0,
             exe: plan.exe.display().to_string(),
             note: note.map(str::to_owned),
+            scrape_seconds: None,
         }
     }
 }
+
+/// The system name of a soak whose `/metrics` is scraped.
+pub const SCRAPED: &str = "oncely serve, /metrics scraped";
 
 /// What one interval gathered.
 #[derive(Debug, Default)]
@@ -87,9 +95,11 @@ pub async fn run(spec: &SoakSpec) -> Result<WorkloadResult, BenchError> {
     let gateway = Gateway::start(Duration::from_millis(spec.latency_ms)).await?;
     let dir = tempfile::tempdir().map_err(|e| BenchError::Setup(e.to_string()))?;
     let port = free_port()?;
+    let metrics_port = free_port()?;
     let log = std::fs::File::create(dir.path().join("serve.log"))
         .map_err(|e| BenchError::Setup(e.to_string()))?;
-    let mut serve = Command::new(&spec.exe)
+    let mut command = Command::new(&spec.exe);
+    command
         .args([
             "serve",
             "--db",
@@ -110,12 +120,26 @@ pub async fn run(spec: &SoakSpec) -> Result<WorkloadResult, BenchError> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
-        .kill_on_drop(true)
+        .kill_on_drop(true);
+    if spec.scrape_seconds.is_some() {
+        command.args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")]);
+    }
+    let mut serve = command
         .spawn()
         .map_err(|e| BenchError::Setup(format!("starting oncely serve: {e}")))?;
     let pid = serve.id().map(|p| p.to_string()).unwrap_or_default();
     let driven = match wait_healthy(port).await {
-        Ok(()) => Ok(drive(spec, port, &pid).await),
+        Ok(()) => {
+            let scraper = spec
+                .scrape_seconds
+                .map(|every| tokio::spawn(scrape(metrics_port, every, spec.seconds)));
+            let driven = drive(spec, port, &pid).await;
+            let scrapes = match scraper {
+                Some(scraper) => Some(scraper.await.unwrap_or_else(|e| Err(e.to_string()))),
+                None => None,
+            };
+            Ok((driven, scrapes))
+        }
         Err(error) => Err(error),
     };
     let _ = Command::new("kill").args(["-TERM", &pid]).status().await;
@@ -129,12 +153,17 @@ pub async fn run(spec: &SoakSpec) -> Result<WorkloadResult, BenchError> {
     let charges = gateway.charges().await;
     gateway.stop();
     scratch_done(scratch).await;
-    let (timeline, total, elapsed) = driven?;
+    let ((timeline, total, elapsed), scrapes) = driven?;
     let (stored, charges) = (stored?, charges?);
     let completed = total.latencies.len();
     let mut result = WorkloadResult {
         workload: spec.workload.clone(),
-        system: "oncely serve".to_owned(),
+        system: if spec.scrape_seconds.is_some() {
+            SCRAPED
+        } else {
+            "oncely serve"
+        }
+        .to_owned(),
         backend: backend(&spec.db).to_owned(),
         operations: completed + total.errors,
         completed,
@@ -161,6 +190,16 @@ pub async fn run(spec: &SoakSpec) -> Result<WorkloadResult, BenchError> {
         .with("workers", spec.workers)
         .with("interval", format!("{} s", spec.interval_seconds))
         .with("gateway latency", format!("{} ms", spec.latency_ms));
+    let result = match scrapes {
+        None => result,
+        Some(Ok(count)) => result.with("metrics scrapes", count),
+        Some(Err(error)) => {
+            let mut result = result;
+            result.errors += 1;
+            result.first_error.get_or_insert(error);
+            result
+        }
+    };
     let result = match spec.rate {
         Some(rate) => result.with("rate", format!("{rate:.0}/s (open loop)")),
         None => result.with("clients", format!("{} (closed loop)", spec.clients)),
@@ -169,6 +208,34 @@ pub async fn run(spec: &SoakSpec) -> Result<WorkloadResult, BenchError> {
         Some(note) => result.with("database", note),
         None => result,
     })
+}
+
+/// Scrapes `GET /metrics` every `every` seconds for `seconds`; how many scrapes answered,
+/// or the first that did not.
+async fn scrape(port: u16, every: u64, seconds: u64) -> Result<u64, String> {
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let client = reqwest::Client::new();
+    let end = Instant::now() + Duration::from_secs(seconds.max(1));
+    let mut ticks = tokio::time::interval(Duration::from_secs(every.max(1)));
+    let mut scrapes = 0;
+    loop {
+        ticks.tick().await;
+        if Instant::now() >= end {
+            return Ok(scrapes);
+        }
+        let answer = client.get(&url).send().await;
+        match answer {
+            Ok(answer) if answer.status().is_success() => {
+                let body = answer.text().await.map_err(|e| e.to_string())?;
+                if !body.contains("oncely_") {
+                    return Err(format!("{url} answered no oncely_ series"));
+                }
+                scrapes += 1;
+            }
+            Ok(answer) => return Err(format!("{url} answered {}", answer.status())),
+            Err(error) => return Err(format!("scraping {url}: {error}")),
+        }
+    }
 }
 
 /// Sends the load for `spec.seconds` and gathers it interval by interval.

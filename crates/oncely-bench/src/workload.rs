@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use oncely::{Engine, EngineConfig, OperationId, OperationState, Outcome};
+use oncely::{Engine, EngineConfig, OperationId, OperationState, Orchestrator, Outcome};
 use oncely_payment::PaymentOrchestrator;
 use oncely_sqlx::AnyStore;
 use serde::{Deserialize, Serialize};
@@ -54,6 +54,8 @@ pub enum Spec {
     /// `oncely serve` over HTTP for a long while; throughput, latency and memory per
     /// interval.
     Soak(crate::soak::SoakSpec),
+    /// Objects written to S3 through the uploads domain, or directly.
+    Upload(crate::uploads::UploadSpec),
 }
 
 /// The shape of a load.
@@ -92,6 +94,7 @@ impl Spec {
             Spec::Naive(load) => naive::run(load).await,
             Spec::BigTable { load, retained } => crate::bigtable::run(load, *retained).await,
             Spec::Soak(spec) => crate::soak::run(spec).await,
+            Spec::Upload(spec) => crate::uploads::run(spec).await,
         }
     }
 }
@@ -107,17 +110,18 @@ fn engine_config(load: &Load) -> EngineConfig {
 
 pub(crate) type Observed = Arc<Finishes<OperationId, OperationState>>;
 
-pub(crate) async fn start_engine(
+/// Starts an engine for `orchestrator` on `scratch`, reporting each operation's end.
+pub(crate) async fn start_engine<O: Orchestrator>(
     load: &Load,
     scratch: &Scratch,
-    gateway: &Gateway,
-) -> Result<(Arc<Engine<AnyStore, PaymentOrchestrator>>, Observed), BenchError> {
+    orchestrator: O,
+) -> Result<(Arc<Engine<AnyStore, O>>, Observed), BenchError> {
     let store = AnyStore::open(&scratch.url)
         .await
         .map_err(|e| BenchError::Setup(format!("opening {}: {e}", scratch.url)))?;
     let finishes: Observed = Arc::default();
     let observer = finishes.clone();
-    let engine = Engine::builder(store, PaymentOrchestrator::new(gateway.client.clone()))
+    let engine = Engine::builder(store, orchestrator)
         .config(engine_config(load))
         .on_terminal(move |id, state| observer.report(id, state))
         .start()
@@ -125,8 +129,13 @@ pub(crate) async fn start_engine(
     Ok((Arc::new(engine), finishes))
 }
 
-pub(crate) async fn stop_engine(
-    engine: Arc<Engine<AnyStore, PaymentOrchestrator>>,
+/// The payment orchestrator on the bench's gateway.
+pub(crate) fn payments(gateway: &Gateway) -> PaymentOrchestrator {
+    PaymentOrchestrator::new(gateway.client.clone())
+}
+
+pub(crate) async fn stop_engine<O: Orchestrator>(
+    engine: Arc<Engine<AnyStore, O>>,
     grace: Duration,
 ) {
     match Arc::try_unwrap(engine) {
@@ -143,7 +152,7 @@ pub(crate) async fn stop_engine(
 async fn oncely_e2e(load: &Load) -> Result<WorkloadResult, BenchError> {
     let scratch = Scratch::create(&load.db).await?;
     let gateway = Gateway::start(Duration::from_millis(load.latency_ms)).await?;
-    let (engine, finishes) = start_engine(load, &scratch, &gateway).await?;
+    let (engine, finishes) = start_engine(load, &scratch, payments(&gateway)).await?;
     let driver = engine.clone();
     let driven = closed_loop(load.n, load.clients, move |i| {
         let engine = driver.clone();
@@ -203,7 +212,7 @@ async fn queued(load: &Load) -> Result<WorkloadResult, BenchError> {
     let scratch = Scratch::create(&load.db).await?;
     // Longer than the run: the first `workers` calls hang, everything else stays queued.
     let gateway = Gateway::start(Duration::from_secs(600)).await?;
-    let (engine, _finishes) = start_engine(load, &scratch, &gateway).await?;
+    let (engine, _finishes) = start_engine(load, &scratch, payments(&gateway)).await?;
     let driver = engine.clone();
     let driven = closed_loop(load.n, load.clients, move |i| {
         let engine = driver.clone();

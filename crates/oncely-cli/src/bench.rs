@@ -20,7 +20,12 @@ Compared in --rounds alternating rounds (every system once per round, in turn), 
 the median with the smallest and largest: e2e-0ms and e2e-20ms (library, closed loop, gateway
 latency 0 / 20 ms, on every backend, beside the naive lifecycle and, with --peers, underway,
 apalis and DBOS on PostgreSQL), overhead-1 and overhead-8 (1 and 8 clients, beside a direct
-call of the gateway at the same load), limit (the same rows written straight with sqlx).
+call of the gateway at the same load), uploads-1k and uploads-1m (objects of 1 KiB and 1 MiB
+written to S3 through the uploads domain by one client, beside the same conditional create
+made directly; one moto_server, from ONCELY_MOTO_SERVER or the PATH, serves the whole run, and
+without one they are left out with a note), metrics-overhead (`oncely serve` on PostgreSQL over
+HTTP for a minute, without a metrics recorder and with /metrics scraped every 5 s), limit
+(the same rows written straight with sqlx).
 
 Run once: sweep-* (e2e on PostgreSQL against gateway latency 0/20/100 ms and 64/256 workers),
 bigtable-* (accept latency and e2e with 0, 1M and 10M finished payments retained; SQLite and
@@ -78,7 +83,8 @@ pub(crate) struct BenchArgs {
     peers_manifest: PathBuf,
 
     /// Only workloads whose name starts with one of these, comma-separated (e2e-0ms,
-    /// e2e-20ms, overhead-1, overhead-8, limit, sweep, bigtable, http-accept, queued, soak).
+    /// e2e-20ms, overhead-1, overhead-8, uploads, metrics-overhead, limit, sweep, bigtable,
+    /// http-accept, queued, soak).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 

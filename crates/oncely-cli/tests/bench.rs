@@ -136,10 +136,27 @@ fn quick_bench_beside_a_cpu_hog_runs_every_workload_without_losing_a_payment() {
             ("bigtable-0", "postgres"),
             ("bigtable-1k", "postgres"),
             ("soak-open", "postgres"),
+            ("metrics-overhead", "postgres"),
         ]);
     }
     if backends.contains(&"mysql") {
         expected.extend([("e2e-20ms", "mysql"), ("bigtable-1k", "mysql")]);
+    }
+    // The uploads run against moto when there is one (always under CI, which installs it).
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    if ci || std::env::var_os("ONCELY_MOTO_SERVER").is_some() {
+        expected.extend([
+            ("uploads-1k", "-"),
+            ("uploads-1k", "sqlite"),
+            ("uploads-1m", "-"),
+            ("uploads-1m", "sqlite"),
+        ]);
+        assert!(
+            stdout.contains("uploads-1m: added per upload on sqlite"),
+            "{stdout}"
+        );
+    } else {
+        eprintln!("SKIPPED: the uploads workloads (no ONCELY_MOTO_SERVER)");
     }
     for (workload, backend) in expected {
         assert!(
@@ -151,11 +168,18 @@ fn quick_bench_beside_a_cpu_hog_runs_every_workload_without_losing_a_payment() {
     }
     for result in results {
         let workload = result["workload"].as_str().unwrap();
-        if ["e2e", "overhead", "limit"]
+        if ["e2e", "overhead", "uploads", "metrics-overhead", "limit"]
             .iter()
             .any(|w| workload.starts_with(w))
         {
             assert_eq!(result["round"], 1, "one round when quick: {result}");
+        }
+        if workload == "metrics-overhead" && result["system"] != "oncely serve" {
+            let scrapes = result["settings"]["metrics scrapes"].as_str();
+            assert!(
+                scrapes.and_then(|s| s.parse::<u64>().ok()) >= Some(1),
+                "{result}"
+            );
         }
         if workload.starts_with("soak") {
             assert!(

@@ -25,7 +25,7 @@ impl Moto {
     /// Starts one, or says why not (see the module's documentation).
     #[allow(clippy::panic)]
     pub async fn start() -> Option<Self> {
-        match Self::try_start().await {
+        match Self::spawn().await {
             Ok(moto) => Some(moto),
             Err(error) => {
                 let in_ci = std::env::var("CI").is_ok_and(|value| value == "true" || value == "1");
@@ -39,7 +39,8 @@ impl Moto {
         }
     }
 
-    async fn try_start() -> Result<Self, Error> {
+    /// Starts one, or says why it could not (for callers that are not tests).
+    pub async fn spawn() -> Result<Self, Error> {
         let program =
             std::env::var("ONCELY_MOTO_SERVER").unwrap_or_else(|_| "moto_server".to_owned());
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
