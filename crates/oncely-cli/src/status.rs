@@ -58,13 +58,14 @@ fn write_table(
     let window = humantime(window);
     writeln!(
         out,
-        "{:<14} {:>9} {:>10} {:>9} {:>7} {:>7} {:>8} {:>6} {:>11} {:>10} {:>10}",
+        "{:<14} {:>9} {:>10} {:>9} {:>7} {:>7} {:>9} {:>8} {:>6} {:>11} {:>10} {:>10}",
         "domain",
         "accepted",
         "processing",
         "completed",
         "failed",
         "timeout",
+        "cancelled",
         "retrying",
         "stuck",
         "oldest due",
@@ -79,13 +80,14 @@ fn write_table(
         );
         writeln!(
             out,
-            "{:<14} {:>9} {:>10} {:>9} {:>7} {:>7} {:>8} {:>6} {:>11} {:>10} {:>10}",
+            "{:<14} {:>9} {:>10} {:>9} {:>7} {:>7} {:>9} {:>8} {:>6} {:>11} {:>10} {:>10}",
             domain.domain,
             state("ACCEPTED"),
             state("PROCESSING"),
             state("COMPLETED"),
             state("FAILED"),
             state("TIMEOUT"),
+            state("CANCELLED"),
             domain.retrying,
             domain.stuck,
             oldest,

@@ -225,13 +225,16 @@ async fn without_a_valid_key_nothing_is_served_and_roles_are_enforced() {
             .0,
         403
     );
-    let retry = server.url("/v1/payments/role-1/retry");
-    assert_eq!(
-        problem(http.post(&retry).bearer_auth(reader).send().await.unwrap())
-            .await
-            .0,
-        403
-    );
+    for action in ["retry", "cancel"] {
+        let url = server.url(&format!("/v1/payments/role-1/{action}"));
+        assert_eq!(
+            problem(http.post(&url).bearer_auth(reader).send().await.unwrap())
+                .await
+                .0,
+            403,
+            "{action}"
+        );
+    }
     // The service routes need no key.
     for open in ["/healthz", "/readyz", "/openapi.json"] {
         assert_eq!(
@@ -397,13 +400,15 @@ async fn tenants_never_see_each_others_operations_and_keys_are_per_tenant() {
             missing["detail"].as_str().unwrap().replace("no-such", "X")
         );
     }
-    let retry = http
-        .post(server.url(&format!("/v1/payments/{only_acme}/retry")))
-        .bearer_auth(globex)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(retry.status(), 404);
+    for action in ["retry", "cancel"] {
+        let answer = http
+            .post(server.url(&format!("/v1/payments/{only_acme}/{action}")))
+            .bearer_auth(globex)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 404, "another tenant's {action}");
+    }
     let listed: Value = http
         .get(server.url("/v1/payments?limit=1000"))
         .bearer_auth(globex)

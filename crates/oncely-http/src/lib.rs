@@ -18,6 +18,7 @@
 //! | `GET /v1/{resource}/{key}` | one operation |
 //! | `GET /v1/{resource}/{key}/history` | its write-ahead log |
 //! | `POST /v1/{resource}/{key}/retry` | an operator's retry of a `FAILED` or `TIMEOUT` operation |
+//! | `POST /v1/{resource}/{key}/cancel` | an operator's cancel: `CANCELLED` now, or when the running attempt does not succeed |
 //!
 //! and once: `GET /healthz`, `GET /readyz` (every domain's store answers), `GET
 //! /openapi.json` (OpenAPI 3.1, each request's schema derived from its type).

@@ -18,6 +18,8 @@ pub enum RouteId {
     History,
     /// `POST /v1/{resource}/{key}/retry`.
     Retry,
+    /// `POST /v1/{resource}/{key}/cancel`.
+    Cancel,
 }
 
 impl RouteId {
@@ -28,6 +30,7 @@ impl RouteId {
             Self::Get => "get",
             Self::History => "history",
             Self::Retry => "retry",
+            Self::Cancel => "cancel",
         }
     }
 }
@@ -124,6 +127,22 @@ pub const DOMAIN_ROUTES: &[RouteDoc<RouteId>] = &[
             (400, "a bad key"),
             (404, "no such operation"),
             (409, "the operation is not FAILED or TIMEOUT"),
+        ],
+        role: Some(Role::Operate),
+    },
+    RouteDoc {
+        method: "post",
+        path: "/v1/{resource}/{key}/cancel",
+        id: RouteId::Cancel,
+        summary: "Operator cancel: an operation no attempt is running is CANCELLED at once; a running one gets cancelRequestedAt and ends CANCELLED unless that attempt succeeds",
+        responses: &[
+            (
+                200,
+                "the operation: CANCELLED, or still running with cancelRequestedAt set",
+            ),
+            (400, "a bad key"),
+            (404, "no such operation"),
+            (409, "the operation is COMPLETED, FAILED or TIMEOUT"),
         ],
         role: Some(Role::Operate),
     },
@@ -241,7 +260,9 @@ fn domain_paths(domain: &DocumentedDomain, paths: &mut Map<String, Value>) {
     for route in DOMAIN_ROUTES {
         let path = route.path.replace("{resource}", domain.resource);
         let success = |_status| match route.id {
-            RouteId::Create | RouteId::Get | RouteId::Retry => content("Operation"),
+            RouteId::Create | RouteId::Get | RouteId::Retry | RouteId::Cancel => {
+                content("Operation")
+            }
             RouteId::List => content("Page"),
             RouteId::History => content("History"),
         };
@@ -275,7 +296,9 @@ fn domain_paths(domain: &DocumentedDomain, paths: &mut Map<String, Value>) {
                 json!({ "required": true, "content": content(&request_name(domain.resource)) });
         }
         if route.id == RouteId::List {
-            parameters.push(json!({ "name": "state", "in": "query", "schema": { "enum": ["ACCEPTED", "PROCESSING", "COMPLETED", "FAILED", "TIMEOUT"] } }));
+            parameters.push(
+                json!({ "name": "state", "in": "query", "schema": { "enum": state_names() } }),
+            );
             parameters.push(json!({ "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000 } }));
             parameters
                 .push(json!({ "name": "cursor", "in": "query", "schema": { "type": "string", "pattern": "^[0-9]{1,18}$" } }));
@@ -333,18 +356,27 @@ pub fn openapi_document(title: &str, domains: &[DocumentedDomain]) -> Value {
     })
 }
 
+/// Every state's name, as the API writes them.
+fn state_names() -> Vec<&'static str> {
+    oncely::OperationState::ALL
+        .iter()
+        .map(|state| state.as_str())
+        .collect()
+}
+
 fn shared_schemas() -> Map<String, Value> {
     let schemas = json!({
         "Operation": { "type": "object", "required": ["key", "tenant", "domain", "eventType", "state", "attempts", "request", "createdAt", "updatedAt"], "properties": {
             "key": { "type": "string" }, "tenant": { "type": "string" }, "domain": { "type": "string" }, "eventType": { "type": "string" },
-            "state": { "enum": ["ACCEPTED", "PROCESSING", "COMPLETED", "FAILED", "TIMEOUT"] },
+            "state": { "enum": state_names() },
             "attempts": { "type": "integer" }, "request": { "type": "object" },
             "outcome": { "type": ["object", "null"] },
             "error": { "type": ["object", "null"], "properties": { "code": { "type": ["string", "null"] }, "message": { "type": "string" } } },
             "nextRetryAt": { "type": ["string", "null"], "format": "date-time" },
             "createdAt": { "type": "string", "format": "date-time" },
             "updatedAt": { "type": "string", "format": "date-time" },
-            "completedAt": { "type": ["string", "null"], "format": "date-time" }
+            "completedAt": { "type": ["string", "null"], "format": "date-time" },
+            "cancelRequestedAt": { "type": ["string", "null"], "format": "date-time" }
         } },
         "Page": { "type": "object", "properties": { "items": { "type": "array", "items": { "$ref": "#/components/schemas/Operation" } }, "nextCursor": { "type": ["string", "null"] } } },
         "History": { "type": "object", "properties": { "key": { "type": "string" }, "entries": { "type": "array", "items": { "type": "object" } } } },

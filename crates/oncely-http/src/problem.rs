@@ -108,6 +108,13 @@ impl Problem {
                 error.to_string(),
             )
             .with_key(scope.key.as_str()),
+            Error::NotCancellable { scope, .. } => Self::new(
+                StatusCode::CONFLICT,
+                "not-cancellable",
+                "Only ACCEPTED or PROCESSING operations can be cancelled",
+                error.to_string(),
+            )
+            .with_key(scope.key.as_str()),
             Error::MissingKey { .. } => {
                 Self::bad_request("missing-idempotency-key", error.to_string())
             }

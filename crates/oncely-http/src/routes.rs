@@ -58,6 +58,7 @@ pub(crate) fn router<S: Store, O: HttpDomain>(api: Arc<DomainApi<S, O>>) -> Rout
             RouteId::Get => get(one::<S, O>),
             RouteId::History => get(history::<S, O>),
             RouteId::Retry => post(retry::<S, O>),
+            RouteId::Cancel => post(cancel::<S, O>),
         };
         if let Some(role) = route.role {
             handler = handler.layer(from_fn(move |request, next| require(role, request, next)));
@@ -388,6 +389,20 @@ async fn retry<S: Store, O: HttpDomain>(
         .retry_by(&scope, principal.key_id.as_deref())
         .await?;
     Ok(Json(OperationView::from(&retried)))
+}
+
+async fn cancel<S: Store, O: HttpDomain>(
+    State(api): State<Arc<DomainApi<S, O>>>,
+    principal: Option<Extension<Principal>>,
+    key: Result<Path<String>, PathRejection>,
+) -> Result<Json<OperationView>, Problem> {
+    let principal = who(principal);
+    let scope = scope_of(&api, &principal, key)?;
+    let cancelled = api
+        .engine
+        .cancel_by(&scope, principal.key_id.as_deref())
+        .await?;
+    Ok(Json(OperationView::from(&cancelled)))
 }
 
 /// `GET /v1/{resource}` parameters; anything else is refused.

@@ -17,7 +17,7 @@ pub struct OperationView {
     pub domain: String,
     /// The event type (`PAYMENT_REQUESTED`).
     pub event_type: String,
-    /// `ACCEPTED`, `PROCESSING`, `COMPLETED`, `FAILED` or `TIMEOUT`.
+    /// `ACCEPTED`, `PROCESSING`, `COMPLETED`, `FAILED`, `TIMEOUT` or `CANCELLED`.
     pub state: String,
     /// Attempts started so far.
     pub attempts: u32,
@@ -35,6 +35,9 @@ pub struct OperationView {
     pub updated_at: DateTime<Utc>,
     /// When it reached a terminal state.
     pub completed_at: Option<DateTime<Utc>>,
+    /// When an operator asked to cancel it, if one did.
+    #[serde(default)]
+    pub cancel_requested_at: Option<DateTime<Utc>>,
 }
 
 /// An operation's last error.
@@ -66,6 +69,7 @@ impl From<&Operation> for OperationView {
             created_at: operation.created_at,
             updated_at: operation.updated_at,
             completed_at: operation.completed_at,
+            cancel_requested_at: operation.cancel_requested_at,
         }
     }
 }

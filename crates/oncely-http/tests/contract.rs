@@ -506,6 +506,64 @@ async fn an_operator_retries_a_failed_payment_under_the_same_key() {
 }
 
 #[tokio::test]
+async fn an_operator_cancels_a_payment_waiting_for_a_retry_and_not_a_completed_one() {
+    let api = api_with(
+        SimConfig {
+            error_rate: 1.0,
+            ..SimConfig::default()
+        },
+        false,
+    )
+    .await;
+    api.pay(Some("c"), &payment(1), &[]).await;
+    let mut waiting = api.send("GET", "/v1/payments/c", &[], None).await;
+    for _ in 0..200 {
+        if waiting.body["state"] == "ACCEPTED" && waiting.body["attempts"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waiting = api.send("GET", "/v1/payments/c", &[], None).await;
+    }
+    assert_eq!(waiting.body["state"], "ACCEPTED", "{}", waiting.body);
+    let cancelled = api.send("POST", "/v1/payments/c/cancel", &[], None).await;
+    assert_eq!(cancelled.status, StatusCode::OK);
+    assert_eq!(cancelled.body["state"], "CANCELLED");
+    assert!(cancelled.body["completedAt"].is_string());
+    assert!(cancelled.body["cancelRequestedAt"].is_string());
+    let again = api.send("POST", "/v1/payments/c/cancel", &[], None).await;
+    assert_eq!(again.status, StatusCode::OK, "a cancel is idempotent");
+    assert_eq!(again.body, cancelled.body);
+    let history = api.send("GET", "/v1/payments/c/history", &[], None).await;
+    let cancels = history.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "OPERATOR_CANCELLED")
+        .count();
+    assert_eq!(cancels, 1);
+    let listed = api
+        .send("GET", "/v1/payments?state=CANCELLED", &[], None)
+        .await;
+    assert_eq!(listed.body["items"][0]["key"], "c");
+    let refused = api.send("POST", "/v1/payments/c/retry", &[], None).await;
+    assert_problem(&refused, StatusCode::CONFLICT, "not-retryable");
+    let missing = api
+        .send("POST", "/v1/payments/nope/cancel", &[], None)
+        .await;
+    assert_problem(&missing, StatusCode::NOT_FOUND, "not-found");
+
+    let healthy = api_with(SimConfig::default(), false).await;
+    let done = healthy
+        .pay(Some("ok"), &payment(2), &[("prefer", "wait=10")])
+        .await;
+    assert_eq!(done.body["state"], "COMPLETED");
+    let refused = healthy
+        .send("POST", "/v1/payments/ok/cancel", &[], None)
+        .await;
+    assert_problem(&refused, StatusCode::CONFLICT, "not-cancellable");
+}
+
+#[tokio::test]
 async fn health_and_readiness_answer() {
     let api = api().await;
     assert_eq!(

@@ -161,11 +161,17 @@ pub fn reconcile(
                     );
                 }
             }
-            (OperationState::Failed | OperationState::Timeout, Some(_)) => found(
+            (
+                OperationState::Failed | OperationState::Timeout | OperationState::Cancelled,
+                Some(_),
+            ) => found(
                 DiscrepancyKind::DeliveredButNotCompleted,
                 format!("{}, but the receiver has it", operation.state),
             ),
-            (OperationState::Failed | OperationState::Timeout, None) => {}
+            (
+                OperationState::Failed | OperationState::Timeout | OperationState::Cancelled,
+                None,
+            ) => {}
             (OperationState::Accepted | OperationState::Processing, _) => {
                 report.non_terminal.push(key.to_owned());
             }
@@ -234,6 +240,7 @@ mod tests {
             created_at: now,
             updated_at: now,
             completed_at: Some(now),
+            cancel_requested_at: None,
         }
     }
 

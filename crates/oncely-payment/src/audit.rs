@@ -118,7 +118,7 @@ pub fn reconcile(operations: &[Operation], charges: &[LedgerCharge]) -> AuditRep
         }
         match operation.state {
             OperationState::Completed => check_completed(operation, found, &mut report),
-            OperationState::Failed | OperationState::Timeout => {
+            OperationState::Failed | OperationState::Timeout | OperationState::Cancelled => {
                 if let Some(charge) = found.first() {
                     report.discrepancies.push(Discrepancy {
                         kind: DiscrepancyKind::ChargedButNotCompleted,
@@ -253,6 +253,7 @@ mod tests {
             created_at: now,
             updated_at: now,
             completed_at: Some(now),
+            cancel_requested_at: None,
         }
     }
 

@@ -68,7 +68,9 @@ impl PaymentOrchestrator {
         let outcome = match decision {
             Decision::Complete { data } => Value::Object(data.clone()),
             Decision::Fail { reason, code } => json!({ "reason": reason, "code": code }),
-            Decision::RetryAt { .. } | Decision::GiveUp { .. } => return None,
+            Decision::RetryAt { .. } | Decision::GiveUp { .. } | Decision::Cancel { .. } => {
+                return None;
+            }
         };
         let suffix = event_suffix(decision.target_state())?;
         let mut payload = Map::new();

@@ -285,3 +285,62 @@ async fn a_payment_whose_answer_was_lost_is_charged_once_and_completes() {
     assert_eq!(reconciled, 1, "{log:#?}");
     engine.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn a_cancel_after_a_lost_answer_asks_the_gateway_and_keeps_the_charge() {
+    use oncely::{Engine, EngineConfig, OperationState, RetryPolicy, WalKind};
+    use oncely_payment::PaymentOrchestrator;
+
+    let (sim, _running, client) = gateway(SimConfig {
+        lost_answer_rate: 1.0,
+        ..SimConfig::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("p.db").display());
+    let store = oncely_sqlx::SqliteStore::open(&db).await.unwrap();
+    // A long backoff: after the lost answer the payment waits, its outcome unknown.
+    let policy = RetryPolicy::exponential(Duration::from_secs(600), Duration::from_secs(600));
+    let engine = Engine::builder(store, PaymentOrchestrator::new(client))
+        .config(EngineConfig {
+            poll_interval: Duration::from_millis(20),
+            ..EngineConfig::default()
+        })
+        .retry_policy(policy)
+        .start()
+        .unwrap();
+    let scope = engine
+        .submit(key("pay-cancelled"), command("9"))
+        .await
+        .unwrap()
+        .operation
+        .scope;
+    let mut waiting = engine.get(&scope).await.unwrap();
+    for _ in 0..500 {
+        if waiting.state == OperationState::Accepted && waiting.attempt_count == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        waiting = engine.get(&scope).await.unwrap();
+    }
+    assert_eq!(waiting.state, OperationState::Accepted, "{waiting:?}");
+
+    // The charge went through, but nobody knows: the cancel is only a request, and the
+    // attempt it brings forward asks the gateway before anything else.
+    let requested = engine.cancel(&scope).await.unwrap();
+    assert_eq!(requested.state, OperationState::Accepted);
+    assert!(requested.cancel_requested_at.is_some());
+    let done = engine.wait(&scope, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(done.state, OperationState::Completed, "{done:?}");
+    assert_eq!(sim.served().charge_requests, 1, "never charged again");
+    let log = engine.history(&scope).await.unwrap();
+    let kinds: Vec<WalKind> = log.iter().map(|entry| entry.kind).collect();
+    assert!(kinds.contains(&WalKind::CancelRequested), "{kinds:?}");
+    assert!(
+        log.iter()
+            .any(|entry| entry.kind == WalKind::OutcomeRecorded
+                && entry.detail["reconciled"] == true),
+        "{log:#?}"
+    );
+    engine.shutdown(Duration::from_secs(5)).await;
+}

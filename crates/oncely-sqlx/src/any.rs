@@ -182,6 +182,16 @@ impl Store for AnyStore {
         delegate!(self, store => store.retry(scope, by, now))
     }
 
+    async fn cancel(
+        &self,
+        scope: &Scope,
+        by: Option<&str>,
+        at_once: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Operation, StoreError> {
+        delegate!(self, store => store.cancel(scope, by, at_once, now))
+    }
+
     async fn purge(
         &self,
         domain: &DomainName,

@@ -85,6 +85,18 @@ pub(crate) struct ActionRow<'a> {
     pub(crate) at: i64,
 }
 
+/// `sql::CANCEL`.
+#[derive(Debug, Serialize)]
+pub(crate) struct CancelRow<'a> {
+    pub(crate) id: i64,
+    pub(crate) attempt: i64,
+    pub(crate) at: i64,
+    pub(crate) next_retry_at: Option<i64>,
+    pub(crate) completed_at: Option<i64>,
+    pub(crate) state: &'a str,
+    pub(crate) to_state: &'a str,
+}
+
 /// `sql::ENTRY`.
 #[derive(Debug, Serialize)]
 pub(crate) struct EntryRow<'a> {
@@ -265,6 +277,16 @@ mod tests {
             at: 0,
         };
         assert_eq!(keys(&action), names(sql::ACTION));
+        let cancel = CancelRow {
+            id: 0,
+            attempt: 0,
+            at: 0,
+            next_retry_at: None,
+            completed_at: None,
+            state: "",
+            to_state: "",
+        };
+        assert_eq!(keys(&cancel), names(sql::CANCEL));
         let entry = EntryRow {
             n: 0,
             operation_id: 0,

@@ -94,6 +94,7 @@ pub(crate) fn operation(row: &impl Columns) -> Result<Operation, StoreError> {
         created_at: time(row.int("created_at")?)?,
         updated_at: time(row.int("updated_at")?)?,
         completed_at: optional_time(row.int_opt("completed_at")?)?,
+        cancel_requested_at: optional_time(row.int_opt("cancel_requested_at")?)?,
     })
 }
 
@@ -182,7 +183,7 @@ pub(crate) fn decision_columns(decision: &Decision, now: DateTime<Utc>) -> Decis
             next_retry_at: Some(millis(*at)),
             completed_at,
         },
-        Decision::GiveUp { reason } => DecisionColumns {
+        Decision::GiveUp { reason } | Decision::Cancel { reason } => DecisionColumns {
             state,
             outcome_data: None,
             error_code: None,

@@ -27,7 +27,7 @@ pub(crate) const REAPABLE: &str = "o.lease_until <= t.at \
      AND (o.recorded_attempt IS NULL OR o.recorded_attempt <> o.attempt_count)";
 
 /// The operation's columns, in the order `rows::operation` reads them by name.
-const OPERATION: [&str; 21] = [
+const OPERATION: [&str; 22] = [
     "id",
     "tenant",
     "domain",
@@ -49,6 +49,7 @@ const OPERATION: [&str; 21] = [
     "created_at",
     "updated_at",
     "completed_at",
+    "cancel_requested_at",
 ];
 
 /// The operation columns kept as JSON.
@@ -146,6 +147,18 @@ pub(crate) const ACTION: &[Column] = &[
     column("id", Ty::Int),
     column("state", Ty::Name),
     column("at", Ty::Int),
+];
+
+/// An operator's cancel: the operation as it was read (`state`, `attempt`), what it
+/// becomes, and when.
+pub(crate) const CANCEL: &[Column] = &[
+    column("id", Ty::Int),
+    column("attempt", Ty::Int),
+    column("at", Ty::Int),
+    column("next_retry_at", Ty::Int),
+    column("completed_at", Ty::Int),
+    column("state", Ty::Name),
+    column("to_state", Ty::Name),
 ];
 
 /// Log entries written as they are given.
@@ -380,6 +393,7 @@ pub(crate) struct Statements {
     pub(crate) rescued: String,
     pub(crate) pending: String,
     pub(crate) retry: String,
+    pub(crate) cancel: String,
     pub(crate) ended: String,
     pub(crate) delete: String,
     pub(crate) delete_log: String,
@@ -478,6 +492,19 @@ impl Statements {
                 ],
                 &(d.rows)("t", ACTION),
                 "o.id = t.id AND o.state = t.state",
+            )),
+            // Only the operation as it was read, and only once.
+            cancel: p((d.update)(
+                &[
+                    ("state", "t.to_state"),
+                    ("cancel_requested_at", "t.at"),
+                    ("next_retry_at", "t.next_retry_at"),
+                    ("completed_at", "t.completed_at"),
+                    ("updated_at", "t.at"),
+                ],
+                &(d.rows)("t", CANCEL),
+                "o.id = t.id AND o.state = t.state AND o.attempt_count = t.attempt \
+                 AND o.cancel_requested_at IS NULL",
             )),
             ended: p(format!(
                 "SELECT o.id FROM oncely_operations o \

@@ -12,7 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use oncely::store::{accepted_detail, check_retryable, replay_or_conflict, retried_detail};
+use oncely::store::{
+    accepted_detail, cancel_step, cancelled_detail, check_retryable, replay_or_conflict,
+    retried_detail,
+};
 use oncely::{
     AcceptLease, Accepted, Backlog, ClaimRequest, CrashPoint, DomainName, DomainOverview,
     Failpoints, Fenced, LeaseOwner, ListFilter, NewOperation, NodeId, Operation, OperationState,
@@ -25,7 +28,8 @@ use tokio::sync::Notify;
 
 use crate::backend::{Backend, Columns, Exec, Param};
 use crate::batch::{
-    self, AcceptRow, ActionRow, EntryRow, IdRow, InsertedRow, LeaseRow, ScopeRow, WriteRow,
+    self, AcceptRow, ActionRow, CancelRow, EntryRow, IdRow, InsertedRow, LeaseRow, ScopeRow,
+    WriteRow,
 };
 use crate::rows::{self, database, millis};
 use crate::sql::{
@@ -1121,6 +1125,66 @@ impl<B: Backend> Store for SqlStore<B> {
         .await?;
         self.commit(tx).await?;
         Ok(retried)
+    }
+
+    async fn cancel(
+        &self,
+        scope: &Scope,
+        by: Option<&str>,
+        at_once: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Operation, StoreError> {
+        let mut tx = self.begin().await?;
+        let current = self
+            .get_with(Exec::Tx(&mut tx), scope)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                scope: scope.clone(),
+            })?;
+        let Some((state, kind)) = cancel_step(&current, at_once)? else {
+            self.commit(tx).await?;
+            return Ok(current);
+        };
+        let at = millis(now);
+        let row = CancelRow {
+            id: current.id.0,
+            attempt: i64::from(current.attempt_count),
+            at,
+            next_retry_at: match state {
+                OperationState::Cancelled => None,
+                // Due at once: the next attempt turns into the cancel.
+                OperationState::Accepted => Some(at),
+                _ => current.next_retry_at.map(millis),
+            },
+            completed_at: state.is_terminal().then_some(at),
+            state: current.state.as_str(),
+            to_state: state.as_str(),
+        };
+        let changed = execute::<B>(
+            Exec::Tx(&mut tx),
+            &self.statements.cancel,
+            vec![batch::param(&[row])?],
+        )
+        .await?;
+        let cancelled = self.get_with(Exec::Tx(&mut tx), scope).await?;
+        let Some(cancelled) = cancelled.filter(|_| changed == 1) else {
+            // A claim, a finalize or another cancel got there between the read and the write.
+            return Err(StoreError::Busy {
+                scope: scope.clone(),
+            });
+        };
+        self.append(
+            &mut tx,
+            &[Entry {
+                operation: &cancelled,
+                kind,
+                detail: cancelled_detail(&current, by),
+                now,
+            }],
+        )
+        .await?;
+        self.commit(tx).await?;
+        Ok(cancelled)
     }
 
     async fn purge(

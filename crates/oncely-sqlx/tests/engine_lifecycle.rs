@@ -622,3 +622,120 @@ async fn a_follow_up_wakes_its_domains_idle_engine_on_the_same_store() {
     charges.shutdown(Duration::from_secs(5)).await;
     receipts.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn cancel_ends_a_waiting_operation_at_once_and_a_running_one_only_if_it_does_not_succeed() {
+    let (_db, api, clock, engine) = common::started().await;
+    let cancelled_kind = |history: Vec<oncely::WalEntry>| {
+        history
+            .into_iter()
+            .filter(|entry| {
+                matches!(
+                    entry.kind,
+                    WalKind::OperatorCancelled | WalKind::CancelRequested
+                )
+            })
+            .map(|entry| entry.kind)
+            .collect::<Vec<_>>()
+    };
+
+    // Waiting for a retry: cancelled at once, never called again.
+    let waiting = engine
+        .submit(
+            key("waiting"),
+            Charge::new("w", 1).behaving(Behaviour::Unavailable(9)),
+        )
+        .await
+        .unwrap()
+        .operation
+        .scope;
+    common::eventually("the first attempt answered 503", || {
+        api.answered("waiting").len() == 1
+    })
+    .await;
+    for _ in 0..500 {
+        if engine.get(&waiting).await.unwrap().state == OperationState::Accepted {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let cancelled = engine.cancel(&waiting).await.unwrap();
+    assert_eq!(cancelled.state, OperationState::Cancelled);
+    let done = engine.wait(&waiting, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(done.state, OperationState::Cancelled);
+    clock.advance(Duration::from_secs(120));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(api.calls("waiting"), 1, "no attempt after the cancel");
+    assert_eq!(
+        cancelled_kind(engine.history(&waiting).await.unwrap()),
+        [WalKind::OperatorCancelled]
+    );
+
+    // Running, and the attempt succeeds: the cancel loses, the payment completes.
+    for (name, behaviour, ends, calls) in [
+        (
+            "succeeds",
+            Behaviour::Slow(300),
+            OperationState::Completed,
+            1,
+        ),
+        (
+            "busy",
+            Behaviour::SlowUnavailable(300),
+            OperationState::Cancelled,
+            1,
+        ),
+        (
+            "declined",
+            Behaviour::SlowDecline(300),
+            OperationState::Failed,
+            1,
+        ),
+    ] {
+        let scope = engine
+            .submit(key(name), Charge::new(name, 2).behaving(behaviour))
+            .await
+            .unwrap()
+            .operation
+            .scope;
+        wait_until_processing(&engine, &scope).await;
+        let requested = engine.cancel_by(&scope, Some("ops-key")).await.unwrap();
+        assert_eq!(requested.state, OperationState::Processing, "{name}");
+        assert!(requested.cancel_requested_at.is_some(), "{name}");
+        let mut done = engine.wait(&scope, Duration::from_secs(2)).await.unwrap();
+        for _ in 0..20 {
+            if done.state.is_terminal() {
+                break;
+            }
+            // A retry waits for its backoff; the cancel comes with its next attempt.
+            clock.advance(Duration::from_secs(30));
+            done = engine.wait(&scope, Duration::from_secs(1)).await.unwrap();
+        }
+        assert_eq!(done.state, ends, "{name}");
+        assert_eq!(api.calls(name), calls, "{name}: never called again");
+        let history = engine.history(&scope).await.unwrap();
+        let request = history
+            .iter()
+            .find(|entry| entry.kind == WalKind::CancelRequested)
+            .unwrap();
+        assert_eq!(request.detail["by"], "ops-key", "{name}");
+        assert_eq!(request.detail["previousState"], "PROCESSING", "{name}");
+    }
+
+    // Ended: refused; unknown: not found.
+    let succeeded = oncely::Scope::new(
+        TenantId::default(),
+        engine.domain().clone(),
+        key("succeeds"),
+    );
+    match engine.cancel(&succeeded).await {
+        Err(Error::NotCancellable { state, .. }) => assert_eq!(state, OperationState::Completed),
+        other => panic!("a completed operation cannot be cancelled: {other:?}"),
+    }
+    let missing = oncely::Scope::new(TenantId::default(), engine.domain().clone(), key("nope"));
+    assert!(matches!(
+        engine.cancel(&missing).await,
+        Err(Error::NotFound { .. })
+    ));
+    engine.shutdown(Duration::from_secs(5)).await;
+}

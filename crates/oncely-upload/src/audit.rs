@@ -71,7 +71,7 @@ pub async fn reconcile(operations: &[Operation], storage: &Storage) -> UploadRep
         }
         if !matches!(
             operation.state,
-            OperationState::Completed | OperationState::Failed
+            OperationState::Completed | OperationState::Failed | OperationState::Cancelled
         ) {
             continue;
         }
@@ -110,9 +110,9 @@ pub async fn reconcile(operations: &[Operation], storage: &Storage) -> UploadRep
                 DiscrepancyKind::WrongObject,
                 format!("COMPLETED, and {name} holds another object (SHA-256 {sha256})"),
             ),
-            (OperationState::Failed, Ok(Found::Same)) => found(
+            (OperationState::Failed | OperationState::Cancelled, Ok(Found::Same)) => found(
                 DiscrepancyKind::FailedButStored,
-                format!("FAILED, and its content is at {name}"),
+                format!("{}, and its content is at {name}", operation.state),
             ),
             _ => {}
         }

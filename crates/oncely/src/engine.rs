@@ -509,6 +509,45 @@ impl<S: Store, O: Orchestrator> Engine<S, O> {
         Ok(operation)
     }
 
+    /// An operator's cancel: no attempt starts again. An `ACCEPTED` operation — not yet
+    /// run, or waiting for a retry — is `CANCELLED` at once. For a `PROCESSING` one the
+    /// cancel is requested: its attempt ends as it ends (`Ok` completes, `Fail` fails), and
+    /// instead of another attempt it is `CANCELLED`. So is an `ACCEPTED` one whose last
+    /// attempt's outcome is unknown, after the domain's [`Orchestrator::reconcile`] says
+    /// that attempt did not succeed. Cancelling a cancelled operation answers it as it is;
+    /// a `COMPLETED`, `FAILED` or `TIMEOUT` one is [`Error::NotCancellable`].
+    pub async fn cancel(&self, scope: &Scope) -> Result<Operation, Error> {
+        self.cancel_by(scope, None).await
+    }
+
+    /// [`Engine::cancel`], recording who asked (an API key's id) in the log entry.
+    pub async fn cancel_by(&self, scope: &Scope, by: Option<&str>) -> Result<Operation, Error> {
+        let shared = &self.shared;
+        let mut tries = 0;
+        loop {
+            let current = self.get(scope).await?;
+            let at_once = current.state == OperationState::Accepted
+                && !(current.attempt_count > 0
+                    && outcome_unknown(shared, &current, current.attempt_count).await);
+            match shared.store.cancel(scope, by, at_once, shared.now()).await {
+                Ok(operation) => {
+                    if operation.state == OperationState::Cancelled
+                        && current.state != OperationState::Cancelled
+                    {
+                        shared.terminal(operation.id, OperationState::Cancelled);
+                    } else if operation.state == OperationState::Accepted {
+                        // Due at once: a worker reconciles it and ends it.
+                        shared.wake.notify_one();
+                    }
+                    return Ok(operation);
+                }
+                // The operation moved meanwhile (claimed, finalized): look again.
+                Err(StoreError::Busy { .. }) if tries < 5 => tries += 1,
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+
     /// Runs the Reaper once: expired leases without a recorded outcome go back to
     /// `ACCEPTED` with a backoff while attempts remain, else to `TIMEOUT`. Returns how many
     /// operations it moved. The engine runs it every `maintenance_interval` by itself.
@@ -1047,12 +1086,21 @@ async fn call<S: Store, O: Orchestrator>(
         scope: operation.scope.clone(),
     };
     let ask_first = previous_outcome_unknown(shared, operation).await;
+    // An operator asked to cancel: this attempt does not call. It only asks first when the
+    // attempt before may have succeeded.
+    let cancelling = operation.cancel_requested_at.is_some();
+    if cancelling && !ask_first {
+        return Some((Outcome::retry(CANCELLED_BEFORE_THE_CALL), false));
+    }
     let worker = shared.clone();
     let started = tokio::time::Instant::now();
     let task = tokio::spawn(async move {
         if ask_first && let Some(answer) = worker.orchestrator.reconcile(&command, &attempt).await {
             // A provider that could not tell leaves the outcome as unknown as it was.
             return (answer.into_unknown(), true);
+        }
+        if cancelling {
+            return (Outcome::retry(CANCELLED_BEFORE_THE_CALL), false);
         }
         (worker.orchestrator.execute(command, attempt).await, false)
     });
@@ -1095,6 +1143,15 @@ async fn previous_outcome_unknown<S: Store, O: Orchestrator>(
     let Some(previous) = operation.attempt_count.checked_sub(1).filter(|n| *n > 0) else {
         return false;
     };
+    outcome_unknown(shared, operation, previous).await
+}
+
+/// Whether `operation`'s attempt `attempt` ended without a known outcome, as its log says.
+async fn outcome_unknown<S: Store, O: Orchestrator>(
+    shared: &Shared<S, O>,
+    operation: &Operation,
+    previous: u32,
+) -> bool {
     let log = match shared.store.history(&operation.scope).await {
         Ok(log) => log,
         Err(error) => {
@@ -1228,8 +1285,36 @@ async fn finalize<S: Store, O: Orchestrator>(
     true
 }
 
-/// What an attempt's outcome does to its operation under `policy`.
+/// The reason an attempt of an operation an operator cancelled gives instead of calling.
+const CANCELLED_BEFORE_THE_CALL: &str = "not called: an operator cancelled the operation";
+
+/// What an attempt's outcome does to its operation under `policy`. An operation an
+/// operator asked to cancel is cancelled instead of being retried or given up, unless the
+/// outcome is unknown: that attempt may have succeeded, and the next one asks first.
 pub fn decide(
+    policy: &RetryPolicy,
+    operation: &Operation,
+    outcome: &Outcome,
+    unknown: bool,
+    now: DateTime<Utc>,
+) -> Decision {
+    let decision = decide_outcome(policy, operation, outcome, unknown, now);
+    if operation.cancel_requested_at.is_none() || unknown || outcome.is_unknown() {
+        return decision;
+    }
+    match decision {
+        Decision::RetryAt { reason, .. } | Decision::GiveUp { reason } => Decision::Cancel {
+            reason: if reason == CANCELLED_BEFORE_THE_CALL {
+                reason
+            } else {
+                format!("cancelled by an operator; the last attempt: {reason}")
+            },
+        },
+        decision => decision,
+    }
+}
+
+fn decide_outcome(
     policy: &RetryPolicy,
     operation: &Operation,
     outcome: &Outcome,
@@ -1520,7 +1605,44 @@ mod tests {
             created_at: now,
             updated_at: now,
             completed_at: None,
+            cancel_requested_at: None,
         }
+    }
+
+    #[test]
+    fn a_cancel_request_turns_retries_and_give_ups_into_a_cancel_but_not_unknowns() {
+        let policy =
+            RetryPolicy::exponential(Duration::from_secs(1), Duration::from_secs(60)).attempts(3);
+        let now = Utc::now();
+        let mut cancelled = operation(1, 0);
+        cancelled.cancel_requested_at = Some(now);
+        let cases = [
+            (Outcome::ok(), OperationState::Completed),
+            (Outcome::fail("card declined"), OperationState::Failed),
+            (Outcome::retry("busy"), OperationState::Cancelled),
+            (Outcome::unknown("timed out"), OperationState::Accepted),
+        ];
+        for (outcome, state) in cases {
+            let decision = decide(&policy, &cancelled, &outcome, false, now);
+            assert_eq!(decision.target_state(), state, "{outcome:?}");
+        }
+        // A call that ended unknown by the engine's own account (a timeout) is not cancelled.
+        let decision = decide(&policy, &cancelled, &Outcome::retry("x"), true, now);
+        assert_eq!(decision.target_state(), OperationState::Accepted);
+        // Out of attempts: cancelled rather than timed out.
+        let mut spent = operation(3, 0);
+        spent.cancel_requested_at = Some(now);
+        let decision = decide(&policy, &spent, &Outcome::retry("busy"), false, now);
+        assert_eq!(decision.target_state(), OperationState::Cancelled);
+        // Without a request, the same retry is a retry.
+        let decision = decide(
+            &policy,
+            &operation(1, 0),
+            &Outcome::retry("busy"),
+            false,
+            now,
+        );
+        assert_eq!(decision.target_state(), OperationState::Accepted);
     }
 
     #[test]

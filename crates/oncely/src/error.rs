@@ -30,6 +30,16 @@ pub enum Error {
         /// Its state.
         state: OperationState,
     },
+    /// An operator cancel of an operation that has already ended.
+    #[error(
+        "operation {scope} is {state}; only ACCEPTED or PROCESSING operations can be cancelled"
+    )]
+    NotCancellable {
+        /// The operation.
+        scope: Scope,
+        /// Its state.
+        state: OperationState,
+    },
     /// The submit gave no key and the domain has no business key to use instead. Nothing
     /// was stored.
     #[error("an idempotency key is required: domain {domain} has no business key")]
@@ -61,6 +71,7 @@ impl Error {
             | Self::Conflict { .. }
             | Self::NotFound { .. }
             | Self::NotRetryable { .. }
+            | Self::NotCancellable { .. }
             | Self::Command(_)
             | Self::Config(_)
             | Self::Stopped => false,
@@ -73,9 +84,11 @@ impl From<StoreError> for Error {
         match error {
             StoreError::NotFound { scope } => Self::NotFound { scope },
             StoreError::NotRetryable { scope, state } => Self::NotRetryable { scope, state },
-            other @ (StoreError::Database(_) | StoreError::Corrupt(_) | StoreError::Crashed) => {
-                Self::Store(other)
-            }
+            StoreError::NotCancellable { scope, state } => Self::NotCancellable { scope, state },
+            other @ (StoreError::Database(_)
+            | StoreError::Corrupt(_)
+            | StoreError::Crashed
+            | StoreError::Busy { .. }) => Self::Store(other),
         }
     }
 }

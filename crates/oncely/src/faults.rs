@@ -234,6 +234,16 @@ impl<S: Store> Store for FaultyStore<S> {
         self.inner.retry(scope, by, now).await
     }
 
+    async fn cancel(
+        &self,
+        scope: &Scope,
+        by: Option<&str>,
+        at_once: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Operation, StoreError> {
+        self.inner.cancel(scope, by, at_once, now).await
+    }
+
     async fn purge(
         &self,
         domain: &DomainName,

@@ -24,8 +24,8 @@ use crate::state::OperationState;
 use crate::store::{
     AcceptLease, Accepted, Backlog, ClaimRequest, Decision, DomainOverview, Fenced, FollowUps,
     LIST_LIMIT_MAX, ListFilter, NewOperation, Page, PendingOutcome, RecordOutcome, Store,
-    StoreError, Transition, accepted_detail, check_retryable, error_message, executing_detail,
-    recorded_detail, replay_or_conflict, retried_detail,
+    StoreError, Transition, accepted_detail, cancel_step, cancelled_detail, check_retryable,
+    error_message, executing_detail, recorded_detail, replay_or_conflict, retried_detail,
 };
 
 /// A rule of the store that [`MemoryStore::weakened`] removes, to show that the tests and
@@ -218,6 +218,7 @@ impl Data {
                 created_at: now,
                 updated_at: now,
                 completed_at: None,
+                cancel_requested_at: None,
             };
             let mut as_accepted = operation.clone();
             as_accepted.state = OperationState::Accepted;
@@ -283,7 +284,9 @@ impl Data {
                 operation.error_message = Some(error_message(reason));
                 operation.next_retry_at = Some(ms(*at));
             }
-            Decision::GiveUp { reason } => operation.error_message = Some(error_message(reason)),
+            Decision::GiveUp { reason } | Decision::Cancel { reason } => {
+                operation.error_message = Some(error_message(reason));
+            }
         }
         operation.completed_at = state.is_terminal().then_some(now);
         operation.updated_at = now;
@@ -781,6 +784,48 @@ impl Store for MemoryStore {
         );
         data.operations.insert(retried.id, retried.clone());
         Ok(retried)
+    }
+
+    async fn cancel(
+        &self,
+        scope: &Scope,
+        by: Option<&str>,
+        at_once: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Operation, StoreError> {
+        let now = ms(now);
+        let mut data = self.lock();
+        let current = data
+            .by_scope(scope)
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound {
+                scope: scope.clone(),
+            })?;
+        let Some((state, kind)) = cancel_step(&current, at_once)? else {
+            return Ok(current);
+        };
+        let mut cancelled = current.clone();
+        cancelled.state = state;
+        cancelled.cancel_requested_at = Some(now);
+        cancelled.updated_at = now;
+        if state == OperationState::Cancelled {
+            cancelled.next_retry_at = None;
+            cancelled.completed_at = Some(now);
+        } else if state == OperationState::Accepted {
+            // Due at once: the next attempt turns into the cancel.
+            cancelled.next_retry_at = Some(now);
+        }
+        let owner = cancelled.lease.as_ref().map(|lease| lease.owner.clone());
+        data.append(
+            &cancelled,
+            kind,
+            cancelled.attempt_count,
+            owner,
+            cancelled_detail(&current, by),
+            now,
+        );
+        data.operations.insert(cancelled.id, cancelled.clone());
+        Ok(cancelled)
     }
 
     async fn purge(

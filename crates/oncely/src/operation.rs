@@ -158,6 +158,9 @@ pub struct Operation {
     pub updated_at: DateTime<Utc>,
     /// When it reached a terminal state.
     pub completed_at: Option<DateTime<Utc>>,
+    /// When an operator asked to cancel it, if one did: no attempt starts after this one
+    /// without first being turned into the cancel (see [`OperationState::Cancelled`]).
+    pub cancel_requested_at: Option<DateTime<Utc>>,
 }
 
 impl Operation {
@@ -199,11 +202,16 @@ pub enum WalKind {
     Reaped,
     /// An operator sent a `FAILED` or `TIMEOUT` operation back to `ACCEPTED`.
     OperatorRetried,
+    /// An operator cancelled an operation that no attempt was running: `CANCELLED`.
+    OperatorCancelled,
+    /// An operator asked to cancel an operation whose attempt is running (or whose last
+    /// attempt's outcome is unknown): it ends `CANCELLED` unless that attempt succeeds.
+    CancelRequested,
 }
 
 impl WalKind {
     /// Every kind.
-    pub const ALL: [WalKind; 7] = [
+    pub const ALL: [WalKind; 9] = [
         Self::Accepted,
         Self::Executing,
         Self::OutcomeRecorded,
@@ -211,6 +219,8 @@ impl WalKind {
         Self::Finalized,
         Self::Reaped,
         Self::OperatorRetried,
+        Self::OperatorCancelled,
+        Self::CancelRequested,
     ];
 
     /// The name stored in the database.
@@ -223,6 +233,8 @@ impl WalKind {
             Self::Finalized => "FINALIZED",
             Self::Reaped => "REAPED",
             Self::OperatorRetried => "OPERATOR_RETRIED",
+            Self::OperatorCancelled => "OPERATOR_CANCELLED",
+            Self::CancelRequested => "CANCEL_REQUESTED",
         }
     }
 

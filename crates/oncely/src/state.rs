@@ -1,4 +1,4 @@
-//! The five states of an operation and the one table of legal moves between them.
+//! The six states of an operation and the one table of legal moves between them.
 //!
 //! Every store writes a state change with a condition on the old state, and every such
 //! change is checked against [`OperationState::can_move_to`] in debug builds, so a
@@ -9,7 +9,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// Where an operation is in its lifecycle (the seed's five states).
+/// Where an operation is in its lifecycle (the seed's five states, and `Cancelled`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum OperationState {
@@ -24,23 +24,26 @@ pub enum OperationState {
     /// Given up without a definite answer: leases or retries exhausted. Terminal until an
     /// operator retries it.
     Timeout,
+    /// Cancelled by an operator: no attempt will start again. Terminal.
+    Cancelled,
 }
 
 impl OperationState {
     /// Every state, in lifecycle order.
-    pub const ALL: [OperationState; 5] = [
+    pub const ALL: [OperationState; 6] = [
         Self::Accepted,
         Self::Processing,
         Self::Completed,
         Self::Failed,
         Self::Timeout,
+        Self::Cancelled,
     ];
 
     /// Whether the operation has come to an end (no worker will touch it again by itself).
     pub fn is_terminal(self) -> bool {
         match self {
             Self::Accepted | Self::Processing => false,
-            Self::Completed | Self::Failed | Self::Timeout => true,
+            Self::Completed | Self::Failed | Self::Timeout | Self::Cancelled => true,
         }
     }
 
@@ -55,12 +58,19 @@ impl OperationState {
     /// | `Processing` | `Timeout`    | the reaper or a `Retry` with no attempts left    |
     /// | `Failed`     | `Accepted`   | an operator's retry                              |
     /// | `Timeout`    | `Accepted`   | an operator's retry                              |
+    /// | `Accepted`   | `Cancelled`  | an operator's cancel, when no attempt's outcome is unknown |
+    /// | `Processing` | `Cancelled`  | a cancel-requested attempt that ends without success |
+    ///
+    /// A cancel of a `Processing` operation (or of an `Accepted` one whose last attempt's
+    /// outcome is unknown) is only a request: the attempt ends as it ends — `Ok` completes,
+    /// `Fail` fails — and instead of another attempt the operation is cancelled; an unknown
+    /// outcome is reconciled first (see `Orchestrator::reconcile`).
     pub fn can_move_to(self, to: OperationState) -> bool {
-        use OperationState::{Accepted, Completed, Failed, Processing, Timeout};
+        use OperationState::{Accepted, Cancelled, Completed, Failed, Processing, Timeout};
         match self {
-            Accepted => matches!(to, Processing),
-            Processing => matches!(to, Completed | Failed | Accepted | Timeout),
-            Completed => false,
+            Accepted => matches!(to, Processing | Cancelled),
+            Processing => matches!(to, Completed | Failed | Accepted | Timeout | Cancelled),
+            Completed | Cancelled => false,
             Failed | Timeout => matches!(to, Accepted),
         }
     }
@@ -73,6 +83,7 @@ impl OperationState {
             Self::Completed => "COMPLETED",
             Self::Failed => "FAILED",
             Self::Timeout => "TIMEOUT",
+            Self::Cancelled => "CANCELLED",
         }
     }
 }
@@ -83,10 +94,10 @@ impl fmt::Display for OperationState {
     }
 }
 
-/// A state name that is not one of the five.
+/// A state name that is not one of the six.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown operation state {0:?}; expected one of ACCEPTED, PROCESSING, COMPLETED, FAILED, TIMEOUT"
+    "unknown operation state {0:?}; expected one of ACCEPTED, PROCESSING, COMPLETED, FAILED, TIMEOUT, CANCELLED"
 )]
 pub struct UnknownState(pub String);
 
@@ -115,6 +126,8 @@ mod tests {
             (Processing, Timeout),
             (Failed, Accepted),
             (Timeout, Accepted),
+            (Accepted, Cancelled),
+            (Processing, Cancelled),
         ];
         for from in OperationState::ALL {
             for to in OperationState::ALL {
@@ -128,12 +141,12 @@ mod tests {
     }
 
     #[test]
-    fn only_completed_failed_and_timeout_are_terminal() {
+    fn only_completed_failed_timeout_and_cancelled_are_terminal() {
         let terminal: Vec<_> = OperationState::ALL
             .into_iter()
             .filter(|s| s.is_terminal())
             .collect();
-        assert_eq!(terminal, [Completed, Failed, Timeout]);
+        assert_eq!(terminal, [Completed, Failed, Timeout, Cancelled]);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::key::{DomainName, NodeId, Scope, TenantId};
-use crate::operation::{Fence, Fingerprint, LeaseOwner, Operation, OperationId, WalEntry};
+use crate::operation::{Fence, Fingerprint, LeaseOwner, Operation, OperationId, WalEntry, WalKind};
 use crate::outcome::Outcome;
 use crate::state::OperationState;
 
@@ -144,6 +144,11 @@ pub enum Decision {
         /// Why.
         reason: String,
     },
+    /// `CANCELLED`: an operator asked for it, and this attempt did not succeed.
+    Cancel {
+        /// Why.
+        reason: String,
+    },
 }
 
 impl Decision {
@@ -154,6 +159,7 @@ impl Decision {
             Self::Fail { .. } => OperationState::Failed,
             Self::RetryAt { .. } => OperationState::Accepted,
             Self::GiveUp { .. } => OperationState::Timeout,
+            Self::Cancel { .. } => OperationState::Cancelled,
         }
     }
 }
@@ -286,6 +292,23 @@ pub enum StoreError {
         /// Its state.
         state: OperationState,
     },
+    /// An operator cancel of an operation that has already ended.
+    #[error(
+        "operation {scope} is {state}; only ACCEPTED or PROCESSING operations can be cancelled"
+    )]
+    NotCancellable {
+        /// The operation.
+        scope: Scope,
+        /// Its state.
+        state: OperationState,
+    },
+    /// The operation changed between the read and the write of an operator's action; the
+    /// same action asked again sees the new state.
+    #[error("operation {scope} changed meanwhile; ask again")]
+    Busy {
+        /// The operation.
+        scope: Scope,
+    },
     /// The database failed or could not be reached. Retrying later may help.
     #[error("database error: {0}")]
     Database(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -301,9 +324,10 @@ impl StoreError {
     /// Whether trying the same call again later may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Database(_) => true,
+            Self::Database(_) | Self::Busy { .. } => true,
             Self::NotFound { .. }
             | Self::NotRetryable { .. }
+            | Self::NotCancellable { .. }
             | Self::Corrupt(_)
             | Self::Crashed => false,
         }
@@ -429,6 +453,22 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Operation, StoreError>> + Send;
 
+    /// An operator's cancel (`by`: an API key's id, say). An `ACCEPTED` operation is
+    /// `CANCELLED` at once when `at_once` (no attempt's outcome is unknown), with an
+    /// `OPERATOR_CANCELLED` entry; otherwise, and for a `PROCESSING` one, the cancel is
+    /// requested (`cancel_requested_at`, a `CANCEL_REQUESTED` entry; an `ACCEPTED` one
+    /// becomes due at once) and the next attempt turns into it. A cancel already made or
+    /// requested answers the operation as it is; a `COMPLETED`, `FAILED` or `TIMEOUT` one is
+    /// [`StoreError::NotCancellable`]. [`StoreError::Busy`] when the operation changed
+    /// meanwhile: ask again.
+    fn cancel(
+        &self,
+        scope: &Scope,
+        by: Option<&str>,
+        at_once: bool,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Operation, StoreError>> + Send;
+
     /// Deletes up to `limit` terminal operations of the domain that ended before
     /// `completed_before`, with their write-ahead log, oldest first; returns how many. After
     /// that their keys can be accepted again.
@@ -511,6 +551,31 @@ pub fn retried_detail(previous: &Operation, by: Option<&str>) -> Value {
     })
 }
 
+/// The detail of an `OPERATOR_CANCELLED` or `CANCEL_REQUESTED` entry: the state it was in,
+/// and who asked.
+pub fn cancelled_detail(previous: &Operation, by: Option<&str>) -> Value {
+    serde_json::json!({ "previousState": previous.state, "by": by })
+}
+
+/// How an operator's cancel of `current` is written, or why it is not: `None` when there
+/// is nothing to write (already cancelled, or already requested).
+pub fn cancel_step(
+    current: &Operation,
+    at_once: bool,
+) -> Result<Option<(OperationState, WalKind)>, StoreError> {
+    use OperationState::{Accepted, Cancelled, Processing};
+    match current.state {
+        Cancelled => Ok(None),
+        Accepted | Processing if current.cancel_requested_at.is_some() => Ok(None),
+        Accepted if at_once => Ok(Some((Cancelled, WalKind::OperatorCancelled))),
+        Accepted | Processing => Ok(Some((current.state, WalKind::CancelRequested))),
+        state => Err(StoreError::NotCancellable {
+            scope: current.scope.clone(),
+            state,
+        }),
+    }
+}
+
 /// I1: what an accept of `fingerprint` answers when its scope holds `existing`: the same
 /// request is a replay, another one a conflict.
 pub fn replay_or_conflict(existing: Operation, fingerprint: &Fingerprint) -> Accepted {
@@ -530,7 +595,8 @@ pub fn check_retryable(operation: &Operation) -> Result<(), StoreError> {
         }
         state @ (OperationState::Accepted
         | OperationState::Processing
-        | OperationState::Completed) => Err(StoreError::NotRetryable {
+        | OperationState::Completed
+        | OperationState::Cancelled) => Err(StoreError::NotRetryable {
             scope: operation.scope.clone(),
             state,
         }),

@@ -18,10 +18,11 @@ use crate::store::{Accepted, Backlog};
 /// The results an attempt's call is counted by.
 const RESULTS: [&str; 4] = ["ok", "retry", "fail", "unknown"];
 /// The terminal states.
-const TERMINAL: [OperationState; 3] = [
+const TERMINAL: [OperationState; 4] = [
     OperationState::Completed,
     OperationState::Failed,
     OperationState::Timeout,
+    OperationState::Cancelled,
 ];
 
 /// One engine's metric handles.
@@ -29,7 +30,7 @@ pub(crate) struct Telemetry {
     accepted: Counter,
     replayed: Counter,
     conflicts: Counter,
-    terminal: [Counter; 3],
+    terminal: [Counter; 4],
     attempts: [Counter; 4],
     durations: [Histogram; 4],
     rescued: Counter,

@@ -35,6 +35,10 @@ pub enum Behaviour {
     Panic,
     /// Takes this many milliseconds, then charges.
     Slow(u64),
+    /// Takes this many milliseconds, then answers 503.
+    SlowUnavailable(u64),
+    /// Takes this many milliseconds, then declines.
+    SlowDecline(u64),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -143,7 +147,10 @@ impl FakeApi {
         *calls += 1;
         let call_number = *calls;
         let outcome = match charge.behaviour {
-            Behaviour::Decline => Outcome::fail("card declined").with_error_code("card_declined"),
+            Behaviour::Decline | Behaviour::SlowDecline(_) => {
+                Outcome::fail("card declined").with_error_code("card_declined")
+            }
+            Behaviour::SlowUnavailable(_) => Outcome::retry("503 Service Unavailable"),
             Behaviour::Unavailable(times) if call_number <= times => {
                 Outcome::retry("503 Service Unavailable").with_backoff(Duration::from_secs(1))
             }
@@ -263,7 +270,10 @@ impl Orchestrator for ChargeOrchestrator {
         if command.behaviour == Behaviour::Panic {
             panic!("orchestrator bug for {key}");
         }
-        if let Behaviour::Slow(millis) = command.behaviour {
+        if let Behaviour::Slow(millis)
+        | Behaviour::SlowUnavailable(millis)
+        | Behaviour::SlowDecline(millis) = command.behaviour
+        {
             tokio::time::sleep(Duration::from_millis(millis)).await;
         }
         let (call_number, outcome) = self.api.call(&key, &command);

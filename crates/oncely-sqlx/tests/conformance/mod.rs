@@ -480,6 +480,112 @@ pub async fn operator_retry_only_from_failed_or_timeout<S: Store>(store: S) {
     assert_eq!(entry.detail["by"], "key-1", "who asked is in the log");
 }
 
+pub async fn operator_cancel_ends_what_is_not_running_and_requests_the_rest<S: Store>(store: S) {
+    // Not yet run: CANCELLED at once, with who asked in the log.
+    accept(&store, "idle", at(0)).await;
+    let cancelled = store
+        .cancel(&scope("idle"), Some("key-1"), true, at(1))
+        .await
+        .unwrap();
+    assert_eq!(cancelled.state, OperationState::Cancelled);
+    assert_eq!(cancelled.completed_at, Some(at(1)));
+    assert_eq!(cancelled.cancel_requested_at, Some(at(1)));
+    assert_eq!(cancelled.next_retry_at, None);
+    assert_eq!(get(&store, "idle").await, cancelled);
+    assert!(
+        claim(&store, "w", at(2), 10).await.is_empty(),
+        "a cancelled operation is never claimed"
+    );
+    let history = store.history(&scope("idle")).await.unwrap();
+    let last = history.last().unwrap();
+    assert_eq!(last.kind, WalKind::OperatorCancelled);
+    assert_eq!(last.state_after, OperationState::Cancelled);
+    assert_eq!(last.detail["by"], "key-1");
+    assert_eq!(last.detail["previousState"], "ACCEPTED");
+    // Cancelling it again answers it as it is, and logs nothing.
+    let again = store
+        .cancel(&scope("idle"), None, true, at(3))
+        .await
+        .unwrap();
+    assert_eq!(again, cancelled);
+    assert_eq!(
+        store.history(&scope("idle")).await.unwrap().len(),
+        history.len()
+    );
+
+    // Running: only requested. The lease and the attempt stay; the fence still holds.
+    accept(&store, "busy", at(4)).await;
+    let running = claim(&store, "w", at(5), 1).await.remove(0);
+    let requested = store
+        .cancel(&scope("busy"), Some("key-2"), true, at(6))
+        .await
+        .unwrap();
+    assert_eq!(requested.state, OperationState::Processing);
+    assert_eq!(requested.cancel_requested_at, Some(at(6)));
+    assert_eq!(requested.lease, running.lease);
+    assert_eq!(
+        kinds(&store, "busy").await.last(),
+        Some(&WalKind::CancelRequested)
+    );
+    let twice = store
+        .cancel(&scope("busy"), None, true, at(7))
+        .await
+        .unwrap();
+    assert_eq!(twice, requested, "a second request changes nothing");
+    // Its attempt is retried by the engine's decision: the decision cancels it instead.
+    let fence = running.fence().unwrap();
+    let (applied, decision) =
+        record(&store, &requested, &fence, Outcome::retry("busy"), at(8)).await;
+    assert_eq!(applied, Fenced::Applied);
+    assert_eq!(decision.target_state(), OperationState::Cancelled);
+    assert_eq!(
+        finalize(&store, &fence, decision, at(9)).await,
+        Fenced::Applied
+    );
+    let ended = get(&store, "busy").await;
+    assert_eq!(ended.state, OperationState::Cancelled);
+    assert_eq!(ended.completed_at, Some(at(9)));
+    assert!(ended.lease.is_none());
+
+    // Waiting after an attempt whose outcome is unknown: requested, and due at once.
+    accept(&store, "unsure", at(10)).await;
+    let unsure = claim(&store, "w", at(11), 1).await.remove(0);
+    let fence = unsure.fence().unwrap();
+    store
+        .reap(vec![reap_transition(&unsure, at(41))])
+        .await
+        .unwrap();
+    let waiting = get(&store, "unsure").await;
+    assert_eq!(waiting.state, OperationState::Accepted);
+    let requested = store
+        .cancel(&scope("unsure"), None, false, at(42))
+        .await
+        .unwrap();
+    assert_eq!(requested.state, OperationState::Accepted);
+    assert_eq!(requested.next_retry_at, Some(at(42)));
+    let claimed = claim(&store, "w2", at(42), 1).await.remove(0);
+    assert_eq!(claimed.scope.key.as_str(), "unsure");
+    assert_eq!(claimed.cancel_requested_at, requested.cancel_requested_at);
+    assert_ne!(claimed.fence(), Some(fence));
+
+    // Ended: not cancellable; an unknown key: not found.
+    accept(&store, "done", at(20)).await;
+    let done = claim(&store, "w", at(21), 1).await.remove(0);
+    let fence = done.fence().unwrap();
+    let (_, decision) = record(&store, &done, &fence, ok_outcome("t"), at(22)).await;
+    finalize(&store, &fence, decision, at(23)).await;
+    let refused = store.cancel(&scope("done"), None, true, at(24)).await;
+    assert!(matches!(
+        refused,
+        Err(StoreError::NotCancellable {
+            state: OperationState::Completed,
+            ..
+        })
+    ));
+    let missing = store.cancel(&scope("nope"), None, true, at(24)).await;
+    assert!(matches!(missing, Err(StoreError::NotFound { .. })));
+}
+
 pub async fn list_filters_and_pages_newest_first<S: Store>(store: S) {
     for i in 0..7 {
         accept(&store, &format!("l{i}"), at(i)).await;
@@ -1042,6 +1148,7 @@ pub async fn overview_and_backlog_count_states_retries_stuck_due_and_rescues<S: 
         states,
         [
             ("ACCEPTED", 2),
+            ("CANCELLED", 0),
             ("COMPLETED", 1),
             ("FAILED", 0),
             ("PROCESSING", 1),
@@ -1272,6 +1379,7 @@ macro_rules! conformance_suite {
             reaper_takes_only_expired_unrecorded_leases,
             pending_outcomes_lists_recorded_unfinalized_attempts,
             operator_retry_only_from_failed_or_timeout,
+            operator_cancel_ends_what_is_not_running_and_requests_the_rest,
             list_filters_and_pages_newest_first,
             history_is_in_order_and_unknown_operations_are_not_found,
             concurrent_claimers_never_share_an_operation,

@@ -245,7 +245,7 @@ fn check_log(operation: &Operation, entries: &[&WalEntry]) -> Result<(), Violati
                 }
                 check_end(id.as_str(), entry, recorded.get(&entry.attempt))?;
             }
-            WalKind::OperatorRetried => {}
+            WalKind::OperatorRetried | WalKind::OperatorCancelled | WalKind::CancelRequested => {}
         }
         if !(entry.state_after == state || state.can_move_to(entry.state_after)) {
             return broken(

@@ -344,6 +344,17 @@ impl Store for NodeStore {
             .await
     }
 
+    async fn cancel(
+        &self,
+        scope: &Scope,
+        by: Option<&str>,
+        at_once: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Operation, StoreError> {
+        self.call("cancel", true, self.inner.cancel(scope, by, at_once, now))
+            .await
+    }
+
     async fn purge(
         &self,
         domain: &DomainName,
