@@ -16,7 +16,7 @@ export ONCELY_SCHEMATHESIS_TOKEN
 # body is a 422 no generator can foresee); limits off so the run measures the API.
 "$oncely" serve --db "$db" --listen "127.0.0.1:$port" --sim-listen 127.0.0.1:0 \
   --webhook-sim-listen "127.0.0.1:$hooks_port" --require-idempotency-key --rate-limit 0 \
-  >"$work/serve.log" 2>&1 &
+  --uploads-dir "$work/uploads" >"$work/serve.log" 2>&1 &
 serve=$!
 trap 'kill $serve 2>/dev/null || true; rm -rf "$work"' EXIT
 for _ in $(seq 100); do
