@@ -231,11 +231,9 @@ async fn queued(load: &Load) -> Result<WorkloadResult, BenchError> {
     let rss = crate::stats::peak_rss_mib("self");
     let page = engine
         .list(oncely::ListFilter {
-            tenant: None,
-            domain: None,
             state: Some(OperationState::Accepted),
-            before: None,
             limit: 1,
+            ..oncely::ListFilter::default()
         })
         .await
         .map_err(|e| BenchError::Setup(format!("listing: {e}")))?;

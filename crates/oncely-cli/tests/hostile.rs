@@ -435,6 +435,33 @@ async fn tenants_never_see_each_others_operations_and_keys_are_per_tenant() {
             .iter()
             .all(|o| o["tenant"] == "globex")
     );
+    // A bulk action selects within its tenant only: globex's retry of everything acts on
+    // its own payments and never on acme's.
+    let bulk: Value = http
+        .post(server.url("/v1/bulk/payments/retry?limit=1000"))
+        .bearer_auth(globex)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(bulk["matched"], keys.len(), "{bulk}");
+    let history: Value = http
+        .get(server.url(&format!("/v1/payments/{only_acme}/history")))
+        .bearer_auth(acme)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entries = history["entries"].as_array().unwrap();
+    assert!(!entries.is_empty(), "{history}");
+    assert!(
+        entries.iter().all(|e| e["kind"] != "OPERATOR_RETRIED"),
+        "{history}"
+    );
 }
 
 /// A simulated gateway that declines every card.

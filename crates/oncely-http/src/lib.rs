@@ -53,4 +53,4 @@ pub use problem::{PROBLEM_JSON, Problem};
 pub use routes::{LIST_LIMIT_DEFAULT, WAIT_SECONDS_MAX};
 pub use server::{ServeOptions, TlsError, tls_config};
 pub use service::{Service, ServiceBuilder, ServiceError};
-pub use view::{HistoryView, OperationView, PageView, WalEntryView};
+pub use view::{BulkFailure, BulkView, HistoryView, OperationView, PageView, WalEntryView};

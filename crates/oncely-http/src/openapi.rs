@@ -20,6 +20,10 @@ pub enum RouteId {
     Retry,
     /// `POST /v1/{resource}/{key}/cancel`.
     Cancel,
+    /// `POST /v1/bulk/{resource}/retry`.
+    BulkRetry,
+    /// `POST /v1/bulk/{resource}/cancel`.
+    BulkCancel,
 }
 
 impl RouteId {
@@ -31,6 +35,8 @@ impl RouteId {
             Self::History => "history",
             Self::Retry => "retry",
             Self::Cancel => "cancel",
+            Self::BulkRetry => "bulk-retry",
+            Self::BulkCancel => "bulk-cancel",
         }
     }
 }
@@ -86,7 +92,7 @@ pub const DOMAIN_ROUTES: &[RouteDoc<RouteId>] = &[
         method: "get",
         path: "/v1/{resource}",
         id: RouteId::List,
-        summary: "List the tenant's operations, newest first: ?state=&limit=(1..1000, 50)&cursor=",
+        summary: "List the tenant's operations, newest first: ?state=&attemptsMin=&errorCode=&createdFrom=&createdUntil=&limit=(1..1000, 50)&cursor=",
         responses: &[
             (200, "one page"),
             (400, "a bad state, limit or cursor, or an unknown parameter"),
@@ -143,6 +149,40 @@ pub const DOMAIN_ROUTES: &[RouteDoc<RouteId>] = &[
             (400, "a bad key"),
             (404, "no such operation"),
             (409, "the operation is COMPLETED, FAILED or TIMEOUT"),
+        ],
+        role: Some(Role::Operate),
+    },
+    RouteDoc {
+        method: "post",
+        path: "/v1/bulk/{resource}/retry",
+        id: RouteId::BulkRetry,
+        summary: "Operator retry of every operation on one page of the list with the same query (state, attemptsMin, errorCode, createdFrom, createdUntil, limit, cursor); nextCursor continues",
+        responses: &[
+            (
+                200,
+                "how many matched, how many were retried, which were not and why, and the next cursor",
+            ),
+            (
+                400,
+                "a bad state, number, time, limit or cursor, or an unknown parameter",
+            ),
+        ],
+        role: Some(Role::Operate),
+    },
+    RouteDoc {
+        method: "post",
+        path: "/v1/bulk/{resource}/cancel",
+        id: RouteId::BulkCancel,
+        summary: "Operator cancel of every operation on one page of the list with the same query; nextCursor continues",
+        responses: &[
+            (
+                200,
+                "how many matched, how many were cancelled (or their cancel requested), which were not and why, and the next cursor",
+            ),
+            (
+                400,
+                "a bad state, number, time, limit or cursor, or an unknown parameter",
+            ),
         ],
         role: Some(Role::Operate),
     },
@@ -264,6 +304,7 @@ fn domain_paths(domain: &DocumentedDomain, paths: &mut Map<String, Value>) {
                 content("Operation")
             }
             RouteId::List => content("Page"),
+            RouteId::BulkRetry | RouteId::BulkCancel => content("Bulk"),
             RouteId::History => content("History"),
         };
         let mut documented: Vec<(u16, &str)> = route.responses.to_vec();
@@ -295,10 +336,17 @@ fn domain_paths(domain: &DocumentedDomain, paths: &mut Map<String, Value>) {
             operation["requestBody"] =
                 json!({ "required": true, "content": content(&request_name(domain.resource)) });
         }
-        if route.id == RouteId::List {
+        if matches!(
+            route.id,
+            RouteId::List | RouteId::BulkRetry | RouteId::BulkCancel
+        ) {
             parameters.push(
                 json!({ "name": "state", "in": "query", "schema": { "enum": state_names() } }),
             );
+            parameters.push(json!({ "name": "attemptsMin", "in": "query", "schema": { "type": "string", "pattern": "^[0-9]{1,9}$" } }));
+            parameters.push(json!({ "name": "errorCode", "in": "query", "schema": { "type": "string", "minLength": 1, "maxLength": 128 } }));
+            parameters.push(json!({ "name": "createdFrom", "in": "query", "schema": { "type": "string", "format": "date-time" } }));
+            parameters.push(json!({ "name": "createdUntil", "in": "query", "schema": { "type": "string", "format": "date-time" } }));
             parameters.push(json!({ "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000 } }));
             parameters
                 .push(json!({ "name": "cursor", "in": "query", "schema": { "type": "string", "pattern": "^[0-9]{1,18}$" } }));
@@ -379,6 +427,11 @@ fn shared_schemas() -> Map<String, Value> {
             "cancelRequestedAt": { "type": ["string", "null"], "format": "date-time" }
         } },
         "Page": { "type": "object", "properties": { "items": { "type": "array", "items": { "$ref": "#/components/schemas/Operation" } }, "nextCursor": { "type": ["string", "null"] } } },
+        "Bulk": { "type": "object", "required": ["matched", "done", "failed"], "properties": {
+            "matched": { "type": "integer" }, "done": { "type": "integer" },
+            "failed": { "type": "array", "items": { "type": "object", "required": ["key", "type", "detail"], "properties": {
+                "key": { "type": "string" }, "type": { "type": "string" }, "detail": { "type": "string" } } } },
+            "nextCursor": { "type": ["string", "null"] } } },
         "History": { "type": "object", "properties": { "key": { "type": "string" }, "entries": { "type": "array", "items": { "type": "object" } } } },
         "Problem": { "type": "object", "required": ["type", "title", "status", "detail"], "properties": {
             "type": { "type": "string", "format": "uri" }, "title": { "type": "string" }, "status": { "type": "integer" },

@@ -14,6 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::from_fn;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
+use chrono::{DateTime, Utc};
 use oncely::{Engine, IdempotencyKey, ListFilter, OperationId, OperationState, Scope, Store};
 use serde::Deserialize;
 
@@ -21,7 +22,7 @@ use crate::auth::{Principal, require};
 use crate::domain::HttpDomain;
 use crate::openapi::{DOMAIN_ROUTES, RouteId};
 use crate::problem::Problem;
-use crate::view::{HistoryView, OperationView, PageView};
+use crate::view::{BulkFailure, BulkView, HistoryView, OperationView, PageView};
 
 /// The longest `Prefer: wait=N`, in seconds.
 pub const WAIT_SECONDS_MAX: u64 = 60;
@@ -59,6 +60,8 @@ pub(crate) fn router<S: Store, O: HttpDomain>(api: Arc<DomainApi<S, O>>) -> Rout
             RouteId::History => get(history::<S, O>),
             RouteId::Retry => post(retry::<S, O>),
             RouteId::Cancel => post(cancel::<S, O>),
+            RouteId::BulkRetry => post(bulk_retry::<S, O>),
+            RouteId::BulkCancel => post(bulk_cancel::<S, O>),
         };
         if let Some(role) = route.role {
             handler = handler.layer(from_fn(move |request, next| require(role, request, next)));
@@ -405,13 +408,98 @@ async fn cancel<S: Store, O: HttpDomain>(
     Ok(Json(OperationView::from(&cancelled)))
 }
 
-/// `GET /v1/{resource}` parameters; anything else is refused.
+/// `GET /v1/{resource}` parameters, and the selection of a bulk action; anything else is
+/// refused.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ListQuery {
     state: Option<String>,
+    attempts_min: Option<String>,
+    error_code: Option<String>,
+    created_from: Option<String>,
+    created_until: Option<String>,
     limit: Option<String>,
     cursor: Option<String>,
+}
+
+impl ListQuery {
+    /// The filter it asks for, within the principal's tenant.
+    fn filter(self, principal: &Principal) -> Result<ListFilter, Problem> {
+        let invalid = |detail: String| Problem::bad_request("invalid-query", detail);
+        let state = self
+            .state
+            .map(|state| state.parse::<OperationState>())
+            .transpose()
+            .map_err(|error| invalid(error.to_string()))?;
+        let limit = match self.limit {
+            None => LIST_LIMIT_DEFAULT,
+            Some(limit) => limit
+                .parse::<u32>()
+                .ok()
+                .filter(|limit| (1..=oncely::store::LIST_LIMIT_MAX).contains(limit))
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "limit must be 1 to {}, not {limit:?}",
+                        oncely::store::LIST_LIMIT_MAX
+                    ))
+                })?,
+        };
+        let attempts_min = self
+            .attempts_min
+            .map(|n| {
+                n.parse::<u32>()
+                    .map_err(|_| invalid(format!("attemptsMin must be a whole number, not {n:?}")))
+            })
+            .transpose()?;
+        let time = |name: &str, text: Option<String>| {
+            text.map(|text| {
+                DateTime::parse_from_rfc3339(&text)
+                    .map(|at| at.with_timezone(&Utc))
+                    .map_err(|error| {
+                        invalid(format!(
+                            "{name} must be an RFC 3339 time, not {text:?}: {error}"
+                        ))
+                    })
+            })
+            .transpose()
+        };
+        let error_code = self
+            .error_code
+            .map(|code| {
+                if (1..=128).contains(&code.len()) {
+                    Ok(code)
+                } else {
+                    Err(invalid("errorCode must be 1 to 128 bytes".to_owned()))
+                }
+            })
+            .transpose()?;
+        let before = self
+            .cursor
+            .map(|cursor| {
+                cursor
+                    .parse::<i64>()
+                    .map(OperationId)
+                    .map_err(|_| invalid(format!("unknown cursor {cursor:?}")))
+            })
+            .transpose()?;
+        Ok(ListFilter {
+            tenant: Some(principal.tenant.clone()),
+            domain: None,
+            state,
+            attempts_min,
+            error_code,
+            created_from: time("createdFrom", self.created_from)?,
+            created_until: time("createdUntil", self.created_until)?,
+            before,
+            limit,
+        })
+    }
+}
+
+fn list_query(query: Result<Query<ListQuery>, QueryRejection>) -> Result<ListQuery, Problem> {
+    let Query(query) =
+        query.map_err(|rejection| Problem::bad_request("invalid-query", rejection.body_text()))?;
+    Ok(query)
 }
 
 async fn list<S: Store, O: HttpDomain>(
@@ -419,47 +507,68 @@ async fn list<S: Store, O: HttpDomain>(
     principal: Option<Extension<Principal>>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<PageView>, Problem> {
-    let principal = who(principal);
-    let Query(query) =
-        query.map_err(|rejection| Problem::bad_request("invalid-query", rejection.body_text()))?;
-    let state = query
-        .state
-        .map(|state| state.parse::<OperationState>())
-        .transpose()
-        .map_err(|error| Problem::bad_request("invalid-query", error.to_string()))?;
-    let limit = match query.limit {
-        None => LIST_LIMIT_DEFAULT,
-        Some(limit) => limit
-            .parse::<u32>()
-            .ok()
-            .filter(|limit| (1..=oncely::store::LIST_LIMIT_MAX).contains(limit))
-            .ok_or_else(|| {
-                Problem::bad_request(
-                    "invalid-query",
-                    format!(
-                        "limit must be 1 to {}, not {limit:?}",
-                        oncely::store::LIST_LIMIT_MAX
-                    ),
-                )
-            })?,
-    };
-    let before = query
-        .cursor
-        .map(|cursor| {
-            cursor.parse::<i64>().map(OperationId).map_err(|_| {
-                Problem::bad_request("invalid-query", format!("unknown cursor {cursor:?}"))
-            })
-        })
-        .transpose()?;
-    let page = api
-        .engine
-        .list(ListFilter {
-            tenant: Some(principal.tenant),
-            state,
-            limit,
-            before,
-            ..ListFilter::default()
-        })
-        .await?;
+    let filter = list_query(query)?.filter(&who(principal))?;
+    let page = api.engine.list(filter).await?;
     Ok(Json(PageView::from(&page)))
+}
+
+/// An operator action applied to every operation a selection matches.
+#[derive(Debug, Clone, Copy)]
+enum BulkAction {
+    Retry,
+    Cancel,
+}
+
+/// One page of a bulk action: the operations of the page that the list with the same
+/// query would show are acted on, one by one; `nextCursor` continues with the next page.
+async fn bulk<S: Store, O: HttpDomain>(
+    api: Arc<DomainApi<S, O>>,
+    principal: Option<Extension<Principal>>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+    action: BulkAction,
+) -> Result<Json<BulkView>, Problem> {
+    let principal = who(principal);
+    let filter = list_query(query)?.filter(&principal)?;
+    let page = api.engine.list(filter).await?;
+    let by = principal.key_id.as_deref();
+    let mut view = BulkView {
+        matched: page.items.len(),
+        done: 0,
+        failed: Vec::new(),
+        next_cursor: page.next.map(|id| id.0.to_string()),
+    };
+    for operation in &page.items {
+        let acted = match action {
+            BulkAction::Retry => api.engine.retry_by(&operation.scope, by).await,
+            BulkAction::Cancel => api.engine.cancel_by(&operation.scope, by).await,
+        };
+        match acted {
+            Ok(_) => view.done += 1,
+            Err(error) => {
+                let problem = Problem::from_engine(&error);
+                view.failed.push(BulkFailure {
+                    key: operation.scope.key.to_string(),
+                    kind: problem.kind,
+                    detail: problem.detail,
+                });
+            }
+        }
+    }
+    Ok(Json(view))
+}
+
+async fn bulk_retry<S: Store, O: HttpDomain>(
+    State(api): State<Arc<DomainApi<S, O>>>,
+    principal: Option<Extension<Principal>>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<BulkView>, Problem> {
+    bulk(api, principal, query, BulkAction::Retry).await
+}
+
+async fn bulk_cancel<S: Store, O: HttpDomain>(
+    State(api): State<Arc<DomainApi<S, O>>>,
+    principal: Option<Extension<Principal>>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<BulkView>, Problem> {
+    bulk(api, principal, query, BulkAction::Cancel).await
 }

@@ -74,6 +74,32 @@ impl From<&Operation> for OperationView {
     }
 }
 
+/// What one page of a bulk retry or cancel did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BulkView {
+    /// Operations on this page that the selection matched.
+    pub matched: usize,
+    /// Of those, how many were retried or cancelled.
+    pub done: usize,
+    /// Those that were not, and why.
+    pub failed: Vec<BulkFailure>,
+    /// Pass as `cursor` to act on the next page; absent on the last one.
+    pub next_cursor: Option<String>,
+}
+
+/// An operation a bulk action could not act on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BulkFailure {
+    /// Its idempotency key.
+    pub key: String,
+    /// The problem type, as a single action would have answered it.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// What happened.
+    pub detail: String,
+}
+
 /// One page of operations, newest first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -564,6 +564,157 @@ async fn an_operator_cancels_a_payment_waiting_for_a_retry_and_not_a_completed_o
 }
 
 #[tokio::test]
+async fn an_operator_filters_then_retries_and_cancels_in_bulk_page_by_page() {
+    let declining = api_with(
+        SimConfig {
+            decline_rate: 1.0,
+            ..SimConfig::default()
+        },
+        false,
+    )
+    .await;
+    for i in 0..5 {
+        let failed = declining
+            .pay(
+                Some(&format!("d{i}")),
+                &payment(i + 1),
+                &[("prefer", "wait=10")],
+            )
+            .await;
+        assert_eq!(failed.body["state"], "FAILED");
+    }
+    let count = |answer: &Answer| answer.body["items"].as_array().unwrap().len();
+    for (query, expected) in [
+        ("errorCode=card_declined&attemptsMin=1", 5),
+        ("errorCode=card_expired", 0),
+        ("attemptsMin=2", 0),
+        (
+            "createdFrom=2000-01-01T00:00:00Z&createdUntil=2999-01-01T00:00:00Z",
+            5,
+        ),
+        ("createdFrom=2999-01-01T00:00:00Z", 0),
+    ] {
+        let listed = declining
+            .send("GET", &format!("/v1/payments?{query}"), &[], None)
+            .await;
+        assert_eq!(count(&listed), expected, "{query}");
+    }
+    for bad in ["attemptsMin=x", "createdFrom=yesterday", "errorCode="] {
+        let answer = declining
+            .send("POST", &format!("/v1/bulk/payments/retry?{bad}"), &[], None)
+            .await;
+        assert_problem(&answer, StatusCode::BAD_REQUEST, "invalid-query");
+    }
+    // Everything FAILED, three at a time: two pages, every one retried once.
+    let first = declining
+        .send(
+            "POST",
+            "/v1/bulk/payments/retry?state=FAILED&limit=3",
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    assert_eq!(
+        (first.body["matched"].clone(), first.body["done"].clone()),
+        (json!(3), json!(3))
+    );
+    let cursor = first.body["nextCursor"].as_str().unwrap().to_owned();
+    let second = declining
+        .send(
+            "POST",
+            &format!("/v1/bulk/payments/retry?state=FAILED&limit=3&cursor={cursor}"),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(
+        (second.body["matched"].clone(), second.body["done"].clone()),
+        (json!(2), json!(2))
+    );
+    assert!(second.body["nextCursor"].is_null());
+    for i in 0..5 {
+        let history = declining
+            .send("GET", &format!("/v1/payments/d{i}/history"), &[], None)
+            .await;
+        let retries = history.body["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "OPERATOR_RETRIED")
+            .count();
+        assert_eq!(retries, 1, "d{i}");
+    }
+
+    // Waiting for retries: all cancelled in one call; a retry of them all fails, each
+    // with its reason.
+    let unavailable = api_with(
+        SimConfig {
+            error_rate: 1.0,
+            ..SimConfig::default()
+        },
+        false,
+    )
+    .await;
+    for i in 0..3 {
+        unavailable
+            .pay(Some(&format!("w{i}")), &payment(i + 1), &[])
+            .await;
+    }
+    for _ in 0..200 {
+        let waiting = unavailable
+            .send(
+                "GET",
+                "/v1/payments?state=ACCEPTED&attemptsMin=1",
+                &[],
+                None,
+            )
+            .await;
+        if count(&waiting) == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cancelled = unavailable
+        .send(
+            "POST",
+            "/v1/bulk/payments/cancel?state=ACCEPTED&attemptsMin=1",
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(
+        (
+            cancelled.body["matched"].clone(),
+            cancelled.body["done"].clone()
+        ),
+        (json!(3), json!(3))
+    );
+    let listed = unavailable
+        .send("GET", "/v1/payments?state=CANCELLED", &[], None)
+        .await;
+    assert_eq!(count(&listed), 3);
+    let refused = unavailable
+        .send("POST", "/v1/bulk/payments/retry", &[], None)
+        .await;
+    assert_eq!(
+        (
+            refused.body["matched"].clone(),
+            refused.body["done"].clone()
+        ),
+        (json!(3), json!(0))
+    );
+    let failed = refused.body["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 3);
+    assert!(
+        failed
+            .iter()
+            .all(|f| f["type"] == "urn:oncely:problem:not-retryable" && f["key"].is_string()),
+        "{failed:?}"
+    );
+}
+
+#[tokio::test]
 async fn health_and_readiness_answer() {
     let api = api().await;
     assert_eq!(

@@ -1253,6 +1253,18 @@ impl<B: Backend> Store for SqlStore<B> {
         if let Some(state) = filter.state {
             condition(" AND o.state = ?", Param::Text(state.as_str().to_owned()));
         }
+        if let Some(attempts) = filter.attempts_min {
+            condition(" AND o.attempt_count >= ?", Param::Int(i64::from(attempts)));
+        }
+        if let Some(code) = &filter.error_code {
+            condition(" AND o.error_code = ?", Param::Text(code.clone()));
+        }
+        if let Some(from) = filter.created_from {
+            condition(" AND o.created_at >= ?", Param::Int(millis(from)));
+        }
+        if let Some(until) = filter.created_until {
+            condition(" AND o.created_at < ?", Param::Int(millis(until)));
+        }
         if let Some(before) = filter.before {
             condition(" AND o.id < ?", Param::Int(before.0));
         }

@@ -865,9 +865,7 @@ impl Store for MemoryStore {
             .operations
             .values()
             .rev()
-            .filter(|o| filter.tenant.as_ref().is_none_or(|t| &o.scope.tenant == t))
-            .filter(|o| filter.domain.as_ref().is_none_or(|d| &o.scope.domain == d))
-            .filter(|o| filter.state.is_none_or(|s| o.state == s))
+            .filter(|o| filter.matches(o))
             .filter(|o| filter.before.is_none_or(|before| o.id < before))
             .take(limit + 1)
             .cloned()

@@ -208,10 +208,46 @@ pub struct ListFilter {
     pub domain: Option<DomainName>,
     /// Only this state.
     pub state: Option<OperationState>,
+    /// Only operations that have started at least this many attempts.
+    pub attempts_min: Option<u32>,
+    /// Only operations whose last error carries this code.
+    pub error_code: Option<String>,
+    /// Only operations accepted at or after this time.
+    pub created_from: Option<DateTime<Utc>>,
+    /// Only operations accepted before this time.
+    pub created_until: Option<DateTime<Utc>>,
     /// Only operations with a smaller id (the previous page's cursor): newest first.
     pub before: Option<OperationId>,
     /// At most this many (the store caps it at [`LIST_LIMIT_MAX`]).
     pub limit: u32,
+}
+
+impl ListFilter {
+    /// Whether `operation` is one the filter lets through (the cursor and the limit
+    /// aside). Every store selects exactly these.
+    pub fn matches(&self, operation: &Operation) -> bool {
+        self.tenant
+            .as_ref()
+            .is_none_or(|t| &operation.scope.tenant == t)
+            && self
+                .domain
+                .as_ref()
+                .is_none_or(|d| &operation.scope.domain == d)
+            && self.state.is_none_or(|s| operation.state == s)
+            && self
+                .attempts_min
+                .is_none_or(|n| operation.attempt_count >= n)
+            && self
+                .error_code
+                .as_ref()
+                .is_none_or(|code| operation.error_code.as_ref() == Some(code))
+            && self
+                .created_from
+                .is_none_or(|from| operation.created_at >= from)
+            && self
+                .created_until
+                .is_none_or(|until| operation.created_at < until)
+    }
 }
 
 /// The largest page a store returns.

@@ -638,6 +638,91 @@ pub async fn list_filters_and_pages_newest_first<S: Store>(store: S) {
     assert!(other_tenant.items.is_empty());
 }
 
+pub async fn list_filters_by_attempts_error_code_and_acceptance_time<S: Store>(store: S) {
+    // f0..f3 accepted at 0..3 s; f1 and f2 declined with codes, f3 retried twice.
+    for i in 0..4 {
+        accept(&store, &format!("f{i}"), at(i)).await;
+    }
+    for (key, outcome) in [
+        (
+            "f1",
+            Outcome::fail("declined").with_error_code("card_declined"),
+        ),
+        (
+            "f2",
+            Outcome::fail("expired").with_error_code("card_expired"),
+        ),
+    ] {
+        let operation = claim_key(&store, key, at(10)).await;
+        let fence = operation.fence().unwrap();
+        let (_, decision) = record(&store, &operation, &fence, outcome, at(11)).await;
+        finalize(&store, &fence, decision, at(12)).await;
+    }
+    for round in 0..2 {
+        let operation = claim_key(&store, "f3", at(20 + round * 100)).await;
+        let fence = operation.fence().unwrap();
+        let outcome = Outcome::retry("busy").with_backoff(Duration::from_secs(1));
+        let (_, decision) = record(&store, &operation, &fence, outcome, at(21 + round * 100)).await;
+        finalize(&store, &fence, decision, at(22 + round * 100)).await;
+    }
+    let keys = |filter: ListFilter| {
+        let store = &store;
+        async move {
+            let page = store
+                .list(ListFilter {
+                    domain: Some(domain()),
+                    limit: 10,
+                    ..filter
+                })
+                .await
+                .unwrap();
+            page.items
+                .iter()
+                .map(|o| o.scope.key.to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    let code = keys(ListFilter {
+        error_code: Some("card_declined".to_owned()),
+        ..ListFilter::default()
+    })
+    .await;
+    assert_eq!(code, ["f1"]);
+    let retried = keys(ListFilter {
+        attempts_min: Some(2),
+        ..ListFilter::default()
+    })
+    .await;
+    assert_eq!(retried, ["f3"]);
+    let window = keys(ListFilter {
+        created_from: Some(at(1)),
+        created_until: Some(at(3)),
+        ..ListFilter::default()
+    })
+    .await;
+    assert_eq!(window, ["f2", "f1"], "from inclusive, until exclusive");
+    let failed_and_coded = keys(ListFilter {
+        state: Some(OperationState::Failed),
+        attempts_min: Some(1),
+        created_from: Some(at(2)),
+        ..ListFilter::default()
+    })
+    .await;
+    assert_eq!(failed_and_coded, ["f2"]);
+}
+
+/// Claims until `key` comes up (the store hands out the oldest due first), and returns it;
+/// the others claimed on the way stay leased.
+async fn claim_key<S: Store>(store: &S, key: &str, now: DateTime<Utc>) -> Operation {
+    for _ in 0..10 {
+        let claimed = claim(store, "w", now, 1).await;
+        if let Some(operation) = claimed.into_iter().find(|o| o.scope.key.as_str() == key) {
+            return operation;
+        }
+    }
+    panic!("{key} was never claimed");
+}
+
 pub async fn history_is_in_order_and_unknown_operations_are_not_found<S: Store>(store: S) {
     accept(&store, "h", at(0)).await;
     let operation = claim(&store, "w", at(1), 1).await.remove(0);
@@ -1381,6 +1466,7 @@ macro_rules! conformance_suite {
             operator_retry_only_from_failed_or_timeout,
             operator_cancel_ends_what_is_not_running_and_requests_the_rest,
             list_filters_and_pages_newest_first,
+            list_filters_by_attempts_error_code_and_acceptance_time,
             history_is_in_order_and_unknown_operations_are_not_found,
             concurrent_claimers_never_share_an_operation,
             concurrent_overlapping_accepts_replay_or_insert_never_fail,
