@@ -3,9 +3,9 @@
 use chrono::{DateTime, Utc};
 use oncely::keys::{ApiKey, KeyStore};
 use oncely::{
-    AcceptLease, Accepted, Backlog, ClaimRequest, DomainName, DomainOverview, Fenced, LeaseOwner,
-    ListFilter, NewOperation, NodeId, Operation, Page, PendingOutcome, RecordOutcome, Scope, Store,
-    StoreError, Transition, WalEntry,
+    AcceptLease, Accepted, Backlog, ClaimRequest, DomainName, DomainOverview, Fenced, FollowUps,
+    LeaseOwner, ListFilter, NewOperation, NodeId, Operation, Page, PendingOutcome, RecordOutcome,
+    Scope, Store, StoreError, Transition, WalEntry,
 };
 
 #[cfg(feature = "mysql")]
@@ -187,9 +187,10 @@ impl Store for AnyStore {
         scope: &Scope,
         by: Option<&str>,
         at_once: bool,
+        follow_ups: FollowUps,
         now: DateTime<Utc>,
     ) -> Result<Operation, StoreError> {
-        delegate!(self, store => store.cancel(scope, by, at_once, now))
+        delegate!(self, store => store.cancel(scope, by, at_once, follow_ups.clone(), now))
     }
 
     async fn purge(

@@ -18,8 +18,9 @@ use oncely::store::{
 };
 use oncely::{
     AcceptLease, Accepted, Backlog, ClaimRequest, CrashPoint, DomainName, DomainOverview,
-    Failpoints, Fenced, LeaseOwner, ListFilter, NewOperation, NodeId, Operation, OperationState,
-    Page, PendingOutcome, RecordOutcome, Scope, Store, StoreError, Transition, WalEntry, WalKind,
+    Failpoints, Fenced, FollowUps, LeaseOwner, ListFilter, NewOperation, NodeId, Operation,
+    OperationState, Page, PendingOutcome, RecordOutcome, Scope, Store, StoreError, Transition,
+    WalEntry, WalKind,
 };
 use serde_json::Value;
 use sqlx::pool::PoolOptions;
@@ -1132,6 +1133,7 @@ impl<B: Backend> Store for SqlStore<B> {
         scope: &Scope,
         by: Option<&str>,
         at_once: bool,
+        follow_ups: FollowUps,
         now: DateTime<Utc>,
     ) -> Result<Operation, StoreError> {
         let mut tx = self.begin().await?;
@@ -1183,7 +1185,15 @@ impl<B: Backend> Store for SqlStore<B> {
             }],
         )
         .await?;
+        // The outbox: an end submits its follow-ups in its own transaction.
+        let submits = state == OperationState::Cancelled && !follow_ups.is_empty();
+        if submits {
+            self.submit_follow_ups(&mut tx, &follow_ups).await?;
+        }
         self.commit(tx).await?;
+        if submits {
+            self.signal.notify_waiters();
+        }
         Ok(cancelled)
     }
 

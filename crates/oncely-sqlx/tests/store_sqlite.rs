@@ -119,6 +119,7 @@ async fn the_cancel_migration_keeps_every_row_and_every_counter() {
         &conformance::scope("kept"),
         None,
         true,
+        Vec::new(),
         conformance::at(2),
     )
     .await

@@ -529,7 +529,21 @@ impl<S: Store, O: Orchestrator> Engine<S, O> {
             let at_once = current.state == OperationState::Accepted
                 && !(current.attempt_count > 0
                     && outcome_unknown(shared, &current, current.attempt_count).await);
-            match shared.store.cancel(scope, by, at_once, shared.now()).await {
+            let now = shared.now();
+            // What the domain submits when an operation ends: a cancel is an end too.
+            let follow_ups = if at_once {
+                let decision = Decision::Cancel {
+                    reason: "cancelled by an operator".to_owned(),
+                };
+                shared.follow_ups(&current, &decision, now)
+            } else {
+                Vec::new()
+            };
+            match shared
+                .store
+                .cancel(scope, by, at_once, follow_ups, now)
+                .await
+            {
                 Ok(operation) => {
                     if operation.state == OperationState::Cancelled
                         && current.state != OperationState::Cancelled

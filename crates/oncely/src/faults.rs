@@ -15,8 +15,9 @@ use chrono::{DateTime, Utc};
 use crate::key::{DomainName, NodeId, Scope};
 use crate::operation::{LeaseOwner, Operation, WalEntry};
 use crate::store::{
-    AcceptLease, Accepted, Backlog, ClaimRequest, DomainOverview, Fenced, ListFilter, NewOperation,
-    Page, PendingOutcome, RecordOutcome, Store, StoreError, Transition, settle_in_two_steps,
+    AcceptLease, Accepted, Backlog, ClaimRequest, DomainOverview, Fenced, FollowUps, ListFilter,
+    NewOperation, Page, PendingOutcome, RecordOutcome, Store, StoreError, Transition,
+    settle_in_two_steps,
 };
 
 /// The store calls a fault can be attached to.
@@ -239,9 +240,10 @@ impl<S: Store> Store for FaultyStore<S> {
         scope: &Scope,
         by: Option<&str>,
         at_once: bool,
+        follow_ups: FollowUps,
         now: DateTime<Utc>,
     ) -> Result<Operation, StoreError> {
-        self.inner.cancel(scope, by, at_once, now).await
+        self.inner.cancel(scope, by, at_once, follow_ups, now).await
     }
 
     async fn purge(

@@ -791,6 +791,7 @@ impl Store for MemoryStore {
         scope: &Scope,
         by: Option<&str>,
         at_once: bool,
+        follow_ups: FollowUps,
         now: DateTime<Utc>,
     ) -> Result<Operation, StoreError> {
         let now = ms(now);
@@ -825,6 +826,9 @@ impl Store for MemoryStore {
             now,
         );
         data.operations.insert(cancelled.id, cancelled.clone());
+        if state == OperationState::Cancelled {
+            data.follow_ups(&follow_ups)?;
+        }
         Ok(cancelled)
     }
 

@@ -493,7 +493,8 @@ pub trait Store: Send + Sync + 'static {
     /// `CANCELLED` at once when `at_once` (no attempt's outcome is unknown), with an
     /// `OPERATOR_CANCELLED` entry; otherwise, and for a `PROCESSING` one, the cancel is
     /// requested (`cancel_requested_at`, a `CANCEL_REQUESTED` entry; an `ACCEPTED` one
-    /// becomes due at once) and the next attempt turns into it. A cancel already made or
+    /// becomes due at once) and the next attempt turns into it. `follow_ups` are submitted
+    /// in the same transaction when the operation ends here. A cancel already made or
     /// requested answers the operation as it is; a `COMPLETED`, `FAILED` or `TIMEOUT` one is
     /// [`StoreError::NotCancellable`]. [`StoreError::Busy`] when the operation changed
     /// meanwhile: ask again.
@@ -502,6 +503,7 @@ pub trait Store: Send + Sync + 'static {
         scope: &Scope,
         by: Option<&str>,
         at_once: bool,
+        follow_ups: FollowUps,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Operation, StoreError>> + Send;
 

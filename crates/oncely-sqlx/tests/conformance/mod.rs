@@ -484,7 +484,13 @@ pub async fn operator_cancel_ends_what_is_not_running_and_requests_the_rest<S: S
     // Not yet run: CANCELLED at once, with who asked in the log.
     accept(&store, "idle", at(0)).await;
     let cancelled = store
-        .cancel(&scope("idle"), Some("key-1"), true, at(1))
+        .cancel(
+            &scope("idle"),
+            Some("key-1"),
+            true,
+            vec![new_operation("idle:notice", 1, at(1))],
+            at(1),
+        )
         .await
         .unwrap();
     assert_eq!(cancelled.state, OperationState::Cancelled);
@@ -492,8 +498,9 @@ pub async fn operator_cancel_ends_what_is_not_running_and_requests_the_rest<S: S
     assert_eq!(cancelled.cancel_requested_at, Some(at(1)));
     assert_eq!(cancelled.next_retry_at, None);
     assert_eq!(get(&store, "idle").await, cancelled);
+    let claimed = claim(&store, "w", at(2), 10).await;
     assert!(
-        claim(&store, "w", at(2), 10).await.is_empty(),
+        claimed.iter().all(|o| o.scope.key.as_str() != "idle"),
         "a cancelled operation is never claimed"
     );
     let history = store.history(&scope("idle")).await.unwrap();
@@ -502,9 +509,12 @@ pub async fn operator_cancel_ends_what_is_not_running_and_requests_the_rest<S: S
     assert_eq!(last.state_after, OperationState::Cancelled);
     assert_eq!(last.detail["by"], "key-1");
     assert_eq!(last.detail["previousState"], "ACCEPTED");
+    // The end submitted its follow-up in the same transaction (the outbox).
+    let notice = get(&store, "idle:notice").await;
+    assert_eq!(notice.created_at, at(1));
     // Cancelling it again answers it as it is, and logs nothing.
     let again = store
-        .cancel(&scope("idle"), None, true, at(3))
+        .cancel(&scope("idle"), None, true, Vec::new(), at(3))
         .await
         .unwrap();
     assert_eq!(again, cancelled);
@@ -517,7 +527,13 @@ pub async fn operator_cancel_ends_what_is_not_running_and_requests_the_rest<S: S
     accept(&store, "busy", at(4)).await;
     let running = claim(&store, "w", at(5), 1).await.remove(0);
     let requested = store
-        .cancel(&scope("busy"), Some("key-2"), true, at(6))
+        .cancel(
+            &scope("busy"),
+            Some("key-2"),
+            true,
+            vec![new_operation("busy:notice", 1, at(6))],
+            at(6),
+        )
         .await
         .unwrap();
     assert_eq!(requested.state, OperationState::Processing);
@@ -527,8 +543,12 @@ pub async fn operator_cancel_ends_what_is_not_running_and_requests_the_rest<S: S
         kinds(&store, "busy").await.last(),
         Some(&WalKind::CancelRequested)
     );
+    assert!(
+        store.get(&scope("busy:notice")).await.unwrap().is_none(),
+        "a request ends nothing, so it submits nothing"
+    );
     let twice = store
-        .cancel(&scope("busy"), None, true, at(7))
+        .cancel(&scope("busy"), None, true, Vec::new(), at(7))
         .await
         .unwrap();
     assert_eq!(twice, requested, "a second request changes nothing");
@@ -558,7 +578,7 @@ pub async fn operator_cancel_ends_what_is_not_running_and_requests_the_rest<S: S
     let waiting = get(&store, "unsure").await;
     assert_eq!(waiting.state, OperationState::Accepted);
     let requested = store
-        .cancel(&scope("unsure"), None, false, at(42))
+        .cancel(&scope("unsure"), None, false, Vec::new(), at(42))
         .await
         .unwrap();
     assert_eq!(requested.state, OperationState::Accepted);
@@ -574,7 +594,9 @@ pub async fn operator_cancel_ends_what_is_not_running_and_requests_the_rest<S: S
     let fence = done.fence().unwrap();
     let (_, decision) = record(&store, &done, &fence, ok_outcome("t"), at(22)).await;
     finalize(&store, &fence, decision, at(23)).await;
-    let refused = store.cancel(&scope("done"), None, true, at(24)).await;
+    let refused = store
+        .cancel(&scope("done"), None, true, Vec::new(), at(24))
+        .await;
     assert!(matches!(
         refused,
         Err(StoreError::NotCancellable {
@@ -582,7 +604,9 @@ pub async fn operator_cancel_ends_what_is_not_running_and_requests_the_rest<S: S
             ..
         })
     ));
-    let missing = store.cancel(&scope("nope"), None, true, at(24)).await;
+    let missing = store
+        .cancel(&scope("nope"), None, true, Vec::new(), at(24))
+        .await;
     assert!(matches!(missing, Err(StoreError::NotFound { .. })));
 }
 

@@ -371,8 +371,10 @@ fn check_outbox(
 ) -> Result<(), Violation> {
     let key = payment.scope.key.as_str();
     let ended = entries.iter().any(|entry| {
-        matches!(entry.kind, WalKind::Finalized | WalKind::Reaped)
-            && entry.state_after.is_terminal()
+        matches!(
+            entry.kind,
+            WalKind::Finalized | WalKind::Reaped | WalKind::OperatorCancelled
+        ) && entry.state_after.is_terminal()
     });
     let notice = notice_key(key);
     let announced = operations.iter().find(|o| {

@@ -470,6 +470,28 @@ fn step(world: &Arc<World>, submitted: &mut usize) -> Result<(), crate::Error> {
                 });
             }
         }
+        75..=76 => {
+            let (operations, _) = world.store.snapshot();
+            let live: Vec<_> = operations
+                .into_iter()
+                .filter(|o| o.scope.domain.as_str() == <Payments as Orchestrator>::DOMAIN)
+                .filter(|o| !o.state.is_terminal())
+                .collect();
+            if !live.is_empty()
+                && let Some(engine) = world.live_engine()
+            {
+                let operation = live[world.dice.below(live.len())].clone();
+                world.note(&format!(
+                    "operator cancels {} ({})",
+                    operation.scope.key, operation.state
+                ));
+                world.tally("operatorCancels");
+                tokio::spawn(async move {
+                    // Refused if it ended meanwhile, or a store fault hit it.
+                    let _ = engine.cancel(&operation.scope).await;
+                });
+            }
+        }
         _ => {}
     }
     Ok(())

@@ -17,8 +17,9 @@ use oncely::store::{
     Page, PendingOutcome, RecordOutcome, Transition,
 };
 use oncely::{
-    Attempt, Clock, Decision, DomainName, FollowUp, IdempotencyKey, LeaseOwner, MemoryStore,
-    NodeId, Operation, Orchestrator, Outcome, RetryPolicy, Scope, Store, StoreError, WalEntry,
+    Attempt, Clock, Decision, DomainName, FollowUp, FollowUps, IdempotencyKey, LeaseOwner,
+    MemoryStore, NodeId, Operation, Orchestrator, Outcome, RetryPolicy, Scope, Store, StoreError,
+    WalEntry,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -349,10 +350,15 @@ impl Store for NodeStore {
         scope: &Scope,
         by: Option<&str>,
         at_once: bool,
+        follow_ups: FollowUps,
         now: DateTime<Utc>,
     ) -> Result<Operation, StoreError> {
-        self.call("cancel", true, self.inner.cancel(scope, by, at_once, now))
-            .await
+        self.call(
+            "cancel",
+            true,
+            self.inner.cancel(scope, by, at_once, follow_ups, now),
+        )
+        .await
     }
 
     async fn purge(
@@ -480,7 +486,8 @@ impl Provider {
             if weather.dice.chance(50) {
                 tokio::time::sleep(HANG).await;
             }
-            return Outcome::retry("connection reset after the request was sent");
+            // The request was sent: whether it acted is unknown, as a real client says.
+            return Outcome::unknown("connection reset after the request was sent");
         }
         outcome
     }
@@ -511,6 +518,14 @@ impl Provider {
             Outcome::ok().with_data("amount", amount)
         })
         .await
+    }
+
+    /// What the provider holds under `key`, without the weather: a lookup.
+    fn charged(&self, key: &str) -> Option<i64> {
+        lock(&self.books)
+            .charges
+            .get(key)
+            .map(|charge| charge.amount)
     }
 
     async fn deliver(&self, operation: &str, key: &str) -> Outcome {
@@ -605,6 +620,21 @@ impl Orchestrator for Payments {
         // A stopped process reads the answer only when it runs again.
         running(&self.pause).await;
         outcome
+    }
+
+    /// After an unknown outcome: the provider is asked whether it charged under the key.
+    async fn reconcile(&self, _command: &Pay, attempt: &Attempt) -> Option<Outcome> {
+        if self.fresh_key_per_attempt {
+            return None;
+        }
+        let key = attempt.idempotency_key().as_str();
+        let amount = self.provider.charged(key)?;
+        running(&self.pause).await;
+        Some(
+            Outcome::ok()
+                .with_data("amount", amount)
+                .with_data("found", true),
+        )
     }
 }
 
