@@ -179,10 +179,10 @@ pub fn assert_uploads_clean(report: &serde_json::Value, through_s3: bool) {
     if through_s3 {
         let requests = &report["s3Requests"];
         // A conditional create succeeds once per name: one successful PUT per completed
-        // upload means nothing was written twice and nothing overwritten. The taken names
-        // were refused (412), or found taken by a look before any PUT.
+        // upload means nothing was written twice and nothing overwritten. A 412 is no
+        // failure: the taken names are refused so, and so is an upload's own second PUT
+        // when its first, sent by a worker that died or whose answer was lost, landed
+        // after the look that preceded the second (the attempt then finds its object).
         assert_eq!(requests["forwarded"]["PUT 200"], 96, "{requests:#}");
-        let refused = requests["forwarded"]["PUT 412"].as_u64().unwrap_or(0);
-        assert!(refused <= 4, "{requests:#}");
     }
 }
