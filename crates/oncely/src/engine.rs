@@ -1119,6 +1119,10 @@ async fn call<S: Store, O: Orchestrator>(
         (worker.orchestrator.execute(command, attempt).await, false)
     });
     let abort = task.abort_handle();
+    // If this attempt is dropped unfinished (the engine crashed or gave up on it at
+    // shutdown), its call goes with it, as it would with the process: a detached call
+    // could still act long after its operation was taken over.
+    let _call = AbortOnDrop(abort.clone());
     let timeout = shared.config.call_timeout;
     let answer = tokio::select! {
         biased;
@@ -1160,11 +1164,20 @@ async fn previous_outcome_unknown<S: Store, O: Orchestrator>(
     outcome_unknown(shared, operation, previous).await
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Whether `operation`'s attempt `attempt` ended without a known outcome, as its log says.
 async fn outcome_unknown<S: Store, O: Orchestrator>(
     shared: &Shared<S, O>,
     operation: &Operation,
-    previous: u32,
+    attempt: u32,
 ) -> bool {
     let log = match shared.store.history(&operation.scope).await {
         Ok(log) => log,
@@ -1176,7 +1189,7 @@ async fn outcome_unknown<S: Store, O: Orchestrator>(
     let recorded = log
         .iter()
         .rev()
-        .find(|entry| entry.kind == WalKind::OutcomeRecorded && entry.attempt == previous);
+        .find(|entry| entry.kind == WalKind::OutcomeRecorded && entry.attempt == attempt);
     recorded.is_none_or(|entry| {
         entry
             .detail

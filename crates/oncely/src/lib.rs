@@ -47,7 +47,7 @@
 //! # Layout
 //!
 //! - [`key`]: `IdempotencyKey`, `TenantId`, `DomainName`, `Scope`: names that only exist valid.
-//! - [`state`]: the five states and the one table of legal transitions.
+//! - [`state`]: the six states and the one table of legal transitions.
 //! - [`outcome`]: `Outcome` — `Ok`, `Retry`, `Fail`.
 //! - [`retry`]: the backoff policy.
 //! - [`orchestrator`]: the trait a domain implements.
