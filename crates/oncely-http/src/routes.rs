@@ -385,13 +385,7 @@ async fn retry<S: Store, O: HttpDomain>(
     principal: Option<Extension<Principal>>,
     key: Result<Path<String>, PathRejection>,
 ) -> Result<Json<OperationView>, Problem> {
-    let principal = who(principal);
-    let scope = scope_of(&api, &principal, key)?;
-    let retried = api
-        .engine
-        .retry_by(&scope, principal.key_id.as_deref())
-        .await?;
-    Ok(Json(OperationView::from(&retried)))
+    act(&api, principal, key, Action::Retry).await
 }
 
 async fn cancel<S: Store, O: HttpDomain>(
@@ -399,13 +393,43 @@ async fn cancel<S: Store, O: HttpDomain>(
     principal: Option<Extension<Principal>>,
     key: Result<Path<String>, PathRejection>,
 ) -> Result<Json<OperationView>, Problem> {
+    act(&api, principal, key, Action::Cancel).await
+}
+
+/// An operator's action on one operation, alone or in bulk.
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    Retry,
+    Cancel,
+}
+
+impl Action {
+    /// Applies it to `scope`, logged as asked by `by`.
+    async fn apply<S: Store, O: HttpDomain>(
+        self,
+        api: &DomainApi<S, O>,
+        scope: &Scope,
+        by: Option<&str>,
+    ) -> Result<oncely::Operation, oncely::Error> {
+        match self {
+            Self::Retry => api.engine.retry_by(scope, by).await,
+            Self::Cancel => api.engine.cancel_by(scope, by).await,
+        }
+    }
+}
+
+async fn act<S: Store, O: HttpDomain>(
+    api: &DomainApi<S, O>,
+    principal: Option<Extension<Principal>>,
+    key: Result<Path<String>, PathRejection>,
+    action: Action,
+) -> Result<Json<OperationView>, Problem> {
     let principal = who(principal);
-    let scope = scope_of(&api, &principal, key)?;
-    let cancelled = api
-        .engine
-        .cancel_by(&scope, principal.key_id.as_deref())
+    let scope = scope_of(api, &principal, key)?;
+    let operation = action
+        .apply(api, &scope, principal.key_id.as_deref())
         .await?;
-    Ok(Json(OperationView::from(&cancelled)))
+    Ok(Json(OperationView::from(&operation)))
 }
 
 /// `GET /v1/{resource}` parameters, and the selection of a bulk action; anything else is
@@ -512,20 +536,13 @@ async fn list<S: Store, O: HttpDomain>(
     Ok(Json(PageView::from(&page)))
 }
 
-/// An operator action applied to every operation a selection matches.
-#[derive(Debug, Clone, Copy)]
-enum BulkAction {
-    Retry,
-    Cancel,
-}
-
 /// One page of a bulk action: the operations of the page that the list with the same
 /// query would show are acted on, one by one; `nextCursor` continues with the next page.
 async fn bulk<S: Store, O: HttpDomain>(
     api: Arc<DomainApi<S, O>>,
     principal: Option<Extension<Principal>>,
     query: Result<Query<ListQuery>, QueryRejection>,
-    action: BulkAction,
+    action: Action,
 ) -> Result<Json<BulkView>, Problem> {
     let principal = who(principal);
     let filter = list_query(query)?.filter(&principal)?;
@@ -538,11 +555,7 @@ async fn bulk<S: Store, O: HttpDomain>(
         next_cursor: page.next.map(|id| id.0.to_string()),
     };
     for operation in &page.items {
-        let acted = match action {
-            BulkAction::Retry => api.engine.retry_by(&operation.scope, by).await,
-            BulkAction::Cancel => api.engine.cancel_by(&operation.scope, by).await,
-        };
-        match acted {
+        match action.apply(&api, &operation.scope, by).await {
             Ok(_) => view.done += 1,
             Err(error) => {
                 let problem = Problem::from_engine(&error);
@@ -562,7 +575,7 @@ async fn bulk_retry<S: Store, O: HttpDomain>(
     principal: Option<Extension<Principal>>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<BulkView>, Problem> {
-    bulk(api, principal, query, BulkAction::Retry).await
+    bulk(api, principal, query, Action::Retry).await
 }
 
 async fn bulk_cancel<S: Store, O: HttpDomain>(
@@ -570,5 +583,5 @@ async fn bulk_cancel<S: Store, O: HttpDomain>(
     principal: Option<Extension<Principal>>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<BulkView>, Problem> {
-    bulk(api, principal, query, BulkAction::Cancel).await
+    bulk(api, principal, query, Action::Cancel).await
 }

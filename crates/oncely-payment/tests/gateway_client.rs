@@ -31,6 +31,24 @@ fn command(amount: &str) -> PaymentCommand {
     .unwrap()
 }
 
+/// Payments through `client` on a SQLite file in `dir`, polling every 20 ms.
+async fn payments(
+    dir: &tempfile::TempDir,
+    client: GatewayClient,
+    policy: oncely::RetryPolicy,
+) -> oncely::Engine<oncely_sqlx::SqliteStore, oncely_payment::PaymentOrchestrator> {
+    let db = format!("sqlite://{}", dir.path().join("p.db").display());
+    let store = oncely_sqlx::SqliteStore::open(&db).await.unwrap();
+    oncely::Engine::builder(store, oncely_payment::PaymentOrchestrator::new(client))
+        .config(oncely::EngineConfig {
+            poll_interval: Duration::from_millis(20),
+            ..oncely::EngineConfig::default()
+        })
+        .retry_policy(policy)
+        .start()
+        .unwrap()
+}
+
 fn key(text: &str) -> IdempotencyKey {
     IdempotencyKey::new(text).unwrap()
 }
@@ -246,8 +264,7 @@ async fn a_lost_answer_is_unknown_and_reconcile_finds_the_charge_without_chargin
 
 #[tokio::test]
 async fn a_payment_whose_answer_was_lost_is_charged_once_and_completes() {
-    use oncely::{Engine, EngineConfig, OperationState, RetryPolicy, WalKind};
-    use oncely_payment::PaymentOrchestrator;
+    use oncely::{OperationState, RetryPolicy, WalKind};
 
     let (sim, _running, client) = gateway(SimConfig {
         lost_answer_rate: 1.0,
@@ -255,17 +272,8 @@ async fn a_payment_whose_answer_was_lost_is_charged_once_and_completes() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("p.db").display());
-    let store = oncely_sqlx::SqliteStore::open(&db).await.unwrap();
     let policy = RetryPolicy::exponential(Duration::from_millis(10), Duration::from_millis(50));
-    let engine = Engine::builder(store, PaymentOrchestrator::new(client))
-        .config(EngineConfig {
-            poll_interval: Duration::from_millis(20),
-            ..EngineConfig::default()
-        })
-        .retry_policy(policy)
-        .start()
-        .unwrap();
+    let engine = payments(&dir, client, policy).await;
     let submitted = engine.submit(key("pay-lost"), command("7")).await.unwrap();
     let done = engine
         .wait(&submitted.operation.scope, Duration::from_secs(20))
@@ -288,8 +296,7 @@ async fn a_payment_whose_answer_was_lost_is_charged_once_and_completes() {
 
 #[tokio::test]
 async fn a_cancel_after_a_lost_answer_asks_the_gateway_and_keeps_the_charge() {
-    use oncely::{Engine, EngineConfig, OperationState, RetryPolicy, WalKind};
-    use oncely_payment::PaymentOrchestrator;
+    use oncely::{OperationState, RetryPolicy, WalKind};
 
     let (sim, _running, client) = gateway(SimConfig {
         lost_answer_rate: 1.0,
@@ -297,18 +304,9 @@ async fn a_cancel_after_a_lost_answer_asks_the_gateway_and_keeps_the_charge() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("p.db").display());
-    let store = oncely_sqlx::SqliteStore::open(&db).await.unwrap();
     // A long backoff: after the lost answer the payment waits, its outcome unknown.
     let policy = RetryPolicy::exponential(Duration::from_secs(600), Duration::from_secs(600));
-    let engine = Engine::builder(store, PaymentOrchestrator::new(client))
-        .config(EngineConfig {
-            poll_interval: Duration::from_millis(20),
-            ..EngineConfig::default()
-        })
-        .retry_policy(policy)
-        .start()
-        .unwrap();
+    let engine = payments(&dir, client, policy).await;
     let scope = engine
         .submit(key("pay-cancelled"), command("9"))
         .await

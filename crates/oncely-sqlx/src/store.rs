@@ -774,6 +774,34 @@ impl<B: Backend> SqlStore<B> {
         rows.first().map(rows::operation).transpose()
     }
 
+    /// The operation with this scope, read in `tx` for an operator's action on it.
+    async fn current(
+        &self,
+        tx: &mut Transaction<'static, B::Db>,
+        scope: &Scope,
+    ) -> Result<Operation, StoreError> {
+        self.get_with(Exec::Tx(tx), scope)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                scope: scope.clone(),
+            })
+    }
+
+    /// Runs an operator action's guarded update of one row (`row`, a one-row batch) in
+    /// `tx` and reads the operation back; `None` when the guard matched nothing because the
+    /// operation moved since it was read.
+    async fn act_on(
+        &self,
+        tx: &mut Transaction<'static, B::Db>,
+        statement: &str,
+        row: Param,
+        scope: &Scope,
+    ) -> Result<Option<Operation>, StoreError> {
+        let changed = execute::<B>(Exec::Tx(tx), statement, vec![row]).await?;
+        let read = self.get_with(Exec::Tx(tx), scope).await?;
+        Ok(read.filter(|_| changed == 1))
+    }
+
     async fn ids(
         &self,
         tx: &mut Transaction<'static, B::Db>,
@@ -1087,26 +1115,22 @@ impl<B: Backend> Store for SqlStore<B> {
         now: DateTime<Utc>,
     ) -> Result<Operation, StoreError> {
         let mut tx = self.begin().await?;
-        let current = self
-            .get_with(Exec::Tx(&mut tx), scope)
-            .await?
-            .ok_or_else(|| StoreError::NotFound {
-                scope: scope.clone(),
-            })?;
+        let current = self.current(&mut tx, scope).await?;
         check_retryable(&current)?;
         let action = ActionRow {
             id: current.id.0,
             state: current.state.as_str(),
             at: millis(now),
         };
-        let changed = execute::<B>(
-            Exec::Tx(&mut tx),
-            &self.statements.retry,
-            vec![batch::param(&[action])?],
-        )
-        .await?;
-        let retried = self.get_with(Exec::Tx(&mut tx), scope).await?;
-        let Some(retried) = retried.filter(|_| changed == 1) else {
+        let retried = self
+            .act_on(
+                &mut tx,
+                &self.statements.retry,
+                batch::param(&[action])?,
+                scope,
+            )
+            .await?;
+        let Some(retried) = retried else {
             // Another operator's retry got there between the read and the update.
             return Err(StoreError::NotRetryable {
                 scope: scope.clone(),
@@ -1137,12 +1161,7 @@ impl<B: Backend> Store for SqlStore<B> {
         now: DateTime<Utc>,
     ) -> Result<Operation, StoreError> {
         let mut tx = self.begin().await?;
-        let current = self
-            .get_with(Exec::Tx(&mut tx), scope)
-            .await?
-            .ok_or_else(|| StoreError::NotFound {
-                scope: scope.clone(),
-            })?;
+        let current = self.current(&mut tx, scope).await?;
         let Some((state, kind)) = cancel_step(&current, at_once)? else {
             self.commit(tx).await?;
             return Ok(current);
@@ -1162,14 +1181,15 @@ impl<B: Backend> Store for SqlStore<B> {
             state: current.state.as_str(),
             to_state: state.as_str(),
         };
-        let changed = execute::<B>(
-            Exec::Tx(&mut tx),
-            &self.statements.cancel,
-            vec![batch::param(&[row])?],
-        )
-        .await?;
-        let cancelled = self.get_with(Exec::Tx(&mut tx), scope).await?;
-        let Some(cancelled) = cancelled.filter(|_| changed == 1) else {
+        let cancelled = self
+            .act_on(
+                &mut tx,
+                &self.statements.cancel,
+                batch::param(&[row])?,
+                scope,
+            )
+            .await?;
+        let Some(cancelled) = cancelled else {
             // A claim, a finalize or another cancel got there between the read and the write.
             return Err(StoreError::Busy {
                 scope: scope.clone(),
