@@ -16,7 +16,7 @@ use crate::result::WorkloadResult;
 use crate::scratch::{Backend, Scratch};
 use crate::stats::Latencies;
 use crate::workload::{
-    Load, OPERATION_TIMEOUT, backend, payments, scratch_done, start_engine, stop_engine, with_load,
+    Load, backend, completed, payments, scratch_done, start_engine, stop_engine, with_load,
 };
 
 /// Rows written per fill statement.
@@ -49,13 +49,7 @@ pub async fn run(load: &Load, retained: u64) -> Result<WorkloadResult, BenchErro
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .record(started.elapsed());
-            match finishes
-                .wait(submitted.operation.id, OPERATION_TIMEOUT)
-                .await?
-            {
-                oncely::OperationState::Completed => Ok(()),
-                state => Err(format!("payment {i} ended {state}")),
-            }
+            completed(&finishes, submitted.operation.id, &format!("payment {i}")).await
         }
     })
     .await;

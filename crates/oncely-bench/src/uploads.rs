@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use oncely::OperationState;
 use oncely_upload::storage::hex_sha256;
 use oncely_upload::{Found, Storage, Upload, UploadRequest, Uploader};
 use serde::{Deserialize, Serialize};
@@ -21,7 +20,7 @@ use crate::BenchError;
 use crate::drive::closed_loop;
 use crate::result::WorkloadResult;
 use crate::scratch::Scratch;
-use crate::workload::{Load, OPERATION_TIMEOUT, backend, scratch_done, start_engine, stop_engine};
+use crate::workload::{Load, backend, completed, scratch_done, start_engine, stop_engine};
 
 /// One uploads run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,13 +105,7 @@ pub async fn run(spec: &UploadSpec) -> Result<WorkloadResult, BenchError> {
                     .submit(key, upload)
                     .await
                     .map_err(|e| e.to_string())?;
-                match finishes
-                    .wait(submitted.operation.id, OPERATION_TIMEOUT)
-                    .await?
-                {
-                    OperationState::Completed => Ok(()),
-                    state => Err(format!("upload {i} ended {state}")),
-                }
+                completed(&finishes, submitted.operation.id, &format!("upload {i}")).await
             }
         })
         .await;

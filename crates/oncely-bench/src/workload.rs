@@ -110,6 +110,19 @@ fn engine_config(load: &Load) -> EngineConfig {
 
 pub(crate) type Observed = Arc<Finishes<OperationId, OperationState>>;
 
+/// Waits until oncely has finalized operation `id` (`what`, for the error): `Ok` when it
+/// completed.
+pub(crate) async fn completed(
+    finishes: &Observed,
+    id: OperationId,
+    what: &str,
+) -> Result<(), String> {
+    match finishes.wait(id, OPERATION_TIMEOUT).await? {
+        OperationState::Completed => Ok(()),
+        state => Err(format!("{what} ended {state}")),
+    }
+}
+
 /// Starts an engine for `orchestrator` on `scratch`, reporting each operation's end.
 pub(crate) async fn start_engine<O: Orchestrator>(
     load: &Load,
@@ -162,13 +175,7 @@ async fn oncely_e2e(load: &Load) -> Result<WorkloadResult, BenchError> {
                 .submit(payment_key(i)?, payment(i)?)
                 .await
                 .map_err(|e| e.to_string())?;
-            match finishes
-                .wait(submitted.operation.id, OPERATION_TIMEOUT)
-                .await?
-            {
-                OperationState::Completed => Ok(()),
-                state => Err(format!("payment {i} ended {state}")),
-            }
+            completed(&finishes, submitted.operation.id, &format!("payment {i}")).await
         }
     })
     .await;
