@@ -164,6 +164,15 @@ impl Data {
             .and_then(|id| self.operations.get(id))
     }
 
+    /// The operation with this scope, for an operator's action on it.
+    fn current(&self, scope: &Scope) -> Result<Operation, StoreError> {
+        self.by_scope(scope)
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound {
+                scope: scope.clone(),
+            })
+    }
+
     /// Inserts what is new in `batch` (one transaction's worth) and says, per item, what
     /// came of it.
     fn accept(
@@ -756,12 +765,7 @@ impl Store for MemoryStore {
     ) -> Result<Operation, StoreError> {
         let now = ms(now);
         let mut data = self.lock();
-        let current = data
-            .by_scope(scope)
-            .cloned()
-            .ok_or_else(|| StoreError::NotFound {
-                scope: scope.clone(),
-            })?;
+        let current = data.current(scope)?;
         check_retryable(&current)?;
         let mut retried = current.clone();
         retried.state = OperationState::Accepted;
@@ -796,12 +800,7 @@ impl Store for MemoryStore {
     ) -> Result<Operation, StoreError> {
         let now = ms(now);
         let mut data = self.lock();
-        let current = data
-            .by_scope(scope)
-            .cloned()
-            .ok_or_else(|| StoreError::NotFound {
-                scope: scope.clone(),
-            })?;
+        let current = data.current(scope)?;
         let Some((state, kind)) = cancel_step(&current, at_once)? else {
             return Ok(current);
         };
