@@ -4,8 +4,8 @@ use chrono::{DateTime, Utc};
 use oncely::keys::{ApiKey, KeyStore};
 use oncely::{
     AcceptLease, Accepted, Backlog, ClaimRequest, DomainName, DomainOverview, Fenced, FollowUps,
-    LeaseOwner, ListFilter, NewOperation, NodeId, Operation, Page, PendingOutcome, RecordOutcome,
-    Scope, Store, StoreError, Transition, WalEntry,
+    LeaseOwner, ListFilter, NewOperation, NodeId, Operation, OverviewOf, Page, PendingOutcome,
+    RecordOutcome, Scope, Store, StoreError, Transition, WalEntry,
 };
 
 #[cfg(feature = "mysql")]
@@ -148,10 +148,11 @@ impl Store for AnyStore {
 
     async fn overview(
         &self,
+        of: OverviewOf<'_>,
         since: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<Vec<DomainOverview>, StoreError> {
-        delegate!(self, store => store.overview(since, now))
+        delegate!(self, store => store.overview(of, since, now))
     }
 
     async fn release_node(

@@ -181,6 +181,35 @@ const INSERT_OPERATIONS: &str = "INSERT INTO oncely_operations \
       lease_owner, lease_until, last_attempt_at, next_retry_at, created_at, updated_at)";
 
 /// `o` and `t` name the same scope.
+/// The overview's restriction to one tenant's operations in one domain: the unique
+/// index's prefix.
+const SCOPED: &str = "AND o.tenant = ? AND o.domain = ?";
+
+/// Operations by domain and state at `?` (now, twice), with what ended since `?`; `and`
+/// restricts them further.
+fn overview(and: &str) -> String {
+    // COUNT of a CASE, not SUM: the same integer type on every backend.
+    format!(
+        "SELECT o.domain AS domain, o.state AS state, COUNT(*) AS n, \
+         COUNT(CASE WHEN o.state = 'ACCEPTED' AND o.attempt_count > o.attempt_floor \
+             THEN 1 END) AS retrying, \
+         COUNT(CASE WHEN o.state = 'PROCESSING' AND o.lease_until <= ? THEN 1 END) AS stuck, \
+         MIN(CASE WHEN o.state = 'ACCEPTED' AND o.next_retry_at <= ? \
+             THEN o.next_retry_at END) AS oldest_due, \
+         COUNT(CASE WHEN o.completed_at >= ? THEN 1 END) AS ended \
+         FROM oncely_operations o WHERE 1 = 1 {and} GROUP BY o.domain, o.state"
+    )
+}
+
+/// Leases the Reaper took back since `?`, by domain; `and` restricts them further.
+fn rescued(and: &str) -> String {
+    format!(
+        "SELECT o.domain AS domain, COUNT(*) AS n FROM oncely_wal w \
+         JOIN oncely_operations o ON o.id = w.operation_id \
+         WHERE w.kind = 'REAPED' AND w.recorded_at >= ? {and} GROUP BY o.domain"
+    )
+}
+
 const SAME_SCOPE: &str = "o.tenant = t.tenant AND o.domain = t.domain AND o.idem_key = t.idem_key";
 
 /// Which rows of a fenced write a log entry is for.
@@ -389,8 +418,11 @@ pub(crate) struct Statements {
     pub(crate) expired: String,
     pub(crate) release: String,
     pub(crate) backlog: String,
+    /// The overview of every domain; `_of` adds `tenant = ? AND domain = ?`.
     pub(crate) overview: String,
+    pub(crate) overview_of: String,
     pub(crate) rescued: String,
+    pub(crate) rescued_of: String,
     pub(crate) pending: String,
     pub(crate) retry: String,
     pub(crate) cancel: String,
@@ -456,20 +488,10 @@ impl Statements {
                  FROM oncely_operations o \
                  WHERE o.domain = ? AND o.state IN ('ACCEPTED', 'PROCESSING')"
                 .to_owned()),
-            // COUNT of a CASE, not SUM: the same integer type on every backend.
-            overview: p("SELECT o.domain AS domain, o.state AS state, COUNT(*) AS n, \
-                 COUNT(CASE WHEN o.state = 'ACCEPTED' AND o.attempt_count > o.attempt_floor \
-                     THEN 1 END) AS retrying, \
-                 COUNT(CASE WHEN o.state = 'PROCESSING' AND o.lease_until <= ? THEN 1 END) AS stuck, \
-                 MIN(CASE WHEN o.state = 'ACCEPTED' AND o.next_retry_at <= ? \
-                     THEN o.next_retry_at END) AS oldest_due, \
-                 COUNT(CASE WHEN o.completed_at >= ? THEN 1 END) AS ended \
-                 FROM oncely_operations o GROUP BY o.domain, o.state"
-                .to_owned()),
-            rescued: p("SELECT o.domain AS domain, COUNT(*) AS n FROM oncely_wal w \
-                 JOIN oncely_operations o ON o.id = w.operation_id \
-                 WHERE w.kind = 'REAPED' AND w.recorded_at >= ? GROUP BY o.domain"
-                .to_owned()),
+            overview: p(overview("")),
+            overview_of: p(overview(SCOPED)),
+            rescued: p(rescued("")),
+            rescued_of: p(rescued(SCOPED)),
             pending: p(format!(
                 "SELECT {select}, {} AS recorded_detail FROM oncely_operations o \
                  JOIN oncely_wal w ON w.operation_id = o.id AND w.kind = 'OUTCOME_RECORDED' \

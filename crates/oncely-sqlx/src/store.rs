@@ -19,8 +19,8 @@ use oncely::store::{
 use oncely::{
     AcceptLease, Accepted, Backlog, ClaimRequest, CrashPoint, DomainName, DomainOverview,
     Failpoints, Fenced, FollowUps, LeaseOwner, ListFilter, NewOperation, NodeId, Operation,
-    OperationState, Page, PendingOutcome, RecordOutcome, Scope, Store, StoreError, Transition,
-    WalEntry, WalKind,
+    OperationState, OverviewOf, Page, PendingOutcome, RecordOutcome, Scope, Store, StoreError,
+    Transition, WalEntry, WalKind,
 };
 use serde_json::Value;
 use sqlx::pool::PoolOptions;
@@ -1010,19 +1010,28 @@ impl<B: Backend> Store for SqlStore<B> {
 
     async fn overview(
         &self,
+        of: OverviewOf<'_>,
         since: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<Vec<DomainOverview>, StoreError> {
-        let rows = fetch::<B>(
-            Exec::Pool(&self.reader),
-            &self.statements.overview,
-            vec![
-                Param::Int(millis(now)),
-                Param::Int(millis(now)),
-                Param::Int(millis(since)),
-            ],
-        )
-        .await?;
+        let (overview, rescued, scope) = match of {
+            OverviewOf::All => (&self.statements.overview, &self.statements.rescued, vec![]),
+            OverviewOf::Tenant(tenant, domain) => (
+                &self.statements.overview_of,
+                &self.statements.rescued_of,
+                vec![
+                    Param::Text(tenant.to_string()),
+                    Param::Text(domain.to_string()),
+                ],
+            ),
+        };
+        let mut params = vec![
+            Param::Int(millis(now)),
+            Param::Int(millis(now)),
+            Param::Int(millis(since)),
+        ];
+        params.extend(scope.iter().cloned());
+        let rows = fetch::<B>(Exec::Pool(&self.reader), overview, params).await?;
         let mut domains: std::collections::BTreeMap<String, DomainOverview> =
             std::collections::BTreeMap::new();
         for row in &rows {
@@ -1040,12 +1049,9 @@ impl<B: Backend> Store for SqlStore<B> {
                 domain.oldest_due = Some(domain.oldest_due.map_or(due, |d| d.min(due)));
             }
         }
-        let rescued = fetch::<B>(
-            Exec::Pool(&self.reader),
-            &self.statements.rescued,
-            vec![Param::Int(millis(since))],
-        )
-        .await?;
+        let mut params = vec![Param::Int(millis(since))];
+        params.extend(scope);
+        let rescued = fetch::<B>(Exec::Pool(&self.reader), rescued, params).await?;
         for row in &rescued {
             if let Some(domain) = domains.get_mut(&row.text("domain")?) {
                 domain.rescued_since = u64::try_from(row.int("n")?).unwrap_or(0);

@@ -41,8 +41,8 @@ use crate::outcome::Outcome;
 use crate::retry::RetryPolicy;
 use crate::state::OperationState;
 use crate::store::{
-    AcceptLease, Accepted, ClaimRequest, Decision, Fenced, FollowUps, ListFilter, NewOperation,
-    Page, RecordOutcome, Store, StoreError, Transition,
+    AcceptLease, Accepted, ClaimRequest, Decision, DomainOverview, Fenced, FollowUps, ListFilter,
+    NewOperation, OverviewOf, Page, RecordOutcome, Store, StoreError, Transition,
 };
 use crate::telemetry::Telemetry;
 
@@ -485,6 +485,26 @@ impl<S: Store, O: Orchestrator> Engine<S, O> {
     pub async fn list(&self, mut filter: ListFilter) -> Result<Page, Error> {
         filter.domain = Some(self.shared.domain.clone());
         Ok(self.shared.store.list(filter).await?)
+    }
+
+    /// How `tenant`'s operations in this domain stand at `now`, with what ended and what
+    /// the Reaper rescued since `since`: every state counted, zeros included.
+    pub async fn overview(
+        &self,
+        tenant: &TenantId,
+        since: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<DomainOverview, Error> {
+        let domain = &self.shared.domain;
+        let found = self
+            .shared
+            .store
+            .overview(OverviewOf::Tenant(tenant, domain), since, now)
+            .await?;
+        Ok(found
+            .into_iter()
+            .find(|overview| overview.domain == domain.as_str())
+            .unwrap_or_else(|| DomainOverview::empty(domain.as_str())))
     }
 
     /// The write-ahead log of one operation, oldest first.

@@ -16,7 +16,7 @@ use crate::key::{DomainName, NodeId, Scope};
 use crate::operation::{LeaseOwner, Operation, WalEntry};
 use crate::store::{
     AcceptLease, Accepted, Backlog, ClaimRequest, DomainOverview, Fenced, FollowUps, ListFilter,
-    NewOperation, Page, PendingOutcome, RecordOutcome, Store, StoreError, Transition,
+    NewOperation, OverviewOf, Page, PendingOutcome, RecordOutcome, Store, StoreError, Transition,
     settle_in_two_steps,
 };
 
@@ -199,10 +199,11 @@ impl<S: Store> Store for FaultyStore<S> {
 
     async fn overview(
         &self,
+        of: OverviewOf<'_>,
         since: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<Vec<DomainOverview>, StoreError> {
-        self.inner.overview(since, now).await
+        self.inner.overview(of, since, now).await
     }
 
     async fn release_node(

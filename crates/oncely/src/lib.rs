@@ -95,5 +95,6 @@ pub use retry::RetryPolicy;
 pub use state::OperationState;
 pub use store::{
     AcceptLease, Accepted, Backlog, ClaimRequest, Decision, DomainOverview, Fenced, FollowUps,
-    ListFilter, NewOperation, Page, PendingOutcome, RecordOutcome, Store, StoreError, Transition,
+    ListFilter, NewOperation, OverviewOf, Page, PendingOutcome, RecordOutcome, Store, StoreError,
+    Transition,
 };

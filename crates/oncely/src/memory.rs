@@ -23,8 +23,8 @@ use crate::operation::{Fence, Lease, LeaseOwner, Operation, OperationId, WalEntr
 use crate::state::OperationState;
 use crate::store::{
     AcceptLease, Accepted, Backlog, ClaimRequest, Decision, DomainOverview, Fenced, FollowUps,
-    LIST_LIMIT_MAX, ListFilter, NewOperation, Page, PendingOutcome, RecordOutcome, Store,
-    StoreError, Transition, accepted_detail, cancel_step, cancelled_detail, check_retryable,
+    LIST_LIMIT_MAX, ListFilter, NewOperation, OverviewOf, Page, PendingOutcome, RecordOutcome,
+    Store, StoreError, Transition, accepted_detail, cancel_step, cancelled_detail, check_retryable,
     error_message, executing_detail, recorded_detail, replay_or_conflict, retried_detail,
 };
 
@@ -659,6 +659,7 @@ impl Store for MemoryStore {
 
     async fn overview(
         &self,
+        of: OverviewOf<'_>,
         since: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<Vec<DomainOverview>, StoreError> {
@@ -667,6 +668,9 @@ impl Store for MemoryStore {
         let mut domains: BTreeMap<String, DomainOverview> = BTreeMap::new();
         let mut domain_of = BTreeMap::new();
         for operation in data.operations.values() {
+            if !of.counts(&operation.scope) {
+                continue;
+            }
             let name = operation.scope.domain.to_string();
             domain_of.insert(operation.id, name.clone());
             let domain = domains

@@ -262,6 +262,26 @@ pub struct Page {
     pub next: Option<OperationId>,
 }
 
+/// Whose operations an overview counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverviewOf<'a> {
+    /// Every tenant's, in every domain: the whole store, for its operator
+    /// (`oncely status --db`).
+    All,
+    /// One tenant's operations in one domain: what an API key of that tenant may see.
+    Tenant(&'a TenantId, &'a DomainName),
+}
+
+impl OverviewOf<'_> {
+    /// Whether `scope` is counted.
+    pub fn counts(&self, scope: &Scope) -> bool {
+        match self {
+            Self::All => true,
+            Self::Tenant(tenant, domain) => &scope.tenant == *tenant && &scope.domain == *domain,
+        }
+    }
+}
+
 /// How one domain stands, for operators (`oncely status`).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -462,10 +482,12 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Backlog, StoreError>> + Send;
 
-    /// Every domain's overview at `now`, with what ended and what the Reaper rescued since
-    /// `since`: one pass over the operations and over the log since `since`.
+    /// The overview at `now` of the domains `of` counts, with what ended and what the
+    /// Reaper rescued since `since`: one pass over those operations and over the log since
+    /// `since`. A domain with no operation is left out.
     fn overview(
         &self,
+        of: OverviewOf<'_>,
         since: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Vec<DomainOverview>, StoreError>> + Send;

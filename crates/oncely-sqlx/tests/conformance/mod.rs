@@ -15,8 +15,8 @@ use chrono::{DateTime, Utc};
 use oncely::engine::{decide, decide_reap};
 use oncely::{
     Accepted, ClaimRequest, Decision, DomainName, Fence, Fenced, Fingerprint, IdempotencyKey,
-    LeaseOwner, ListFilter, NewOperation, Operation, OperationState, Outcome, RecordOutcome,
-    RetryPolicy, Scope, Store, StoreError, TenantId, Transition, WalKind,
+    LeaseOwner, ListFilter, NewOperation, Operation, OperationState, Outcome, OverviewOf,
+    RecordOutcome, RetryPolicy, Scope, Store, StoreError, TenantId, Transition, WalKind,
 };
 use serde_json::json;
 
@@ -1220,7 +1220,10 @@ pub async fn release_node_ends_only_the_earlier_incarnations_leases<S: Store>(st
 }
 
 pub async fn overview_and_backlog_count_states_retries_stuck_due_and_rescues<S: Store>(store: S) {
-    assert_eq!(store.overview(at(0), at(0)).await.unwrap(), []);
+    assert_eq!(
+        store.overview(OverviewOf::All, at(0), at(0)).await.unwrap(),
+        []
+    );
     for key in ["a", "b", "c", "d"] {
         accept(&store, key, at(0)).await;
     }
@@ -1244,7 +1247,10 @@ pub async fn overview_and_backlog_count_states_retries_stuck_due_and_rescues<S: 
     let reap = reap_transition(&by_key("c"), at(40));
     assert_eq!(store.reap(vec![reap]).await.unwrap(), [Fenced::Applied]);
 
-    let overview = store.overview(at(0), at(40)).await.unwrap();
+    let overview = store
+        .overview(OverviewOf::All, at(0), at(40))
+        .await
+        .unwrap();
     assert_eq!(overview.len(), 1, "{overview:?}");
     let domain = &overview[0];
     assert_eq!(domain.domain, self::domain().as_str());
@@ -1284,8 +1290,31 @@ pub async fn overview_and_backlog_count_states_retries_stuck_due_and_rescues<S: 
         }
     );
     // Since later, nothing ended or was rescued.
-    let later = store.overview(at(41), at(41)).await.unwrap();
+    let later = store
+        .overview(OverviewOf::All, at(41), at(41))
+        .await
+        .unwrap();
     assert_eq!((later[0].ended_since, later[0].rescued_since), (0, 0));
+    // A tenant's view of the domain: the same operations, since they are all its own;
+    // another tenant's, or another domain's, has none of them.
+    let tenant = TenantId::default();
+    let own = store
+        .overview(OverviewOf::Tenant(&tenant, &self::domain()), at(0), at(40))
+        .await
+        .unwrap();
+    assert_eq!(own, overview);
+    let other_tenant = TenantId::new("other").unwrap();
+    let other_domain = DomainName::new("OTHER").unwrap();
+    for of in [
+        OverviewOf::Tenant(&other_tenant, &self::domain()),
+        OverviewOf::Tenant(&tenant, &other_domain),
+    ] {
+        assert_eq!(
+            store.overview(of, at(0), at(40)).await.unwrap(),
+            [],
+            "{of:?}"
+        );
+    }
 }
 
 /// The follow-up of `parent`'s end: an operation under `{parent}:event`.

@@ -14,7 +14,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use oncely::store::{
     AcceptLease, Accepted, Backlog, ClaimRequest, DomainOverview, Fenced, ListFilter, NewOperation,
-    Page, PendingOutcome, RecordOutcome, Transition,
+    OverviewOf, Page, PendingOutcome, RecordOutcome, Transition,
 };
 use oncely::{
     Attempt, Clock, Decision, DomainName, FollowUp, FollowUps, IdempotencyKey, LeaseOwner,
@@ -315,10 +315,11 @@ impl Store for NodeStore {
 
     async fn overview(
         &self,
+        of: OverviewOf<'_>,
         since: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<Vec<DomainOverview>, StoreError> {
-        self.inner.overview(since, now).await
+        self.inner.overview(of, since, now).await
     }
 
     async fn pending_outcomes(
