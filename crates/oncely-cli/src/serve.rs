@@ -7,7 +7,7 @@ use oncely::{Engine, EngineConfig, NodeId, RetryPolicy};
 use oncely_gateway_sim::{GatewaySim, SimConfig, WebhookSim};
 use std::num::NonZeroU32;
 
-use oncely_http::{Keys, RateLimit, ServeOptions, Service, tls_config};
+use oncely_http::{Console, Keys, RateLimit, ServeOptions, Service, tls_config};
 use oncely_notification::Notifier;
 use oncely_payment::{GatewayClient, PaymentOrchestrator};
 use oncely_reqwest::{Destinations, Timeouts, WebhookClient, WebhookSecret};
@@ -97,6 +97,24 @@ pub(crate) struct ServeArgs {
     /// within this.
     #[arg(long, env = "ONCELY_KEYS_RELOAD", default_value = "2s", value_parser = duration::parse, help_heading = "Limits")]
     keys_reload: Duration,
+
+    /// Do not serve the web console at /console.
+    #[arg(long, env = "ONCELY_NO_CONSOLE", help_heading = "Console")]
+    no_console: bool,
+    /// The secret console sessions are signed with (32 bytes or more), the same on every
+    /// node behind one address so a login on one is good on all. Without it each process
+    /// draws its own, and its sessions end when it stops.
+    #[arg(
+        long,
+        env = "ONCELY_CONSOLE_SECRET",
+        hide_env_values = true,
+        help_heading = "Console"
+    )]
+    console_secret: Option<String>,
+    /// Mark the console's cookie Secure (browsers send it over HTTPS only): set it when a
+    /// proxy terminates TLS in front of oncely. With --tls-cert it is always set.
+    #[arg(long, env = "ONCELY_CONSOLE_SECURE_COOKIE", help_heading = "Console")]
+    console_secure_cookie: bool,
 
     /// Serve HTTPS with this PEM certificate chain (with --tls-key).
     #[arg(
@@ -500,15 +518,23 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     ) {
         builder = builder.rate_limit(RateLimit::per_second(rate, burst));
     }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_config(cert, key).context("--tls-cert / --tls-key")?),
+        _ => None,
+    };
+    if !args.no_console {
+        let console = match &args.console_secret {
+            Some(secret) => Console::with_secret(secret.as_bytes()).context("--console-secret")?,
+            None => Console::new()?,
+        };
+        builder =
+            builder.console(console.secure_cookie(tls.is_some() || args.console_secure_cookie));
+    }
     let service = builder
         .domain(payment_engine)
         .domain(notification_engine)
         .domain(upload_engine)
         .build()?;
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(tls_config(cert, key).context("--tls-cert / --tls-key")?),
-        _ => None,
-    };
     let scheme = if tls.is_some() { "https" } else { "http" };
     let options = ServeOptions {
         header_timeout: args.header_timeout,
@@ -520,6 +546,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let events = webhooks.payment_events.as_deref().unwrap_or("off");
     tracing::info!(listen = %format!("{scheme}://{local}"), db = %args.db, %gateway, payment_events = events, uploads = %described, "oncely is serving payments, notifications and uploads");
+    if !args.no_console {
+        tracing::info!(url = %format!("{scheme}://{local}/console"), "the web console is at /console");
+    }
     service
         .serve_with(listener, shutdown_signal(), options)
         .await

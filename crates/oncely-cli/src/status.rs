@@ -7,17 +7,32 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::Utc;
 use oncely::{DomainOverview, Store};
+use oncely_http::OverviewView;
 use oncely_sqlx::AnyStore;
 
 use crate::duration;
 
 /// Flags of `oncely status`.
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = "\
+With --db (the default) the overview counts every tenant's operations, read straight from
+the database. With --url it asks a running node (GET /v1/overview) and counts the API key's
+tenant only, as the console does; the key needs the read role.
+
+Examples:
+  oncely status --db postgres://oncely@db/oncely
+  oncely status --url https://oncely.internal:8080 --api-key \"$ONCELY_API_KEY\" --window 1h")]
 pub(crate) struct StatusArgs {
     /// The service's database (read only: the schema is not touched).
     #[arg(long, env = "ONCELY_DB", default_value = "sqlite://oncely.db")]
     db: String,
-    /// How far back "ended" and "rescued" count.
+    /// A running node to ask instead of the database (its base URL); --db is then unused.
+    #[arg(long, env = "ONCELY_URL")]
+    url: Option<String>,
+    /// The API key to ask --url with (not needed in protected mode, on the same machine).
+    #[arg(long, env = "ONCELY_API_KEY", hide_env_values = true, requires = "url")]
+    api_key: Option<String>,
+    /// How far back "ended" and "rescued" count (a minute to a day with --url).
     #[arg(long, default_value = "15m", value_parser = duration::parse)]
     window: Duration,
     /// Print the overview as JSON instead of a table.
@@ -26,16 +41,23 @@ pub(crate) struct StatusArgs {
 }
 
 pub(crate) async fn run(args: StatusArgs) -> anyhow::Result<()> {
-    let store = AnyStore::open_without_migrating(&args.db)
-        .await
-        .with_context(|| format!("opening the database at {}", args.db))?;
     let now = Utc::now();
-    let since = now - chrono::Duration::from_std(args.window).context("--window is too long")?;
-    let overview = store
-        .overview(since, now)
-        .await
-        .context("reading the overview (is the schema there? `oncely migrate` makes it)")?;
-    store.close().await;
+    let overview = match &args.url {
+        Some(url) => from_node(url, args.api_key.as_deref(), args.window).await?,
+        None => {
+            let store = AnyStore::open_without_migrating(&args.db)
+                .await
+                .with_context(|| format!("opening the database at {}", args.db))?;
+            let since =
+                now - chrono::Duration::from_std(args.window).context("--window is too long")?;
+            let overview = store
+                .overview(oncely::OverviewOf::All, since, now)
+                .await
+                .context("reading the overview (is the schema there? `oncely migrate` makes it)");
+            store.close().await;
+            overview?
+        }
+    };
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &overview)?;
@@ -44,6 +66,59 @@ pub(crate) async fn run(args: StatusArgs) -> anyhow::Result<()> {
         write_table(&mut out, &overview, args.window, now)?;
     }
     Ok(())
+}
+
+/// The overview of the key's tenant, from `GET {url}/v1/overview`.
+async fn from_node(
+    url: &str,
+    api_key: Option<&str>,
+    window: Duration,
+) -> anyhow::Result<Vec<DomainOverview>> {
+    let minutes = window.as_secs() / 60;
+    anyhow::ensure!(
+        window.as_secs() % 60 == 0 && (1..=1440).contains(&minutes),
+        "--window must be whole minutes from 1m to 24h with --url"
+    );
+    let endpoint = format!(
+        "{}/v1/overview?windowMinutes={minutes}",
+        url.trim_end_matches('/')
+    );
+    let mut request = reqwest::Client::new().get(&endpoint);
+    if let Some(key) = api_key {
+        request = request.bearer_auth(key);
+    }
+    let response = request
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .with_context(|| format!("asking {endpoint}"))?;
+    let status = response.status();
+    let body = response
+        .text()
+        .await
+        .with_context(|| format!("reading the answer of {endpoint}"))?;
+    if !status.is_success() {
+        let detail = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|problem| problem["detail"].as_str().map(str::to_owned))
+            .unwrap_or(body);
+        anyhow::bail!("{endpoint} answered {status}: {detail}");
+    }
+    let view: OverviewView = serde_json::from_str(&body)
+        .with_context(|| format!("{endpoint} did not answer an overview"))?;
+    Ok(view
+        .domains
+        .into_iter()
+        .map(|domain| DomainOverview {
+            domain: domain.domain,
+            states: domain.states,
+            retrying: domain.retrying,
+            stuck: domain.stuck,
+            oldest_due: domain.oldest_due,
+            ended_since: domain.ended,
+            rescued_since: domain.rescued,
+        })
+        .collect())
 }
 
 fn write_table(

@@ -26,6 +26,7 @@ use governor::{Quota, RateLimiter};
 use oncely::keys::{ApiKey, KeyStore, Role, parse_token};
 use oncely::{StoreError, TenantId};
 
+use crate::console::{Console, session_cookie};
 use crate::problem::Problem;
 
 /// Who a request acts as: the tenant and roles of its key.
@@ -170,28 +171,50 @@ impl Keys {
     /// The principal of `token`, or why it is refused.
     pub async fn authenticate(&self, token: &str, now: DateTime<Utc>) -> Result<Principal, Denied> {
         let (id, secret) = parse_token(token).ok_or(Denied::Invalid("not an oncely API key"))?;
-        let mut key = self.lookup(id);
-        if key.is_none() {
-            // Perhaps made on another node since the last reload; at most once a second,
-            // so unknown ids cannot make every request a database read.
-            let due = self
-                .inner
-                .last_reload
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .elapsed()
-                >= RELOAD_ON_MISS_EVERY;
-            if due {
-                if let Err(error) = self.reload().await {
-                    tracing::warn!(%error, "reloading API keys failed");
-                }
-                key = self.lookup(id);
-            }
-        }
-        let key = key.ok_or(Denied::Invalid("unknown API key"))?;
+        let key = self
+            .find(id)
+            .await
+            .ok_or(Denied::Invalid("unknown API key"))?;
         if !key.verifies(secret) {
             return Err(Denied::Invalid("unknown API key"));
         }
+        self.admit(&key, now)
+    }
+
+    /// The principal of the key `id` that a console session names (its secret was
+    /// checked when the session was opened), or why it is refused now.
+    pub(crate) async fn session(&self, id: &str, now: DateTime<Utc>) -> Result<Principal, Denied> {
+        let key = self.find(id).await.ok_or(Denied::Invalid(
+            "the API key of this session no longer exists",
+        ))?;
+        self.admit(&key, now)
+    }
+
+    /// The key `id`, reloading once if it is not known.
+    async fn find(&self, id: &str) -> Option<ApiKey> {
+        if let Some(key) = self.lookup(id) {
+            return Some(key);
+        }
+        // Perhaps made on another node since the last reload; at most once a second,
+        // so unknown ids cannot make every request a database read.
+        let due = self
+            .inner
+            .last_reload
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .elapsed()
+            >= RELOAD_ON_MISS_EVERY;
+        if !due {
+            return None;
+        }
+        if let Err(error) = self.reload().await {
+            tracing::warn!(%error, "reloading API keys failed");
+        }
+        self.lookup(id)
+    }
+
+    /// The principal of `key` if it is still good at `now`; notes that it was used.
+    fn admit(&self, key: &ApiKey, now: DateTime<Utc>) -> Result<Principal, Denied> {
         if key.revoked_at.is_some() {
             return Err(Denied::Invalid("this API key was revoked"));
         }
@@ -203,7 +226,7 @@ impl Keys {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(key.id.clone(), now);
-        Ok(Principal::of(&key))
+        Ok(Principal::of(key))
     }
 }
 
@@ -241,6 +264,8 @@ pub enum Denied {
     NotLocal,
     /// The key lacks the role the route needs.
     Forbidden(Role),
+    /// A console session's state-changing request without its CSRF token.
+    Csrf,
 }
 
 impl IntoResponse for Denied {
@@ -270,6 +295,15 @@ impl IntoResponse for Denied {
                     "protected-mode",
                     "Only local clients until an API key exists",
                     "no API key exists yet, so only clients on this machine are served; make one with `oncely keys create`",
+                ),
+                "",
+            ),
+            Self::Csrf => (
+                Problem::new(
+                    StatusCode::FORBIDDEN,
+                    "csrf",
+                    "The CSRF token is missing or wrong",
+                    "a request of a console session that changes something must send X-CSRF-Token with the token its login answered",
                 ),
                 "",
             ),
@@ -389,6 +423,8 @@ pub struct Guard {
     /// The rate limit per key (or, without keys, for everyone together), if any. Protected
     /// mode is not limited.
     pub rate_limit: Option<RateLimit>,
+    /// The console, whose session cookie stands for a key when no `Authorization` is sent.
+    pub console: Option<Console>,
 }
 
 fn is_loopback(connected: Option<&ConnectInfo<SocketAddr>>) -> bool {
@@ -424,11 +460,24 @@ pub(crate) async fn guard(
             Principal::local()
         }
         Some(keys) => {
-            let token = match bearer(request.headers()) {
-                Ok(token) => token.to_owned(),
-                Err(denied) => return denied.into_response(),
+            let headers = request.headers();
+            let session = guard
+                .console
+                .as_ref()
+                .filter(|_| !headers.contains_key(header::AUTHORIZATION))
+                .and_then(|console| Some((console, session_cookie(headers)?)));
+            let admitted = match session {
+                Some((console, token)) => {
+                    console
+                        .principal(keys, token, request.method(), headers, Utc::now())
+                        .await
+                }
+                None => match bearer(headers) {
+                    Ok(token) => keys.authenticate(token, Utc::now()).await,
+                    Err(denied) => Err(denied),
+                },
             };
-            match keys.authenticate(&token, Utc::now()).await {
+            match admitted {
                 Ok(principal) => principal,
                 Err(denied) => return denied.into_response(),
             }

@@ -21,7 +21,9 @@
 //! | `POST /v1/{resource}/{key}/cancel` | an operator's cancel: `CANCELLED` now, or when the running attempt does not succeed |
 //!
 //! and once: `GET /healthz`, `GET /readyz` (every domain's store answers), `GET
-//! /openapi.json` (OpenAPI 3.1, each request's schema derived from its type).
+//! /openapi.json` (OpenAPI 3.1, each request's schema derived from its type), `GET
+//! /v1/overview` (every domain's counts, for the key's tenant) and, with
+//! [`ServiceBuilder::console`], the operators' web console at `/console`.
 //!
 //! A domain is an [`Orchestrator`](oncely::Orchestrator) that also implements
 //! [`HttpDomain`]: a resource name and a request type. Every error is
@@ -38,6 +40,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod console;
 pub mod domain;
 pub mod openapi;
 mod problem;
@@ -47,10 +50,14 @@ mod service;
 mod view;
 
 pub use auth::{Keys, Principal, RateLimit};
+pub use console::{Console, ConsoleError};
 pub use domain::HttpDomain;
 pub use openapi::{DOMAIN_ROUTES, RouteDoc, RouteId, SERVICE_ROUTES, openapi_document};
 pub use problem::{PROBLEM_JSON, Problem};
 pub use routes::{LIST_LIMIT_DEFAULT, WAIT_SECONDS_MAX};
 pub use server::{ServeOptions, TlsError, tls_config};
 pub use service::{Service, ServiceBuilder, ServiceError};
-pub use view::{BulkFailure, BulkView, HistoryView, OperationView, PageView, WalEntryView};
+pub use view::{
+    BulkFailure, BulkView, DomainOverviewView, HistoryView, OperationView, OverviewView, PageView,
+    WalEntryView,
+};

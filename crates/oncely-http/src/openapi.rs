@@ -197,6 +197,8 @@ pub enum ServiceRouteId {
     Ready,
     /// `GET /openapi.json`.
     OpenApi,
+    /// `GET /v1/overview`.
+    Overview,
 }
 
 /// Every route of the service itself.
@@ -224,6 +226,17 @@ pub const SERVICE_ROUTES: &[RouteDoc<ServiceRouteId>] = &[
         summary: "This document",
         responses: &[(200, "OpenAPI 3.1")],
         role: None,
+    },
+    RouteDoc {
+        method: "get",
+        path: "/v1/overview",
+        id: ServiceRouteId::Overview,
+        summary: "How every domain stands for the key's tenant: operations by state, retrying, stuck past their lease, the oldest due, and what ended and what the Reaper rescued in the last ?windowMinutes=(1..1440, 15)",
+        responses: &[
+            (200, "one entry per domain"),
+            (400, "a bad windowMinutes, or an unknown parameter"),
+        ],
+        role: Some(Role::Read),
     },
 ];
 
@@ -280,6 +293,23 @@ fn responses(route_responses: &[(u16, &str)], success: impl Fn(u16) -> Value) ->
     Value::Object(responses)
 }
 
+/// Sets `operation`'s responses and, for a route that needs a key, its security, its
+/// description and the answers every such route can give.
+fn guarded<Id>(operation: &mut Value, route: &RouteDoc<Id>, success: impl Fn(u16) -> Value) {
+    let mut documented: Vec<(u16, &str)> = route.responses.to_vec();
+    if let Some(role) = route.role {
+        for extra in GUARDED_RESPONSES {
+            if !documented.iter().any(|(status, _)| *status == extra.0) {
+                documented.push(*extra);
+            }
+        }
+        documented.sort_by_key(|(status, _)| *status);
+        operation["security"] = json!([{ "apiKey": [] }]);
+        operation["description"] = json!(format!("Needs an API key with the `{role}` role."));
+    }
+    operation["responses"] = responses(&documented, success);
+}
+
 /// The schema name of a domain's request (`payments` → `PaymentsRequest`).
 fn request_name(resource: &str) -> String {
     let mut name: String = resource
@@ -307,25 +337,12 @@ fn domain_paths(domain: &DocumentedDomain, paths: &mut Map<String, Value>) {
             RouteId::BulkRetry | RouteId::BulkCancel => content("Bulk"),
             RouteId::History => content("History"),
         };
-        let mut documented: Vec<(u16, &str)> = route.responses.to_vec();
-        if route.role.is_some() {
-            for extra in GUARDED_RESPONSES {
-                if !documented.iter().any(|(status, _)| *status == extra.0) {
-                    documented.push(*extra);
-                }
-            }
-            documented.sort_by_key(|(status, _)| *status);
-        }
         let mut operation = json!({
             "operationId": format!("{}-{}", domain.resource, route.id.name()),
             "tags": [domain.resource],
             "summary": route.summary,
-            "responses": responses(&documented, success),
         });
-        if let Some(role) = route.role {
-            operation["security"] = json!([{ "apiKey": [] }]);
-            operation["description"] = json!(format!("Needs an API key with the `{role}` role."));
-        }
+        guarded(&mut operation, route, success);
         let mut parameters = Vec::new();
         if route.path.contains("{key}") {
             parameters.push(json!({ "name": "key", "in": "path", "required": true, "schema": { "type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$" } }));
@@ -375,13 +392,17 @@ pub fn openapi_document(title: &str, domains: &[DocumentedDomain]) -> Value {
             ServiceRouteId::Health | ServiceRouteId::Ready => {
                 json!({ "text/plain": { "schema": { "type": "string" } } })
             }
+            ServiceRouteId::Overview => content("Overview"),
         };
-        let operation = json!({
+        let mut operation = json!({
             "operationId": route.path.trim_start_matches('/').replace(['.', '/'], "-"),
             "tags": ["service"],
             "summary": route.summary,
-            "responses": responses(route.responses, success),
         });
+        guarded(&mut operation, route, success);
+        if route.id == ServiceRouteId::Overview {
+            operation["parameters"] = json!([{ "name": "windowMinutes", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1440 } }]);
+        }
         let entry = paths
             .entry(route.path.to_owned())
             .or_insert_with(|| json!({}));
@@ -432,6 +453,17 @@ fn shared_schemas() -> Map<String, Value> {
             "failed": { "type": "array", "items": { "type": "object", "required": ["key", "type", "detail"], "properties": {
                 "key": { "type": "string" }, "type": { "type": "string" }, "detail": { "type": "string" } } } },
             "nextCursor": { "type": ["string", "null"] } } },
+        "Overview": { "type": "object", "required": ["tenant", "now", "since", "domains"], "properties": {
+            "tenant": { "type": "string" },
+            "now": { "type": "string", "format": "date-time" },
+            "since": { "type": "string", "format": "date-time" },
+            "domains": { "type": "array", "items": { "type": "object",
+                "required": ["resource", "domain", "states", "retrying", "stuck", "ended", "rescued"], "properties": {
+                "resource": { "type": "string" }, "domain": { "type": "string" },
+                "states": { "type": "object", "additionalProperties": { "type": "integer" } },
+                "retrying": { "type": "integer" }, "stuck": { "type": "integer" },
+                "oldestDue": { "type": ["string", "null"], "format": "date-time" },
+                "ended": { "type": "integer" }, "rescued": { "type": "integer" } } } } } },
         "History": { "type": "object", "properties": { "key": { "type": "string" }, "entries": { "type": "array", "items": { "type": "object" } } } },
         "Problem": { "type": "object", "required": ["type", "title", "status", "detail"], "properties": {
             "type": { "type": "string", "format": "uri" }, "title": { "type": "string" }, "status": { "type": "integer" },

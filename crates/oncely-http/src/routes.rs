@@ -337,7 +337,8 @@ async fn create<S: Store, O: HttpDomain>(
 }
 
 /// The principal the guard found, or the local one when the service has no guard.
-fn who(principal: Option<Extension<Principal>>) -> Principal {
+/// The request's principal: the guard's, or the local one on a router without it.
+pub(crate) fn who(principal: Option<Extension<Principal>>) -> Principal {
     principal.map_or_else(Principal::local, |Extension(principal)| principal)
 }
 

@@ -6,21 +6,27 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Extension, Query};
 use axum::http::StatusCode;
 use axum::middleware::from_fn_with_state;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
-use oncely::{Engine, ListFilter, Store};
+use oncely::{Engine, ListFilter, Role, Store, TenantId};
+use serde::Deserialize;
 use serde_json::Value;
 
-use crate::auth::{self, Guard, Keys, RateLimit};
+use crate::auth::{self, Guard, Keys, Principal, RateLimit};
+use crate::console::{self, Console};
 use crate::domain::{HttpDomain, request_schema};
 use crate::openapi::{DocumentedDomain, SERVICE_ROUTES, ServiceRouteId, openapi_document};
 use crate::problem::Problem;
-use crate::routes::{self, DomainApi};
+use crate::routes::{self, DomainApi, who};
 use crate::server::{self, ServeOptions};
+use crate::view::{DomainOverviewView, OverviewView};
 
 /// Why a service could not be assembled.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +56,12 @@ trait Mounted: Send + Sync {
     fn documented(&self) -> DocumentedDomain;
     fn domain(&self) -> String;
     fn ready(&self) -> BoxFuture<'_, Result<(), Problem>>;
+    fn overview<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        since: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<DomainOverviewView, Problem>>;
     fn shutdown(&self, grace: Duration) -> BoxFuture<'_, ()>;
 }
 
@@ -81,6 +93,18 @@ impl<S: Store, O: HttpDomain> Mounted for Arc<DomainApi<S, O>> {
         })
     }
 
+    fn overview<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+        since: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<DomainOverviewView, Problem>> {
+        Box::pin(async move {
+            let overview = self.engine.overview(tenant, since, now).await?;
+            Ok(DomainOverviewView::new(O::RESOURCE, overview))
+        })
+    }
+
     fn shutdown(&self, grace: Duration) -> BoxFuture<'_, ()> {
         Box::pin(self.engine.shutdown(grace))
     }
@@ -94,6 +118,7 @@ pub struct ServiceBuilder {
     title: Option<String>,
     keys: Option<Keys>,
     rate_limit: Option<RateLimit>,
+    console: Option<Console>,
     errors: Vec<ServiceError>,
 }
 
@@ -145,6 +170,13 @@ impl ServiceBuilder {
         self
     }
 
+    /// Serves the operators' web console at `/console`, its sessions signed by
+    /// `console`; see [`crate::console`].
+    pub fn console(mut self, console: Console) -> Self {
+        self.console = Some(console);
+        self
+    }
+
     /// The title of `/openapi.json` (`oncely` by default).
     pub fn title(mut self, title: impl Into<String>) -> Self {
         self.title = Some(title.into());
@@ -178,8 +210,12 @@ impl ServiceBuilder {
         let guard = Arc::new(Guard {
             keys: self.keys,
             rate_limit: self.rate_limit,
+            console: self.console.clone(),
         });
         let mut router = Router::new();
+        if let Some(console) = self.console {
+            router = router.merge(console::router(console, guard.clone()));
+        }
         for mounted in domains.iter() {
             let guarded = mounted
                 .router()
@@ -197,6 +233,25 @@ impl ServiceBuilder {
                             let domains = domains.clone();
                             async move { ready(&domains).await }
                         }),
+                    )
+                }
+                ServiceRouteId::Overview => {
+                    let domains = domains.clone();
+                    let handler = get(
+                        move |principal: Option<Extension<Principal>>,
+                              query: Result<Query<OverviewQuery>, QueryRejection>| {
+                            let domains = domains.clone();
+                            async move { overview(&domains, who(principal), query).await }
+                        },
+                    );
+                    let role = route.role.unwrap_or(Role::Read);
+                    router.route(
+                        route.path,
+                        handler
+                            .layer(axum::middleware::from_fn(move |request, next| {
+                                auth::require(role, request, next)
+                            }))
+                            .layer(from_fn_with_state(guard.clone(), auth::guard)),
                     )
                 }
                 ServiceRouteId::OpenApi => {
@@ -257,6 +312,54 @@ async fn count_request(
     )
     .increment(1);
     response
+}
+
+/// `GET /v1/overview` parameters.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct OverviewQuery {
+    window_minutes: Option<String>,
+}
+
+/// The longest window of `GET /v1/overview`, in minutes: a day.
+const OVERVIEW_WINDOW_MAX_MINUTES: u32 = 1_440;
+
+/// `GET /v1/overview`: every domain, for the principal's tenant.
+async fn overview(
+    domains: &[Box<dyn Mounted>],
+    principal: Principal,
+    query: Result<Query<OverviewQuery>, QueryRejection>,
+) -> Result<Json<OverviewView>, Problem> {
+    let Query(query) =
+        query.map_err(|rejection| Problem::bad_request("invalid-query", rejection.body_text()))?;
+    let minutes = match query.window_minutes {
+        None => 15,
+        Some(text) => text
+            .parse::<u32>()
+            .ok()
+            .filter(|minutes| (1..=OVERVIEW_WINDOW_MAX_MINUTES).contains(minutes))
+            .ok_or_else(|| {
+                Problem::bad_request(
+                    "invalid-query",
+                    format!(
+                        "windowMinutes must be 1 to {OVERVIEW_WINDOW_MAX_MINUTES}, not {text:?}"
+                    ),
+                )
+            })?,
+    };
+    let now = Utc::now();
+    let since = now - chrono::Duration::minutes(i64::from(minutes));
+    let mut view = OverviewView {
+        tenant: principal.tenant.to_string(),
+        now,
+        since,
+        domains: Vec::with_capacity(domains.len()),
+    };
+    for mounted in domains {
+        view.domains
+            .push(mounted.overview(&principal.tenant, since, now).await?);
+    }
+    Ok(Json(view))
 }
 
 async fn ready(domains: &[Box<dyn Mounted>]) -> axum::response::Response {

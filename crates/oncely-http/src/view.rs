@@ -169,3 +169,55 @@ impl HistoryView {
         }
     }
 }
+
+/// How one domain stands for the asking key's tenant (`GET /v1/overview`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DomainOverviewView {
+    /// Where its routes are: `/v1/{resource}`.
+    pub resource: String,
+    /// The domain (`PAYMENT`).
+    pub domain: String,
+    /// Operations by state, every state named, zeros included.
+    pub states: std::collections::BTreeMap<String, u64>,
+    /// `ACCEPTED` operations that have had an attempt: waiting for a retry.
+    pub retrying: u64,
+    /// `PROCESSING` operations past their lease that the Reaper has not taken back yet.
+    pub stuck: u64,
+    /// When the oldest operation that is due now became due.
+    pub oldest_due: Option<DateTime<Utc>>,
+    /// Operations that ended within the window.
+    pub ended: u64,
+    /// Leases the Reaper took back within the window.
+    pub rescued: u64,
+}
+
+/// Every domain of the service, for the asking key's tenant (`GET /v1/overview`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OverviewView {
+    /// The tenant counted.
+    pub tenant: String,
+    /// When the counts were taken.
+    pub now: DateTime<Utc>,
+    /// The start of the window that `ended` and `rescued` count.
+    pub since: DateTime<Utc>,
+    /// One entry per domain, in the order the service mounts them.
+    pub domains: Vec<DomainOverviewView>,
+}
+
+impl DomainOverviewView {
+    /// The view of `overview`, served under `resource`.
+    pub fn new(resource: &str, overview: oncely::DomainOverview) -> Self {
+        Self {
+            resource: resource.to_owned(),
+            domain: overview.domain,
+            states: overview.states,
+            retrying: overview.retrying,
+            stuck: overview.stuck,
+            oldest_due: overview.oldest_due,
+            ended: overview.ended_since,
+            rescued: overview.rescued_since,
+        }
+    }
+}
