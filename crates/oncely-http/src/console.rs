@@ -71,7 +71,8 @@ pub enum ConsoleError {
 /// How the console signs its sessions; cheap to clone.
 #[derive(Clone)]
 pub struct Console {
-    secret: Arc<[u8]>,
+    /// HMAC-SHA256 keyed with the session secret, cloned for each use.
+    keyed: HmacSha256,
     secure_cookie: bool,
     session_ttl: Duration,
 }
@@ -110,8 +111,11 @@ impl Console {
         if secret.len() < 32 {
             return Err(ConsoleError::ShortSecret(secret.len()));
         }
+        // HMAC takes a key of any length; the error is unreachable, and refused if not.
+        let keyed = HmacSha256::new_from_slice(secret)
+            .map_err(|_| ConsoleError::ShortSecret(secret.len()))?;
         Ok(Self {
-            secret: secret.into(),
+            keyed,
             secure_cookie: false,
             session_ttl: SESSION_TTL_DEFAULT,
         })
@@ -131,10 +135,7 @@ impl Console {
     }
 
     fn mac(&self, purpose: &str, text: &str) -> String {
-        // HMAC takes a key of any length; `new_from_slice` cannot fail for it.
-        let Ok(mut mac) = HmacSha256::new_from_slice(&self.secret) else {
-            return String::new();
-        };
+        let mut mac = self.keyed.clone();
         mac.update(purpose.as_bytes());
         mac.update(b"\n");
         mac.update(text.as_bytes());

@@ -193,7 +193,12 @@ async fn a_session_acts_as_its_key_and_needs_the_csrf_token_to_act() {
     assert_problem(&wrong, StatusCode::UNAUTHORIZED, "invalid-api-key");
     assert!(!wrong.headers.contains_key("set-cookie"));
     let not_json = setup
-        .send("POST", "/console/session", &[], Some(json!({ "token": "x" })))
+        .send(
+            "POST",
+            "/console/session",
+            &[],
+            Some(json!({ "token": "x" })),
+        )
         .await;
     assert_eq!(
         not_json.status,
