@@ -224,16 +224,18 @@ impl Plan {
                 jobs.push(upload(db, false));
             }
         }
-        // What serving /metrics costs: `oncely serve` over HTTP with no metrics recorder,
-        // beside the same with /metrics scraped every 5 s, as Prometheus would.
+        // What watching the service costs: `oncely serve` over HTTP with no metrics
+        // recorder and nobody looking, beside the same with /metrics scraped every 5 s, as
+        // Prometheus would, and a console open (refreshing every 2 s, as its page does).
         if let Some(pg) = self.postgres() {
             let seconds = if self.quick { 4 } else { 60 };
-            for scrape_seconds in [None, Some(5)] {
+            for (scrape_seconds, console_seconds) in [(None, None), (Some(5), Some(2))] {
                 jobs.push(Job::Child(Spec::Soak(SoakSpec {
                     workload: METRICS_OVERHEAD.to_owned(),
                     seconds,
                     interval_seconds: seconds.div_ceil(3),
                     scrape_seconds,
+                    console_seconds,
                     ..SoakSpec::closed(self, pg, None)
                 })));
             }

@@ -23,8 +23,9 @@
 //!   interval;
 //! - **uploads-1k / uploads-1m**: objects written to moto (S3) through the uploads domain,
 //!   beside the same conditional create made directly: what oncely adds to an upload;
-//! - **metrics-overhead**: `oncely serve` over HTTP with no metrics recorder, beside the
-//!   same with `/metrics` scraped every 5 s.
+//! - **metrics-overhead**: `oncely serve` over HTTP with no metrics recorder and nobody
+//!   watching, beside the same with `/metrics` scraped every 5 s and a console open (its
+//!   overview and list asked every 2 s).
 //!
 //! Comparisons run in alternating rounds and are reported as medians with their spread. A
 //! run fails when any workload errors or loses a payment, never on a timing.

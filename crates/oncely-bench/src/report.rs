@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::BenchError;
 use crate::harness::METRICS_OVERHEAD;
 use crate::result::WorkloadResult;
-use crate::soak::SCRAPED;
+use crate::soak::OBSERVED;
 
 /// Everything one `oncely bench` run measured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -272,13 +272,13 @@ impl Report {
         }
         if let (Some(plain), Some(scraped)) = (
             self.find(METRICS_OVERHEAD, "oncely serve", "postgres"),
-            self.find(METRICS_OVERHEAD, SCRAPED, "postgres"),
+            self.find(METRICS_OVERHEAD, OBSERVED, "postgres"),
         ) {
             let share = scraped.ops_per_sec.median / plain.ops_per_sec.median.max(1e-9);
             findings.push(Finding {
                 name: format!(
                     "{METRICS_OVERHEAD} on PostgreSQL: throughput with /metrics scraped every 5 s \
-                     ÷ without (medians of {} rounds)",
+                     and a console open ÷ without (medians of {} rounds)",
                     plain.runs.min(scraped.runs)
                 ),
                 value: format!("{:.1} %", share * 100.0),
@@ -914,7 +914,7 @@ mod tests {
             result("uploads-1m", "direct call", "-", 50.0, 20.0),
             result("uploads-1m", "oncely", "sqlite", 20.0, 50.0),
             result(METRICS_OVERHEAD, "oncely serve", "postgres", 600.0, 50.0),
-            result(METRICS_OVERHEAD, SCRAPED, "postgres", 582.0, 50.0),
+            result(METRICS_OVERHEAD, OBSERVED, "postgres", 582.0, 50.0),
             result("queued", "oncely", "postgres", 1000.0, 1.0),
         ]);
         let value = |prefix: &str| {

@@ -57,6 +57,10 @@ pub struct SoakSpec {
     /// Prometheus would; absent: no metrics recorder at all.
     #[serde(default)]
     pub scrape_seconds: Option<u64>,
+    /// Ask what an open console asks (the overview and a page of the list) every this many
+    /// seconds; absent: no console open.
+    #[serde(default)]
+    pub console_seconds: Option<u64>,
 }
 
 impl SoakSpec {
@@ -74,12 +78,28 @@ impl SoakSpec {
             exe: plan.exe.display().to_string(),
             note: note.map(str::to_owned),
             scrape_seconds: None,
+            console_seconds: None,
+        }
+    }
+
+    /// The system name of the run: what watches the service besides the load.
+    fn system(&self) -> &'static str {
+        match (
+            self.scrape_seconds.is_some(),
+            self.console_seconds.is_some(),
+        ) {
+            (false, false) => "oncely serve",
+            (true, false) => SCRAPED,
+            (true, true) => OBSERVED,
+            (false, true) => "oncely serve, console open",
         }
     }
 }
 
 /// The system name of a soak whose `/metrics` is scraped.
 pub const SCRAPED: &str = "oncely serve, /metrics scraped";
+/// The system name of a soak whose `/metrics` is scraped while a console is open.
+pub const OBSERVED: &str = "oncely serve, /metrics scraped, console open";
 
 /// What one interval gathered.
 #[derive(Debug, Default)]
@@ -130,15 +150,30 @@ pub async fn run(spec: &SoakSpec) -> Result<WorkloadResult, BenchError> {
     let pid = serve.id().map(|p| p.to_string()).unwrap_or_default();
     let driven = match wait_healthy(port).await {
         Ok(()) => {
-            let scraper = spec
-                .scrape_seconds
-                .map(|every| tokio::spawn(scrape(metrics_port, every, spec.seconds)));
+            let base = format!("http://127.0.0.1:{port}");
+            let scraper = spec.scrape_seconds.map(|every| {
+                let metrics = format!("http://127.0.0.1:{metrics_port}/metrics");
+                tokio::spawn(poll(vec![(metrics, "oncely_")], every, spec.seconds))
+            });
+            // What the console's page asks on each refresh of its overview and its list.
+            let console = spec.console_seconds.map(|every| {
+                let pages = vec![
+                    (
+                        format!("{base}/v1/overview?windowMinutes=15"),
+                        "\"domains\"",
+                    ),
+                    (format!("{base}/v1/payments?limit=50"), "\"items\""),
+                ];
+                tokio::spawn(poll(pages, every, spec.seconds))
+            });
             let driven = drive(spec, port, &pid).await;
-            let scrapes = match scraper {
-                Some(scraper) => Some(scraper.await.unwrap_or_else(|e| Err(e.to_string()))),
-                None => None,
-            };
-            Ok((driven, scrapes))
+            let mut polls = Vec::new();
+            for (name, poller) in [("metrics scrapes", scraper), ("console refreshes", console)] {
+                if let Some(poller) = poller {
+                    polls.push((name, poller.await.unwrap_or_else(|e| Err(e.to_string()))));
+                }
+            }
+            Ok((driven, polls))
         }
         Err(error) => Err(error),
     };
@@ -153,17 +188,12 @@ pub async fn run(spec: &SoakSpec) -> Result<WorkloadResult, BenchError> {
     let charges = gateway.charges().await;
     gateway.stop();
     scratch_done(scratch).await;
-    let ((timeline, total, elapsed), scrapes) = driven?;
+    let ((timeline, total, elapsed), polls) = driven?;
     let (stored, charges) = (stored?, charges?);
     let completed = total.latencies.len();
     let mut result = WorkloadResult {
         workload: spec.workload.clone(),
-        system: if spec.scrape_seconds.is_some() {
-            SCRAPED
-        } else {
-            "oncely serve"
-        }
-        .to_owned(),
+        system: spec.system().to_owned(),
         backend: backend(&spec.db).to_owned(),
         operations: completed + total.errors,
         completed,
@@ -190,16 +220,16 @@ pub async fn run(spec: &SoakSpec) -> Result<WorkloadResult, BenchError> {
         .with("workers", spec.workers)
         .with("interval", format!("{} s", spec.interval_seconds))
         .with("gateway latency", format!("{} ms", spec.latency_ms));
-    let result = match scrapes {
-        None => result,
-        Some(Ok(count)) => result.with("metrics scrapes", count),
-        Some(Err(error)) => {
-            let mut result = result;
-            result.errors += 1;
-            result.first_error.get_or_insert(error);
-            result
+    let mut result = result;
+    for (name, polled) in polls {
+        match polled {
+            Ok(count) => result = result.with(name, count),
+            Err(error) => {
+                result.errors += 1;
+                result.first_error.get_or_insert(error);
+            }
         }
-    };
+    }
     let result = match spec.rate {
         Some(rate) => result.with("rate", format!("{rate:.0}/s (open loop)")),
         None => result.with("clients", format!("{} (closed loop)", spec.clients)),
@@ -210,31 +240,32 @@ pub async fn run(spec: &SoakSpec) -> Result<WorkloadResult, BenchError> {
     })
 }
 
-/// Scrapes `GET /metrics` every `every` seconds for `seconds`; how many scrapes answered,
-/// or the first that did not.
-async fn scrape(port: u16, every: u64, seconds: u64) -> Result<u64, String> {
-    let url = format!("http://127.0.0.1:{port}/metrics");
+/// Asks each of `urls` every `every` seconds for `seconds`, as Prometheus or an open
+/// console would, checking each answer holds its needle; how many rounds were answered
+/// in full, or the first answer that was not good.
+async fn poll(urls: Vec<(String, &'static str)>, every: u64, seconds: u64) -> Result<u64, String> {
     let client = reqwest::Client::new();
     let end = Instant::now() + Duration::from_secs(seconds.max(1));
     let mut ticks = tokio::time::interval(Duration::from_secs(every.max(1)));
-    let mut scrapes = 0;
+    let mut rounds = 0;
     loop {
         ticks.tick().await;
         if Instant::now() >= end {
-            return Ok(scrapes);
+            return Ok(rounds);
         }
-        let answer = client.get(&url).send().await;
-        match answer {
-            Ok(answer) if answer.status().is_success() => {
-                let body = answer.text().await.map_err(|e| e.to_string())?;
-                if !body.contains("oncely_") {
-                    return Err(format!("{url} answered no oncely_ series"));
+        for (url, needle) in &urls {
+            match client.get(url).send().await {
+                Ok(answer) if answer.status().is_success() => {
+                    let body = answer.text().await.map_err(|e| e.to_string())?;
+                    if !body.contains(needle) {
+                        return Err(format!("{url} answered without {needle}"));
+                    }
                 }
-                scrapes += 1;
+                Ok(answer) => return Err(format!("{url} answered {}", answer.status())),
+                Err(error) => return Err(format!("asking {url}: {error}")),
             }
-            Ok(answer) => return Err(format!("{url} answered {}", answer.status())),
-            Err(error) => return Err(format!("scraping {url}: {error}")),
         }
+        rounds += 1;
     }
 }
 

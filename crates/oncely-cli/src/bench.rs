@@ -24,7 +24,8 @@ call of the gateway at the same load), uploads-1k and uploads-1m (objects of 1 K
 written to S3 through the uploads domain by one client, beside the same conditional create
 made directly; one moto_server, from ONCELY_MOTO_SERVER or the PATH, serves the whole run, and
 without one they are left out with a note), metrics-overhead (`oncely serve` on PostgreSQL over
-HTTP for a minute, without a metrics recorder and with /metrics scraped every 5 s), limit
+HTTP for a minute, without a metrics recorder and nobody watching, and with /metrics scraped
+every 5 s and a console open, refreshing every 2 s), limit
 (the same rows written straight with sqlx).
 
 Run once: sweep-* (e2e on PostgreSQL against gateway latency 0/20/100 ms and 64/256 workers),

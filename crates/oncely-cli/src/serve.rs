@@ -566,6 +566,20 @@ async fn serve_metrics(listen: &str) -> anyhow::Result<()> {
             ],
         )
         .context("configuring the metrics")?
+        .set_buckets_for_metric(
+            Matcher::Full("oncely_store_seconds".to_owned()),
+            &[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ],
+        )
+        .context("configuring the metrics")?
+        .set_buckets_for_metric(
+            Matcher::Full("oncely_batch_size".to_owned()),
+            &[
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+            ],
+        )
+        .context("configuring the metrics")?
         .install_recorder()
         .context("installing the metrics recorder")?;
     let listener = TcpListener::bind(listen)

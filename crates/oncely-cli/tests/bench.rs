@@ -175,11 +175,13 @@ fn quick_bench_beside_a_cpu_hog_runs_every_workload_without_losing_a_payment() {
             assert_eq!(result["round"], 1, "one round when quick: {result}");
         }
         if workload == "metrics-overhead" && result["system"] != "oncely serve" {
-            let scrapes = result["settings"]["metrics scrapes"].as_str();
-            assert!(
-                scrapes.and_then(|s| s.parse::<u64>().ok()) >= Some(1),
-                "{result}"
-            );
+            for polled in ["metrics scrapes", "console refreshes"] {
+                let count = result["settings"][polled].as_str();
+                assert!(
+                    count.and_then(|s| s.parse::<u64>().ok()) >= Some(1),
+                    "{polled}: {result}"
+                );
+            }
         }
         if workload.starts_with("soak") {
             assert!(

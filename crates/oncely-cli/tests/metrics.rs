@@ -57,20 +57,27 @@ async fn metrics_count_what_the_store_holds() {
         .await
         .unwrap();
     let payment = r#"domain="PAYMENT""#;
-    let status = oncely()
-        .args(["status", "--db", &db, "--json"])
-        .output()
-        .unwrap();
+    let status = |source: [&str; 2]| {
+        let output = oncely()
+            .args(["status", "--json"])
+            .args(source)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let overview: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        overview
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["domain"] == "PAYMENT")
+            .unwrap()["states"]["COMPLETED"]
+            .as_f64()
+            .unwrap()
+    };
+    let stored = status(["--db", db.as_str()]);
+    // The same count from the running node (protected mode: this machine, no key).
+    assert_eq!(status(["--url", base.as_str()]), stored);
     drop(serve);
-    let overview: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-    let stored = overview
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["domain"] == "PAYMENT")
-        .unwrap()["states"]["COMPLETED"]
-        .as_f64()
-        .unwrap();
 
     assert_eq!(
         value(&scrape, "oncely_operations_accepted_total", payment),
@@ -105,4 +112,20 @@ async fn metrics_count_what_the_store_holds() {
     );
     let refused = r#"route="/v1/payments",method="POST",status="422""#;
     assert_eq!(value(&scrape, "oncely_http_requests_total", refused), 1.0);
+    // The store's side: every submission went through an accept batch (the replay and
+    // the conflict too), every attempt's outcome through a settle, each timed.
+    let step = |step: &str| format!(r#"domain="PAYMENT",step="{step}""#);
+    assert_eq!(
+        value(&scrape, "oncely_batch_size_sum", &step("accept")),
+        7.0,
+        "{scrape}"
+    );
+    assert_eq!(
+        value(&scrape, "oncely_batch_size_sum", &step("settle")),
+        5.0
+    );
+    for name in ["accept", "settle", "claim"] {
+        let timed = value(&scrape, "oncely_store_seconds_count", &step(name));
+        assert!(timed >= 1.0, "{name}: {timed}\n{scrape}");
+    }
 }

@@ -762,14 +762,15 @@ impl<S: Store, O: Orchestrator> Shared<S, O> {
         }
     }
 
-    /// Runs a store write until it succeeds, the crash switch trips, or `lease_ttl` has
-    /// passed (after which another worker owns the attempt anyway).
-    async fn persist<T, F, Fut>(&self, what: &str, write: F) -> Option<T>
+    /// Runs a store write of `what` over a batch of `size` until it succeeds, the crash
+    /// switch trips, or `lease_ttl` has passed (after which another worker owns the
+    /// attempt anyway).
+    async fn persist<T, F, Fut>(&self, what: &str, size: usize, write: F) -> Option<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
-        match self.persist_or_error(what, write).await {
+        match self.persist_or_error(what, size, write).await {
             Ok(value) => Some(value),
             Err(error) => {
                 if !matches!(error, StoreError::Crashed) {
@@ -781,7 +782,12 @@ impl<S: Store, O: Orchestrator> Shared<S, O> {
     }
 
     /// [`Shared::persist`], returning the last error.
-    async fn persist_or_error<T, F, Fut>(&self, what: &str, mut write: F) -> Result<T, StoreError>
+    async fn persist_or_error<T, F, Fut>(
+        &self,
+        what: &str,
+        size: usize,
+        mut write: F,
+    ) -> Result<T, StoreError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
@@ -792,7 +798,10 @@ impl<S: Store, O: Orchestrator> Shared<S, O> {
             if self.failpoints.is_crashed() {
                 return Err(StoreError::Crashed);
             }
-            match write().await {
+            let started = tokio::time::Instant::now();
+            let written = write().await;
+            self.telemetry.store(what, size, started.elapsed());
+            match written {
                 Ok(value) => return Ok(value),
                 Err(error) if error.is_retryable() && tokio::time::Instant::now() < deadline => {
                     tracing::warn!(%error, what, "store write failed; trying again");
@@ -898,7 +907,7 @@ async fn accept_batch<S: Store, O: Orchestrator>(
     // A batch that failed (a deadlock, a dropped connection) was rolled back whole, so it
     // is tried again as it is; callers wait meanwhile.
     let accepted = shared
-        .persist_or_error("accept", || {
+        .persist_or_error("accept", operations.len(), || {
             shared.store.accept(operations.clone(), lease.clone())
         })
         .await;
@@ -1054,7 +1063,8 @@ async fn claim<S: Store, O: Orchestrator>(
     shared: &Shared<S, O>,
     limit: usize,
 ) -> Result<Vec<Operation>, StoreError> {
-    shared
+    let started = tokio::time::Instant::now();
+    let claimed = shared
         .store
         .claim(ClaimRequest {
             domain: shared.domain.clone(),
@@ -1063,7 +1073,10 @@ async fn claim<S: Store, O: Orchestrator>(
             lease_ttl: shared.config.lease_ttl,
             limit: u32::try_from(limit).unwrap_or(u32::MAX),
         })
-        .await
+        .await;
+    let size = claimed.as_ref().map_or(0, Vec::len);
+    shared.telemetry.store("claim", size, started.elapsed());
+    claimed
 }
 
 async fn run_attempt<S: Store, O: Orchestrator>(
@@ -1265,7 +1278,9 @@ async fn record_and_finalize<S: Store, O: Orchestrator>(
     // On failure the outcome is not in the log: the lease expires and the Reaper retries
     // with the same key (I7), as after a crash before the record.
     let settled = shared
-        .persist("settle", || shared.store.settle(records.clone()))
+        .persist("settle", records.len(), || {
+            shared.store.settle(records.clone())
+        })
         .await;
     let Some(settled) = settled else {
         return !shared.failpoints.is_crashed();
@@ -1303,7 +1318,9 @@ async fn finalize<S: Store, O: Orchestrator>(
         return true;
     }
     let finalized = shared
-        .persist("finalize", || shared.store.finalize(transitions.clone()))
+        .persist("finalize", transitions.len(), || {
+            shared.store.finalize(transitions.clone())
+        })
         .await;
     let Some(finalized) = finalized else {
         return !shared.failpoints.is_crashed();
@@ -1543,7 +1560,12 @@ async fn reap_expired<S: Store, O: Orchestrator>(
     if transitions.is_empty() {
         return Ok(0);
     }
-    let reaped = shared.store.reap(transitions.clone()).await?;
+    let started = tokio::time::Instant::now();
+    let reaped = shared.store.reap(transitions.clone()).await;
+    shared
+        .telemetry
+        .store("reap", transitions.len(), started.elapsed());
+    let reaped = reaped?;
     let mut count = 0;
     for (transition, fenced) in transitions.iter().zip(reaped) {
         if fenced == Fenced::Applied {

@@ -17,6 +17,9 @@ use crate::store::{Accepted, Backlog};
 
 /// The results an attempt's call is counted by.
 const RESULTS: [&str; 4] = ["ok", "retry", "fail", "unknown"];
+/// The store steps whose statements are timed and whose batches are sized: what the
+/// engine hands the store, in lifecycle order.
+pub(crate) const STEPS: [&str; 5] = ["accept", "claim", "settle", "finalize", "reap"];
 /// The terminal states.
 const TERMINAL: [OperationState; 4] = [
     OperationState::Completed,
@@ -38,6 +41,9 @@ pub(crate) struct Telemetry {
     /// Due, waiting, processing.
     backlog: [Gauge; 3],
     oldest_due: Gauge,
+    /// By step, as [`STEPS`].
+    store_seconds: [Histogram; 5],
+    batch_sizes: [Histogram; 5],
 }
 
 impl Telemetry {
@@ -64,6 +70,21 @@ impl Telemetry {
                 metrics::gauge!("oncely_backlog", "domain" => domain.clone(), "state" => state)
             }),
             oldest_due: metrics::gauge!("oncely_oldest_due_seconds", "domain" => domain.clone()),
+            store_seconds: STEPS.map(|step| {
+                metrics::histogram!("oncely_store_seconds", "domain" => domain.clone(), "step" => step)
+            }),
+            batch_sizes: STEPS.map(|step| {
+                metrics::histogram!("oncely_batch_size", "domain" => domain.clone(), "step" => step)
+            }),
+        }
+    }
+
+    /// One store call of `step` (one of [`STEPS`]) over a batch of `size`, which took
+    /// `took` (failed tries included: they cost the same wait).
+    pub(crate) fn store(&self, step: &str, size: usize, took: Duration) {
+        if let Some(index) = STEPS.iter().position(|known| *known == step) {
+            self.store_seconds[index].record(took.as_secs_f64());
+            self.batch_sizes[index].record(size as f64);
         }
     }
 
