@@ -10,12 +10,15 @@ mod serve;
 mod sim;
 mod sims;
 mod status;
+mod traces;
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// oncely makes calls to external APIs happen effectively once: accepted under an
 /// idempotency key, executed outside any database transaction, finalized from a
@@ -90,18 +93,29 @@ enum Command {
     },
 }
 
-fn init_logging(format: LogFormat, default: &str) {
+/// The log on stderr, and with `otlp` the operations' spans exported there. The tracer
+/// provider, when there is one, is to be shut down last: it sends what is left.
+fn init_logging(
+    format: LogFormat,
+    default: &str,
+    otlp: Option<&str>,
+) -> anyhow::Result<Option<traces::Exporter>> {
     let filter = EnvFilter::try_from_env("ONCELY_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     // Colours only for a person at a terminal: a log file or collector gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let log = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let log = match format {
+        LogFormat::Text => log.boxed(),
+        LogFormat::Json => log.json().boxed(),
+    };
+    let exporter = otlp.map(traces::Exporter::new).transpose()?;
+    tracing_subscriber::registry()
+        .with(log.with_filter(filter))
+        .with(exporter.as_ref().map(traces::Exporter::layer))
+        .init();
+    Ok(exporter)
 }
 
 async fn migrate(db: &str) -> anyhow::Result<()> {
@@ -113,8 +127,7 @@ async fn migrate(db: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     // The simulator's engines log every fault they are thrown (thousands a second): only
     // its own findings by default.
@@ -122,7 +135,37 @@ async fn main() -> ExitCode {
         Command::Sim(_) => "warn,oncely=off",
         _ => "info",
     };
-    init_logging(cli.log_format, default_log);
+    let otlp = match &cli.command {
+        Command::Serve(args) => args.otlp_endpoint.as_deref(),
+        _ => None,
+    };
+    // Before the runtime: the exporter sends from a thread of its own.
+    let exporter = match init_logging(cli.log_format, default_log, otlp) {
+        Ok(exporter) => exporter,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = runtime.block_on(run(cli));
+    drop(runtime);
+    if let Some(exporter) = exporter {
+        exporter.shutdown();
+    }
+    code
+}
+
+async fn run(cli: Cli) -> ExitCode {
     let success = |ok: bool| {
         if ok {
             ExitCode::SUCCESS

@@ -35,6 +35,13 @@ pub(crate) struct ServeArgs {
     /// an internal interface: the figures are every tenant's). Off by default.
     #[arg(long, env = "ONCELY_METRICS_LISTEN")]
     metrics_listen: Option<String>,
+    /// Export traces over OTLP/HTTP (protobuf) to this collector, e.g.
+    /// `http://127.0.0.1:4318` (`/v1/traces` is added unless the URL ends with it): the
+    /// spans of each operation's life (accept, claim, attempt, call, record, finalize,
+    /// reap) in the trace its `traceparent` named. Batched; `OTEL_BSP_*` tune the batches.
+    /// Off by default.
+    #[arg(long, env = "ONCELY_OTLP_ENDPOINT", value_parser = crate::traces::endpoint)]
+    pub(crate) otlp_endpoint: Option<String>,
     /// This process's name, stable across its restarts and unique among the live nodes
     /// (a pod or host name). At start the node takes back at once what it was running
     /// when it last died, instead of waiting for the lease. Default: the host name and

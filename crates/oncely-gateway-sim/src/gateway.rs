@@ -250,6 +250,10 @@ async fn charge(
             "send an Idempotency-Key header of 1 to 255 characters",
         );
     };
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|value| value.to_str().ok());
+    tracing::debug!(%key, traceparent, "charge requested");
     let body = match body {
         Ok(Json(body)) => body,
         Err(rejection) => {

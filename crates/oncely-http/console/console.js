@@ -489,7 +489,8 @@ function operation(resource, key) {
       ...field('updated', time(op.updatedAt)),
       ...field('ended', op.completedAt ? time(op.completedAt) : null),
       ...field('next due', op.nextRetryAt && !TERMINAL.includes(op.state) ? time(op.nextRetryAt) : null),
-      ...field('cancel requested', op.cancelRequestedAt ? time(op.cancelRequestedAt) : null));
+      ...field('cancel requested', op.cancelRequestedAt ? time(op.cancelRequestedAt) : null),
+      ...field('trace id', op.traceId || null));
     bodies.replaceChildren(
       el('div', {}, el('h2', {}, 'Request'), json(op.request)),
       el('div', {}, el('h2', {}, 'Outcome'), op.outcome ? json(op.outcome) : el('p', { class: 'note' }, 'none yet')));

@@ -350,6 +350,7 @@ fn domain_paths(domain: &DocumentedDomain, paths: &mut Map<String, Value>) {
         if route.id == RouteId::Create {
             parameters.push(json!({ "name": "Idempotency-Key", "in": "header", "required": domain.key_required, "schema": { "type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$" } }));
             parameters.push(json!({ "name": "Prefer", "in": "header", "required": false, "schema": { "type": "string", "examples": ["wait=2"] } }));
+            parameters.push(json!({ "name": "traceparent", "in": "header", "required": false, "description": "a W3C trace context: stored with the operation, every span of its life joins that trace, and its external calls carry it onward; one that does not parse is ignored", "schema": { "type": "string", "examples": ["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"] } }));
             operation["requestBody"] =
                 json!({ "required": true, "content": content(&request_name(domain.resource)) });
         }
@@ -445,7 +446,8 @@ fn shared_schemas() -> Map<String, Value> {
             "createdAt": { "type": "string", "format": "date-time" },
             "updatedAt": { "type": "string", "format": "date-time" },
             "completedAt": { "type": ["string", "null"], "format": "date-time" },
-            "cancelRequestedAt": { "type": ["string", "null"], "format": "date-time" }
+            "cancelRequestedAt": { "type": ["string", "null"], "format": "date-time" },
+            "traceId": { "type": ["string", "null"], "pattern": "^[0-9a-f]{32}$", "description": "the W3C trace every span of the operation's life belongs to" }
         } },
         "Page": { "type": "object", "properties": { "items": { "type": "array", "items": { "$ref": "#/components/schemas/Operation" } }, "nextCursor": { "type": ["string", "null"] } } },
         "Bulk": { "type": "object", "required": ["matched", "done", "failed"], "properties": {

@@ -15,7 +15,9 @@ use axum::middleware::from_fn;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
 use chrono::{DateTime, Utc};
-use oncely::{Engine, IdempotencyKey, ListFilter, OperationId, OperationState, Scope, Store};
+use oncely::{
+    Engine, IdempotencyKey, ListFilter, OperationId, OperationState, Scope, Store, TraceParent,
+};
 use serde::Deserialize;
 
 use crate::auth::{Principal, require};
@@ -279,6 +281,19 @@ fn body_error(error: &axum::Error, limit: usize) -> Problem {
     Problem::bad_request("malformed-body", "the body could not be read")
 }
 
+/// The caller's W3C trace context. One that does not parse is ignored, as the
+/// recommendation asks (the operation then begins a trace of its own).
+fn traceparent(headers: &HeaderMap) -> Option<TraceParent> {
+    let value = headers.get("traceparent")?.to_str().ok()?;
+    match value.parse() {
+        Ok(traceparent) => Some(traceparent),
+        Err(error) => {
+            tracing::debug!(%error, "traceparent ignored");
+            None
+        }
+    }
+}
+
 async fn create<S: Store, O: HttpDomain>(
     State(api): State<Arc<DomainApi<S, O>>>,
     principal: Option<Extension<Principal>>,
@@ -305,7 +320,7 @@ async fn create<S: Store, O: HttpDomain>(
         .map_err(Problem::invalid)?;
     let submitted = api
         .engine
-        .submit_for(principal.tenant, key, command)
+        .submit_traced(principal.tenant, key, command, traceparent(&headers))
         .await?;
     let mut operation = submitted.operation;
     if let Some(seconds) = wait {

@@ -38,6 +38,10 @@ pub struct OperationView {
     /// When an operator asked to cancel it, if one did.
     #[serde(default)]
     pub cancel_requested_at: Option<DateTime<Utc>>,
+    /// The id of the trace every span of its life belongs to (the `traceparent` it was
+    /// submitted under, or the one it began).
+    #[serde(default)]
+    pub trace_id: Option<String>,
 }
 
 /// An operation's last error.
@@ -70,6 +74,7 @@ impl From<&Operation> for OperationView {
             updated_at: operation.updated_at,
             completed_at: operation.completed_at,
             cancel_requested_at: operation.cancel_requested_at,
+            trace_id: operation.traceparent.map(|parent| parent.trace_id()),
         }
     }
 }

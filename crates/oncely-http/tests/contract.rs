@@ -370,6 +370,46 @@ async fn an_unreadable_prefer_is_ignored_and_a_location_can_always_be_followed()
 }
 
 #[tokio::test]
+async fn a_traceparent_is_kept_with_the_operation_and_an_unreadable_one_ignored() {
+    let api = api().await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traced = api
+        .pay(
+            Some("t1"),
+            &payment(1),
+            &[("traceparent", &format!("00-{trace}-00f067aa0ba902b7-01"))],
+        )
+        .await;
+    assert_eq!(traced.status, StatusCode::ACCEPTED, "{}", traced.body);
+    assert_eq!(traced.body["traceId"], trace);
+    let read = api.send("GET", "/v1/payments/t1", &[], None).await;
+    assert_eq!(read.body["traceId"], trace, "stored: {}", read.body);
+    // A replay keeps the first submit's trace.
+    let replay = api
+        .pay(
+            Some("t1"),
+            &payment(1),
+            &[(
+                "traceparent",
+                "00-11111111111111111111111111111111-2222222222222222-01",
+            )],
+        )
+        .await;
+    assert_eq!(replay.body["traceId"], trace);
+    for (key, unreadable) in [("t2", "00-zz-00f067aa0ba902b7-01"), ("t3", "garbage")] {
+        let ignored = api
+            .pay(Some(key), &payment(2), &[("traceparent", unreadable)])
+            .await;
+        assert_eq!(
+            ignored.status,
+            StatusCode::ACCEPTED,
+            "W3C: ignored, not refused"
+        );
+        assert_eq!(ignored.body["traceId"], Value::Null, "{}", ignored.body);
+    }
+}
+
+#[tokio::test]
 async fn prefer_wait_is_capped_at_sixty_seconds() {
     let api = api().await;
     let answer = api

@@ -241,6 +241,7 @@ mod tests {
             updated_at: now,
             completed_at: Some(now),
             cancel_requested_at: None,
+            traceparent: None,
         }
     }
 

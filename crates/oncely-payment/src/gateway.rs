@@ -5,8 +5,8 @@
 //! what makes it safe to retry a timeout: the request may have been charged, and asking
 //! again with the same key returns that charge instead of making a second one.
 
-use oncely::{IdempotencyKey, Outcome};
-use oncely_reqwest::{ApiClient, ClientError, Timeouts};
+use oncely::{IdempotencyKey, Outcome, TraceParent};
+use oncely_reqwest::{ApiClient, ClientError, Timeouts, traced};
 use serde::{Deserialize, Serialize};
 
 use crate::command::PaymentCommand;
@@ -177,10 +177,21 @@ impl GatewayClient {
     /// approval code, amount and currency; a declined card is `Fail` with the gateway's
     /// code (`card_declined`); anything transient is `Retry`, with the same key next time.
     pub async fn charge(&self, key: &IdempotencyKey, command: &PaymentCommand) -> Outcome {
+        self.charge_traced(key, command, None).await
+    }
+
+    /// [`GatewayClient::charge`], carrying the trace onward as `traceparent`.
+    pub async fn charge_traced(
+        &self,
+        key: &IdempotencyKey,
+        command: &PaymentCommand,
+        traceparent: Option<&TraceParent>,
+    ) -> Outcome {
         let request = self
             .api
             .post(&self.charges_url)
             .json(&ChargeRequest::from(command));
+        let request = traced(request, traceparent);
         match self.api.call_with_key::<ChargeResponse>(request, key).await {
             // A 2xx that describes another charge: the gateway may or may not have made
             // ours. Unknown, so asked again under the same key, which returns what it did;

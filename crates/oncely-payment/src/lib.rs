@@ -132,7 +132,11 @@ impl Orchestrator for PaymentOrchestrator {
     async fn execute(&self, command: PaymentCommand, attempt: Attempt) -> Outcome {
         tracing::debug!(key = %attempt.idempotency_key(), attempt = attempt.number, "charging");
         self.gateway
-            .charge(attempt.idempotency_key(), &command)
+            .charge_traced(
+                attempt.idempotency_key(),
+                &command,
+                attempt.traceparent.as_ref(),
+            )
             .await
     }
 

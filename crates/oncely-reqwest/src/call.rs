@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use oncely::{Attempt, IdempotencyKey, Outcome};
+use oncely::{Attempt, IdempotencyKey, Outcome, TraceParent};
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 
@@ -87,13 +87,15 @@ impl ApiClient {
     }
 
     /// Sends `request` with the attempt's key as `Idempotency-Key` (the same on every
-    /// attempt, I7). A 2xx answer is read as `T`; everything else comes back as the
-    /// outcome to return from `execute`, classified by [`classify`].
+    /// attempt, I7) and its trace context as `traceparent`. A 2xx answer is read as `T`;
+    /// everything else comes back as the outcome to return from `execute`, classified by
+    /// [`classify`].
     pub async fn call<T: DeserializeOwned>(
         &self,
         request: RequestBuilder,
         attempt: &Attempt,
     ) -> Result<T, Outcome> {
+        let request = traced(request, attempt.traceparent.as_ref());
         self.call_with_key(request, attempt.idempotency_key()).await
     }
 
@@ -106,6 +108,14 @@ impl ApiClient {
         let request = request.header("Idempotency-Key", key.as_str());
         let response = request.send().await.map_err(|e| transport_failure(&e))?;
         read::<T>(response).await
+    }
+}
+
+/// `request` carrying the trace onward: a W3C `traceparent` header when there is one.
+pub fn traced(request: RequestBuilder, traceparent: Option<&TraceParent>) -> RequestBuilder {
+    match traceparent {
+        Some(traceparent) => request.header("traceparent", traceparent.to_string()),
+        None => request,
     }
 }
 

@@ -33,6 +33,6 @@ mod call;
 pub mod destination;
 pub mod webhook;
 
-pub use call::{ApiClient, ClientError, Timeouts, classify, read, retry_after};
+pub use call::{ApiClient, ClientError, Timeouts, classify, read, retry_after, traced};
 pub use destination::{Destinations, Refused};
 pub use webhook::{WebhookClient, WebhookSecret, webhook_id};

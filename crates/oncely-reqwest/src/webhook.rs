@@ -10,7 +10,7 @@ use base64::Engine as _;
 use oncely::{Attempt, Outcome};
 use serde::Serialize;
 
-use crate::call::{ApiClient, ClientError, Timeouts, read, transport_failure};
+use crate::call::{ApiClient, ClientError, Timeouts, read, traced, transport_failure};
 use crate::destination::{Destinations, Refused};
 
 /// A signing secret: `whsec_` and at least 24 random bytes in base64. Never printed: its
@@ -180,9 +180,8 @@ impl WebhookClient {
             Ok(signature) => signature,
             Err(outcome) => return outcome,
         };
-        let sent = self
-            .api
-            .post(url)
+        let request = traced(self.api.post(url), attempt.traceparent.as_ref());
+        let sent = request
             .header("content-type", "application/json")
             .header("webhook-id", id)
             .header("webhook-timestamp", timestamp.to_string())

@@ -37,6 +37,7 @@ fn attempt() -> Attempt {
             DomainName::new("NOTIFICATION").unwrap(),
             IdempotencyKey::new("evt-1").unwrap(),
         ),
+        traceparent: None,
     }
 }
 

@@ -95,6 +95,10 @@ pub(crate) fn operation(row: &impl Columns) -> Result<Operation, StoreError> {
         updated_at: time(row.int("updated_at")?)?,
         completed_at: optional_time(row.int_opt("completed_at")?)?,
         cancel_requested_at: optional_time(row.int_opt("cancel_requested_at")?)?,
+        // A trace context that no longer parses is dropped: it only groups spans.
+        traceparent: row
+            .text_opt("traceparent")?
+            .and_then(|text| text.parse().ok()),
     })
 }
 

@@ -27,7 +27,7 @@ pub(crate) const REAPABLE: &str = "o.lease_until <= t.at \
      AND (o.recorded_attempt IS NULL OR o.recorded_attempt <> o.attempt_count)";
 
 /// The operation's columns, in the order `rows::operation` reads them by name.
-const OPERATION: [&str; 22] = [
+const OPERATION: [&str; 23] = [
     "id",
     "tenant",
     "domain",
@@ -50,6 +50,7 @@ const OPERATION: [&str; 22] = [
     "updated_at",
     "completed_at",
     "cancel_requested_at",
+    "traceparent",
 ];
 
 /// The operation columns kept as JSON.
@@ -73,6 +74,7 @@ pub(crate) const ACCEPT: &[Column] = &[
     column("at", Ty::Int),
     column("accepted", Ty::Text),
     column("executing", Ty::Text),
+    column("traceparent", Ty::Name),
 ];
 
 /// The log entries of the operations an accept inserted: their ids, whether they were
@@ -178,7 +180,8 @@ const WAL_INSERT: &str = "INSERT INTO oncely_wal \
 
 const INSERT_OPERATIONS: &str = "INSERT INTO oncely_operations \
      (tenant, domain, idem_key, event_type, state, payload, fingerprint, attempt_count, \
-      lease_owner, lease_until, last_attempt_at, next_retry_at, created_at, updated_at)";
+      lease_owner, lease_until, last_attempt_at, next_retry_at, created_at, updated_at, \
+      traceparent)";
 
 /// `o` and `t` name the same scope.
 /// The overview's restriction to one tenant's operations in one domain: the unique
@@ -751,8 +754,8 @@ fn accept_log(d: &Dialect) -> String {
 fn accept(d: &Dialect) -> AcceptSql {
     let select = format!(
         "SELECT t.tenant, t.domain, t.idem_key, t.event_type, t.state, {}, t.fingerprint, \
-         t.attempt, t.owner, t.lease_until, t.last_attempt_at, t.at, t.at, t.at \
-         FROM t WHERE 1 = 1 ORDER BY t.ord",
+         t.attempt, t.owner, t.lease_until, t.last_attempt_at, t.at, t.at, t.at, \
+         t.traceparent FROM t WHERE 1 = 1 ORDER BY t.ord",
         (d.json_in)("t.payload")
     );
     let batch = format!("t AS (SELECT * FROM {})", (d.rows)("r", ACCEPT));

@@ -384,6 +384,7 @@ impl<'a> AcceptPlan<'a> {
                     },
                     payload: new.payload.to_string(),
                     fingerprint: new.fingerprint.as_str(),
+                    traceparent: new.traceparent.map(|parent| parent.to_string()),
                     attempt: i64::from(lease.is_some()),
                     owner: lease.map(|(owner, _)| owner),
                     lease_until: lease.map(|(_, until)| until),

@@ -30,6 +30,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
+use tracing::Instrument;
 
 use crate::clock::{self, Clock, SystemClock};
 use crate::error::Error;
@@ -45,6 +46,7 @@ use crate::store::{
     NewOperation, OverviewOf, Page, RecordOutcome, Store, StoreError, Transition,
 };
 use crate::telemetry::Telemetry;
+use crate::trace::{self, TraceParent};
 
 /// How an engine runs. Every field has a bound; [`EngineConfig::validate`] checks them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -330,6 +332,8 @@ struct Finished {
     outcome: Outcome,
     /// True when the outcome is the orchestrator's reconcile, not a call.
     reconciled: bool,
+    /// The attempt's span, which ends when its outcome is settled.
+    span: tracing::Span,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -394,6 +398,19 @@ impl<S: Store, O: Orchestrator> Engine<S, O> {
         key: Option<IdempotencyKey>,
         command: O::Command,
     ) -> Result<Submission, Error> {
+        self.submit_traced(tenant, key, command, None).await
+    }
+
+    /// [`Engine::submit_for`] under the caller's W3C trace context: it is stored with the
+    /// operation, and every span of the operation's life (on any node) belongs to that
+    /// trace. A replay keeps the trace of the first submit.
+    pub async fn submit_traced(
+        &self,
+        tenant: TenantId,
+        key: Option<IdempotencyKey>,
+        command: O::Command,
+        traceparent: Option<TraceParent>,
+    ) -> Result<Submission, Error> {
         let key = match key {
             Some(key) => key,
             None => match self.shared.orchestrator.business_key(&command) {
@@ -412,6 +429,7 @@ impl<S: Store, O: Orchestrator> Engine<S, O> {
             fingerprint: Fingerprint::of_json(&payload),
             payload,
             now: self.shared.clock.now(),
+            traceparent,
         };
         let (reply, answer) = oneshot::channel();
         let sender = self
@@ -702,6 +720,8 @@ impl<S: Store, O: Orchestrator> Shared<S, O> {
                 fingerprint: Fingerprint::of_json(&follow_up.payload),
                 payload: follow_up.payload,
                 now,
+                // What an operation's end submits belongs to its trace.
+                traceparent: operation.traceparent,
             })
             .collect()
     }
@@ -725,9 +745,25 @@ impl<S: Store, O: Orchestrator> Shared<S, O> {
         slot: OwnedSemaphorePermit,
         finished: &mpsc::Sender<Finished>,
     ) {
+        let span = tracing::debug_span!(
+            "oncely.attempt",
+            domain = %operation.scope.domain,
+            key = %operation.scope.key,
+            attempt = operation.attempt_count,
+            owner = %self.owner,
+            result = tracing::field::Empty,
+        );
+        trace::follow(&span, operation.traceparent.as_ref());
+        let attempt = run_attempt(
+            self.clone(),
+            operation,
+            slot,
+            finished.clone(),
+            span.clone(),
+        );
         let mut attempts = self.attempts.lock().unwrap_or_else(PoisonError::into_inner);
         while attempts.try_join_next().is_some() {}
-        attempts.spawn(run_attempt(self.clone(), operation, slot, finished.clone()));
+        attempts.spawn(attempt.instrument(span));
     }
 
     fn waiter(&self, id: OperationId) -> Arc<Notify> {
@@ -888,10 +924,29 @@ async fn accept_batch<S: Store, O: Orchestrator>(
     if shared.failpoints.is_crashed() {
         return false;
     }
-    let (operations, replies): (Vec<_>, Vec<_>) = batch
+    let batch_len = batch.len();
+    let (mut operations, replies): (Vec<_>, Vec<_>) = batch
         .into_iter()
         .map(|request| (request.operation, request.reply))
         .unzip();
+    // One span per operation, in its trace; an operation submitted under none begins its
+    // own when spans are exported. They end as the callers are answered.
+    let _spans: Vec<tracing::Span> = operations
+        .iter_mut()
+        .map(|operation| {
+            let span = tracing::debug_span!(
+                "oncely.accept",
+                domain = %operation.scope.domain,
+                key = %operation.scope.key,
+                batch = batch_len,
+            );
+            trace::follow(&span, operation.traceparent.as_ref());
+            if operation.traceparent.is_none() {
+                operation.traceparent = trace::onward(&span, None);
+            }
+            span
+        })
+        .collect();
     // Free worker slots lease what this batch accepts, in the same transaction.
     let slots = if shared.config.claim_on_accept {
         shared.free_slots_now(operations.len())
@@ -1005,7 +1060,8 @@ async fn dispatch_loop<S: Store, O: Orchestrator>(
             return;
         }
         let idle = claimed.len() < requested;
-        for operation in claimed {
+        let claims = claim_spans(&claimed);
+        for (operation, _claim) in claimed.into_iter().zip(claims) {
             let slot = tokio::select! {
                 biased;
                 slot = shared.slots.clone().acquire_owned() => slot,
@@ -1079,11 +1135,30 @@ async fn claim<S: Store, O: Orchestrator>(
     claimed
 }
 
+/// One span per claimed operation, in its trace: from the claim's answer until a worker
+/// starts the attempt (the wait for a slot).
+fn claim_spans(claimed: &[Operation]) -> Vec<tracing::Span> {
+    claimed
+        .iter()
+        .map(|operation| {
+            let span = tracing::debug_span!(
+                "oncely.claim",
+                domain = %operation.scope.domain,
+                key = %operation.scope.key,
+                batch = claimed.len(),
+            );
+            trace::follow(&span, operation.traceparent.as_ref());
+            span
+        })
+        .collect()
+}
+
 async fn run_attempt<S: Store, O: Orchestrator>(
     shared: Arc<Shared<S, O>>,
     operation: Operation,
     slot: OwnedSemaphorePermit,
     finished: mpsc::Sender<Finished>,
+    span: tracing::Span,
 ) {
     let Some(fence) = operation.fence() else {
         debug_assert!(
@@ -1097,6 +1172,7 @@ async fn run_attempt<S: Store, O: Orchestrator>(
     let Some((outcome, reconciled)) = call(&shared, &operation).await else {
         return; // crashed during the call
     };
+    span.record("result", outcome_result(&outcome));
     if shared.failpoints.hit(CrashPoint::AfterAnswer) {
         return;
     }
@@ -1105,6 +1181,7 @@ async fn run_attempt<S: Store, O: Orchestrator>(
         fence,
         outcome,
         reconciled,
+        span,
         _slot: slot,
     };
     if finished.send(finished_attempt).await.is_err() {
@@ -1128,11 +1205,13 @@ async fn call<S: Store, O: Orchestrator>(
             return Some((outcome, false));
         }
     };
+    let ask_first = previous_outcome_unknown(shared, operation).await;
+    let span = tracing::debug_span!("oncely.call", reconcile = ask_first);
     let attempt = Attempt {
         number: operation.attempt_count,
         scope: operation.scope.clone(),
+        traceparent: trace::onward(&span, operation.traceparent.as_ref()),
     };
-    let ask_first = previous_outcome_unknown(shared, operation).await;
     // An operator asked to cancel: this attempt does not call. It only asks first when the
     // attempt before may have succeeded.
     let cancelling = operation.cancel_requested_at.is_some();
@@ -1141,16 +1220,21 @@ async fn call<S: Store, O: Orchestrator>(
     }
     let worker = shared.clone();
     let started = tokio::time::Instant::now();
-    let task = tokio::spawn(async move {
-        if ask_first && let Some(answer) = worker.orchestrator.reconcile(&command, &attempt).await {
-            // A provider that could not tell leaves the outcome as unknown as it was.
-            return (answer.into_unknown(), true);
+    let task = tokio::spawn(
+        async move {
+            if ask_first
+                && let Some(answer) = worker.orchestrator.reconcile(&command, &attempt).await
+            {
+                // A provider that could not tell leaves the outcome as unknown as it was.
+                return (answer.into_unknown(), true);
+            }
+            if cancelling {
+                return (Outcome::retry(CANCELLED_BEFORE_THE_CALL), false);
+            }
+            (worker.orchestrator.execute(command, attempt).await, false)
         }
-        if cancelling {
-            return (Outcome::retry(CANCELLED_BEFORE_THE_CALL), false);
-        }
-        (worker.orchestrator.execute(command, attempt).await, false)
-    });
+        .instrument(span),
+    );
     let abort = task.abort_handle();
     // If this attempt is dropped unfinished (the engine crashed or gave up on it at
     // shutdown), its call goes with it, as it would with the process: a detached call
@@ -1274,6 +1358,10 @@ async fn record_and_finalize<S: Store, O: Orchestrator>(
                 now,
             }
         })
+        .collect();
+    let _spans: Vec<tracing::Span> = batch
+        .iter()
+        .map(|attempt| tracing::debug_span!(parent: &attempt.span, "oncely.record", batch = batch.len()))
         .collect();
     // On failure the outcome is not in the log: the lease expires and the Reaper retries
     // with the same key (I7), as after a crash before the record.
@@ -1507,6 +1595,10 @@ async fn finalize_pending<S: Store, O: Orchestrator>(
         .store
         .pending_outcomes(&shared.domain, recorded_before, limit)
         .await?;
+    let _spans = operation_spans(
+        "oncely.finalize",
+        pending.iter().map(|pending| &pending.operation),
+    );
     let transitions: Vec<Transition> = pending
         .into_iter()
         .filter_map(|pending| {
@@ -1560,6 +1652,7 @@ async fn reap_expired<S: Store, O: Orchestrator>(
     if transitions.is_empty() {
         return Ok(0);
     }
+    let _spans = operation_spans("oncely.reap", expired.iter());
     let started = tokio::time::Instant::now();
     let reaped = shared.store.reap(transitions.clone()).await;
     shared
@@ -1580,6 +1673,47 @@ async fn reap_expired<S: Store, O: Orchestrator>(
     shared.telemetry.rescued(count as u64);
     shared.wake.notify_one();
     Ok(count)
+}
+
+/// A span per operation of a Finalizer's or Reaper's batch (`name`), in its trace.
+fn operation_spans<'a>(
+    name: &'static str,
+    operations: impl ExactSizeIterator<Item = &'a Operation>,
+) -> Vec<tracing::Span> {
+    let batch = operations.len();
+    operations
+        .map(|operation| {
+            let span = match name {
+                "oncely.reap" => tracing::debug_span!(
+                    "oncely.reap",
+                    domain = %operation.scope.domain,
+                    key = %operation.scope.key,
+                    attempt = operation.attempt_count,
+                    owner = operation.lease.as_ref().map(|lease| tracing::field::display(&lease.owner)),
+                    batch,
+                ),
+                _ => tracing::debug_span!(
+                    "oncely.finalize",
+                    domain = %operation.scope.domain,
+                    key = %operation.scope.key,
+                    attempt = operation.attempt_count,
+                    batch,
+                ),
+            };
+            trace::follow(&span, operation.traceparent.as_ref());
+            span
+        })
+        .collect()
+}
+
+/// What an outcome is counted and traced as.
+fn outcome_result(outcome: &Outcome) -> &'static str {
+    match outcome {
+        _ if outcome.is_unknown() => "unknown",
+        Outcome::Ok { .. } => "ok",
+        Outcome::Retry { .. } => "retry",
+        Outcome::Fail { .. } => "fail",
+    }
 }
 
 /// Retention: at most ten batches a run, so a large backlog never starves the other tasks.
@@ -1675,6 +1809,7 @@ mod tests {
             updated_at: now,
             completed_at: None,
             cancel_requested_at: None,
+            traceparent: None,
         }
     }
 

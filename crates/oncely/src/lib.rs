@@ -78,6 +78,7 @@ pub mod retry;
 pub mod state;
 pub mod store;
 mod telemetry;
+pub mod trace;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{Engine, EngineBuilder, EngineConfig, Submission};
@@ -98,3 +99,4 @@ pub use store::{
     ListFilter, NewOperation, OverviewOf, Page, PendingOutcome, RecordOutcome, Store, StoreError,
     Transition,
 };
+pub use trace::{InvalidTraceParent, TraceParent};

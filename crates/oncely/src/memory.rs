@@ -228,6 +228,7 @@ impl Data {
                 updated_at: now,
                 completed_at: None,
                 cancel_requested_at: None,
+                traceparent: new.traceparent,
             };
             let mut as_accepted = operation.clone();
             as_accepted.state = OperationState::Accepted;

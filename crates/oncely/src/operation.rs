@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 
 use crate::key::{NodeId, Scope};
 use crate::state::OperationState;
+use crate::trace::TraceParent;
 
 /// The store's number for an operation; unique within one store, rising with creation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -161,6 +162,9 @@ pub struct Operation {
     /// When an operator asked to cancel it, if one did: no attempt starts after this one
     /// without first being turned into the cancel (see [`OperationState::Cancelled`]).
     pub cancel_requested_at: Option<DateTime<Utc>>,
+    /// The W3C trace context it was submitted under (or began, when none was given and
+    /// spans are exported): every span of its life belongs to that trace.
+    pub traceparent: Option<TraceParent>,
 }
 
 impl Operation {

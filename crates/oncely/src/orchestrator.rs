@@ -10,6 +10,7 @@ use crate::operation::Operation;
 use crate::outcome::Outcome;
 use crate::retry::RetryPolicy;
 use crate::store::Decision;
+use crate::trace::TraceParent;
 
 /// What `execute` knows about the attempt it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +19,9 @@ pub struct Attempt {
     pub number: u32,
     /// The operation's tenant, domain and key.
     pub scope: Scope,
+    /// The trace context to send with the call (as its `traceparent` header): the call's
+    /// own span when spans are exported, else the one the operation was submitted under.
+    pub traceparent: Option<TraceParent>,
 }
 
 impl Attempt {

@@ -17,6 +17,7 @@ use crate::key::{DomainName, NodeId, Scope, TenantId};
 use crate::operation::{Fence, Fingerprint, LeaseOwner, Operation, OperationId, WalEntry, WalKind};
 use crate::outcome::Outcome;
 use crate::state::OperationState;
+use crate::trace::TraceParent;
 
 /// An operation to accept.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +32,8 @@ pub struct NewOperation {
     pub fingerprint: Fingerprint,
     /// Accept time; also when the first attempt becomes due.
     pub now: DateTime<Utc>,
+    /// The W3C trace context it is submitted under, if any.
+    pub traceparent: Option<TraceParent>,
 }
 
 /// What an accept came to, for one operation.

@@ -42,6 +42,7 @@ pub fn new_operation(key: &str, amount: i64, now: DateTime<Utc>) -> NewOperation
         fingerprint: Fingerprint::of_json(&payload),
         payload,
         now,
+        traceparent: None,
     }
 }
 
@@ -174,6 +175,34 @@ pub async fn accept_inserts_then_replays_then_refuses_a_conflict<S: Store>(store
     assert_eq!(conflict, vec![Accepted::Conflict(created.clone())]);
     assert_eq!(get(&store, "a").await, created, "a conflict writes nothing");
     assert_eq!(kinds(&store, "a").await, [WalKind::Accepted]);
+
+    // The trace context it was submitted under is kept, with and without a lease.
+    let trace: oncely::TraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        .parse()
+        .unwrap();
+    let traced = |key: &str| NewOperation {
+        traceparent: Some(trace),
+        ..new_operation(key, 1, at(7))
+    };
+    let accepted = store
+        .accept(
+            vec![traced("leased"), traced("waiting")],
+            Some(lease("w", at(7), 1)),
+        )
+        .await
+        .unwrap();
+    for (accepted, key) in accepted.iter().zip(["leased", "waiting"]) {
+        let Accepted::New(operation) = accepted else {
+            panic!("expected a new operation, got {accepted:?}")
+        };
+        assert_eq!(operation.traceparent, Some(trace), "{key} as accepted");
+        assert_eq!(
+            get(&store, key).await.traceparent,
+            Some(trace),
+            "{key} as read"
+        );
+    }
+    assert_eq!(created.traceparent, None);
 }
 
 pub async fn accept_batch_sees_its_own_duplicates<S: Store>(store: S) {
