@@ -203,6 +203,54 @@ async fn three_nodes_on_mysql_survive_kills_pauses_cut_connections_and_lies_with
     result.unwrap();
 }
 
+/// Without kills or database faults no counter is lost: the nodes' `/metrics`, summed,
+/// must equal the store's terminal counts and rescues and the logs' fenced writes; the
+/// pauses past the lease make rescues (and, when a call was in flight, fenced writes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_after_a_chaos_round_with_pauses_equal_the_store_and_show_the_rescues() {
+    let Some((admin, name, url)) = postgres_database().await else {
+        return;
+    };
+    let chaos = tokio::task::spawn_blocking(move || {
+        oncely()
+            .args(["chaos", "--db", &url, "--nodes", "2"])
+            .args(["--payments", "120", "--notifications", "30"])
+            .args(["--kills", "0", "--pauses", "3", "--db-faults", "0"])
+            .args(["--seed", "11", "--json"])
+            .output()
+    });
+    let output = chaos.await.unwrap().unwrap();
+    common::drop_postgres_database(&admin, &name).await;
+    let report: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|_| panic!("no report: {}", String::from_utf8_lossy(&output.stderr)));
+    let metrics = &report["metrics"];
+    eprintln!("chaos /metrics: {metrics}");
+    assert!(output.status.success(), "{report:#}");
+    assert_eq!(metrics["exact"], json!(true), "{metrics:#}");
+    assert_eq!(metrics["mismatches"], json!([]), "{metrics:#}");
+    let figure = |what: &str| {
+        metrics["figures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|figure| figure["what"] == what)
+            .unwrap_or_else(|| panic!("no {what}: {metrics:#}"))
+            .clone()
+    };
+    let completed = figure("PAYMENT COMPLETED");
+    assert!(completed["metrics"].as_u64().unwrap() > 0, "{metrics:#}");
+    assert_eq!(completed["metrics"], completed["expected"]);
+    let rescues = figure("rescues");
+    assert!(
+        rescues["metrics"].as_u64().unwrap() > 0,
+        "pauses past the lease make rescues: {metrics:#}"
+    );
+    assert_eq!(
+        figure("fenced writes")["metrics"].as_u64(),
+        report["fencedWrites"].as_u64()
+    );
+}
+
 #[test]
 fn several_nodes_on_one_sqlite_file_are_refused() {
     let output = oncely()

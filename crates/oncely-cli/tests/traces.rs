@@ -196,13 +196,12 @@ async fn one_payments_spans_share_its_trace_across_a_kill_9_and_the_gateway_gets
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The webhook that announces the payment, submitted by its end, joins its trace.
-    let event: serde_json::Value =
-        reqwest::get(format!("{base}/v1/notifications/{key}:completed"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let event: serde_json::Value = reqwest::get(format!("{base}/v1/notifications/{key}:completed"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(event["traceId"], TRACE_ID, "{event}");
     // A graceful stop sends what is batched.
     let stopped = std::process::Command::new("kill")

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use oncely::{ListFilter, OperationState, Store};
+use oncely::{ListFilter, OperationState, OverviewOf, Store};
 use oncely_reqwest::WebhookSecret;
 use oncely_sqlx::AnyStore;
 use serde::Serialize;
@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 
 use crate::audit::Audit;
 use crate::error::{Context, Error, ensure};
+use crate::metrics::{self, Counters, MetricsCheck};
 
 /// What a chaos round runs. [`ChaosConfig::new`] gives `oncely chaos`'s defaults.
 #[derive(Debug, Clone)]
@@ -157,11 +158,18 @@ pub struct ChaosReport {
     pub seconds: f64,
     /// The audit of both simulators at the end.
     pub audit: Audit,
+    /// What the nodes' `/metrics` counted (each scraped before each kill and at the end),
+    /// against the store and the logs.
+    pub metrics: MetricsCheck,
 }
 
 struct Node {
     port: u16,
+    /// Where its `/metrics` listens.
+    metrics_port: u16,
     child: Option<Child>,
+    /// Its current incarnation's counters, as last scraped.
+    scraped: Counters,
 }
 
 struct Cluster {
@@ -175,6 +183,8 @@ struct Cluster {
     simulators: Vec<Child>,
     /// `--s3-endpoint …` or `--uploads-dir …` for the nodes.
     uploads: Vec<String>,
+    /// The counters of the nodes' ended incarnations, each as last scraped.
+    counted: Counters,
 }
 
 /// The bucket chaos uploads go to.
@@ -290,6 +300,10 @@ impl Cluster {
                 &format!("127.0.0.1:{port}"),
             ])
             .args(["--node-id", &format!("chaos-{index}")])
+            .args([
+                "--metrics-listen",
+                &format!("127.0.0.1:{}", self.nodes[index].metrics_port),
+            ])
             .args(["--gateway-url", &self.gateway])
             .args(["--lease-ttl", "3s", "--gateway-timeout", "1s"])
             .args(["--backoff-base", "50ms", "--backoff-max", "500ms"])
@@ -336,6 +350,40 @@ impl Cluster {
             child.kill()?;
             child.wait()?;
         }
+        Ok(())
+    }
+
+    /// Reads node `index`'s counters; a node that does not answer keeps its last scrape.
+    async fn scrape(&mut self, client: &reqwest::Client, index: usize) {
+        let url = format!(
+            "http://127.0.0.1:{}/metrics",
+            self.nodes[index].metrics_port
+        );
+        let text = async {
+            client
+                .get(&url)
+                .send()
+                .await?
+                .error_for_status()?
+                .text()
+                .await
+        };
+        match text.await {
+            Ok(text) => self.nodes[index].scraped = metrics::parse(&text),
+            Err(error) => tracing::warn!(%error, index, "could not scrape the node"),
+        }
+    }
+
+    /// Scrapes node `index`, then SIGKILLs it: what it counted since is lost with it.
+    async fn scrape_and_kill(
+        &mut self,
+        client: &reqwest::Client,
+        index: usize,
+    ) -> Result<(), Error> {
+        self.scrape(client, index).await;
+        self.kill(index)?;
+        let scraped = std::mem::take(&mut self.nodes[index].scraped);
+        metrics::add(&mut self.counted, &scraped);
         Ok(())
     }
 
@@ -754,12 +802,15 @@ pub async fn run(args: ChaosConfig) -> Result<ChaosReport, Error> {
             .map(|_| {
                 Ok(Node {
                     port: free_port()?,
+                    metrics_port: free_port()?,
                     child: None,
+                    scraped: Counters::new(),
                 })
             })
             .collect::<Result<_, Error>>()?,
         simulators: Vec::new(),
         uploads: Vec::new(),
+        counted: Counters::new(),
     };
     let uploads_dir = workdir.join("uploads");
     let storage = audit_storage(args.s3.as_deref(), &uploads_dir)?;
@@ -869,7 +920,7 @@ pub async fn run(args: ChaosConfig) -> Result<ChaosReport, Error> {
         let victim = killer.usize(..args.nodes);
         match strike {
             Strike::Kill => {
-                cluster.kill(victim)?;
+                cluster.scrape_and_kill(&client, victim).await?;
                 cluster.start(victim)?;
                 wait_healthy(&client, &urls[victim]).await?;
             }
@@ -912,8 +963,10 @@ pub async fn run(args: ChaosConfig) -> Result<ChaosReport, Error> {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The last counter increments follow the commits the store just showed.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     for index in 0..args.nodes {
-        cluster.kill(index)?;
+        cluster.scrape_and_kill(&client, index).await?;
     }
     let s3_requests = match &args.s3 {
         Some(_) => {
@@ -944,6 +997,18 @@ pub async fn run(args: ChaosConfig) -> Result<ChaosReport, Error> {
     let (gateway, webhooks) = (cluster.gateway.clone(), cluster.webhooks.clone());
     let undelivered = undelivered(&store).await?;
     let (fenced_writes, _) = cluster.count_in_logs("taken over by another worker", None);
+    let overview = store
+        .overview(
+            OverviewOf::All,
+            chrono::DateTime::UNIX_EPOCH,
+            chrono::Utc::now(),
+        )
+        .await?;
+    // A SIGKILL loses what a node counted since its scrape; a cut connection or a
+    // restarted server can make a committed write look failed, and its retry is then
+    // fenced instead of counted.
+    let exact = args.kills == 0 && args.db_faults == 0 && args.db_restart.is_none();
+    let metrics = MetricsCheck::new(&cluster.counted, &overview, fenced_writes as u64, exact);
     let (_, leases_taken_over) = cluster.count_in_logs("took over", Some("released"));
     let lies = std::fs::read_to_string(workdir.join("gateway-sim.log"))
         .unwrap_or_default()
@@ -1015,6 +1080,7 @@ pub async fn run(args: ChaosConfig) -> Result<ChaosReport, Error> {
         undelivered,
         seconds: started.elapsed().as_secs_f64(),
         audit,
+        metrics,
     };
     if report.completion_rate < args.min_completion_rate {
         tracing::error!(
@@ -1036,6 +1102,7 @@ impl ChaosReport {
             && self.overwritten.is_empty()
             && self.audit.is_clean()
             && self.audit.in_flight() == 0
+            && self.metrics.mismatches.is_empty()
             && self.completion_rate >= min_completion_rate
     }
 }
@@ -1100,6 +1167,31 @@ pub fn write_report(out: &mut impl std::io::Write, report: &ChaosReport) -> std:
         "completed      {:.1} % of payments",
         report.completion_rate * 100.0
     )?;
+    writeln!(
+        out,
+        "/metrics       {} ({}): {}",
+        if report.metrics.mismatches.is_empty() {
+            "agrees"
+        } else {
+            "DISAGREES"
+        },
+        if report.metrics.exact {
+            "must equal the store"
+        } else {
+            "nodes were killed: at most the store"
+        },
+        report
+            .metrics
+            .figures
+            .iter()
+            .filter(|figure| figure.expected > 0 || figure.metrics > 0)
+            .map(|figure| format!("{} {}/{}", figure.what, figure.metrics, figure.expected))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )?;
+    for line in &report.metrics.mismatches {
+        writeln!(out, "  {line}")?;
+    }
     writeln!(out, "time           {:.1} s", report.seconds)?;
     writeln!(out, "unexpected     {}", report.unexpected_answers.len())?;
     for line in report.unexpected_answers.iter().take(20) {

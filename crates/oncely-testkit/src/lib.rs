@@ -17,6 +17,7 @@
 pub mod audit;
 pub mod chaos;
 mod error;
+pub mod metrics;
 pub mod moto;
 pub mod sim;
 

@@ -68,7 +68,10 @@ pub async fn postgres_database() -> Option<(String, String, String)> {
             return None;
         }
     };
-    let name = format!("oncely_chaos_{}", std::process::id());
+    // Several tests of one binary (one process) may each want one.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("oncely_chaos_{}_{n}", std::process::id());
     sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         .execute(&pool)
         .await
