@@ -66,6 +66,9 @@ pub struct PeerSpec {
     pub load: Load,
 }
 
+/// The closed-loop soak on PostgreSQL with autovacuum turned off for it.
+const AUTOVACUUM_OFF_SOAK: &str = "soak-closed-autovacuum-off";
+
 /// The workload that measures what serving `/metrics` costs.
 pub const METRICS_OVERHEAD: &str = "metrics-overhead";
 
@@ -124,7 +127,8 @@ impl Job {
             Job::Peer(peer) => peer.load.workload.clone(),
             Job::Http { .. } => "http-accept".to_owned(),
             Job::OpenSoak { .. } => "soak-open".to_owned(),
-            Job::Autovacuum(_) => "soak".to_owned(),
+            // The switches belong to the soak they surround: kept or dropped with it.
+            Job::Autovacuum(_) => AUTOVACUUM_OFF_SOAK.to_owned(),
             Job::Upload(spec) | Job::Child(Spec::Upload(spec)) => spec.load.workload.clone(),
         }
     }
@@ -309,7 +313,7 @@ impl Plan {
             jobs.push(Job::Autovacuum(Some(false)));
             let note = "autovacuum off";
             let mut soak = SoakSpec::closed(self, pg, Some(note));
-            soak.workload = "soak-closed-autovacuum-off".to_owned();
+            soak.workload = AUTOVACUUM_OFF_SOAK.to_owned();
             jobs.push(Job::Child(Spec::Soak(soak)));
             jobs.push(Job::Autovacuum(Some(true)));
         }
@@ -581,4 +585,54 @@ async fn build_peers(plan: &Plan) -> Result<PathBuf, BenchError> {
         )));
     }
     Ok(target.join("release").join("oncely-bench-peers"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(only: &[&str]) -> Plan {
+        Plan {
+            quick: true,
+            n: 300,
+            queued: 1_000,
+            http_seconds: 1,
+            databases: vec!["postgres://postgres@127.0.0.1:5432/test".to_owned()],
+            peers: false,
+            peers_manifest: PathBuf::new(),
+            only: only.iter().map(|o| (*o).to_owned()).collect(),
+            exe: PathBuf::new(),
+            command: String::new(),
+            rounds: 1,
+            bigtable: vec![0],
+            bigtable_other_max: 0,
+            soak_seconds: 6,
+            soak_interval_seconds: 2,
+            autovacuum: true,
+        }
+    }
+
+    #[test]
+    fn the_autovacuum_off_soak_keeps_its_switches_under_only() {
+        for only in [&["soak-closed"][..], &["soak"], &[AUTOVACUUM_OFF_SOAK], &[]] {
+            let jobs: Vec<String> = plan(only)
+                .jobs()
+                .iter()
+                .map(|scheduled| scheduled.job.describe())
+                .collect();
+            let off = jobs
+                .iter()
+                .position(|job| job.contains(AUTOVACUUM_OFF_SOAK))
+                .unwrap_or_else(|| panic!("{only:?}: no autovacuum-off soak in {jobs:#?}"));
+            assert_eq!(jobs[off - 1], "autovacuum Some(false)", "{only:?}");
+            assert_eq!(jobs[off + 1], "autovacuum Some(true)", "{only:?}");
+        }
+        let others = plan(&["soak-open"]).jobs();
+        assert!(
+            others
+                .iter()
+                .all(|scheduled| !matches!(scheduled.job, Job::Autovacuum(_))),
+            "no switch without its soak"
+        );
+    }
 }
