@@ -32,7 +32,9 @@ pub(crate) struct StatusArgs {
     /// The API key to ask --url with (not needed in protected mode, on the same machine).
     #[arg(long, env = "ONCELY_API_KEY", hide_env_values = true, requires = "url")]
     api_key: Option<String>,
-    /// How far back "ended" and "rescued" count (a minute to a day with --url).
+    /// How far back the terminal states (completed, failed, timeout, cancelled), "ended"
+    /// and "rescued" count; accepted and processing are counted as they are now (a minute
+    /// to a day with --url).
     #[arg(long, default_value = "15m", value_parser = duration::parse)]
     window: Duration,
     /// Print the overview as JSON instead of a table.
@@ -128,7 +130,11 @@ fn write_table(
     now: chrono::DateTime<Utc>,
 ) -> std::io::Result<()> {
     if overview.is_empty() {
-        return writeln!(out, "no operations yet");
+        return writeln!(
+            out,
+            "nothing live, nothing ended in the last {}",
+            humantime(window)
+        );
     }
     let window = humantime(window);
     writeln!(
@@ -170,7 +176,10 @@ fn write_table(
             domain.rescued_since,
         )?;
     }
-    Ok(())
+    writeln!(
+        out,
+        "accepted and processing: now; completed, failed, timeout and cancelled: ended in the last {window}"
+    )
 }
 
 /// `90s` as `1m30s`, `15m` as `15m`: short, for a column.

@@ -217,7 +217,9 @@ function overview() {
     el('table', { class: 'overview', 'data-test': 'overview' },
       el('thead', {}, el('tr', {},
         el('th', {}, 'domain'),
-        STATES.map((state) => el('th', { class: 'num' }, state.toLowerCase())),
+        STATES.map((state) => el('th', TERMINAL.includes(state)
+          ? { class: 'num', title: 'Ended in the window' }
+          : { class: 'num', title: 'Now' }, state.toLowerCase())),
         el('th', { class: 'num', title: 'ACCEPTED after a failed attempt, waiting for the next' }, 'retrying'),
         el('th', { class: 'num', title: 'PROCESSING past its lease; the Reaper takes it back' }, 'stuck'),
         el('th', { class: 'num', title: 'How long the oldest due operation has waited' }, 'oldest due'),
@@ -226,7 +228,7 @@ function overview() {
       body));
   return live(async () => {
     const data = await api('GET', '/v1/overview?windowMinutes=15');
-    since.textContent = `Tenant ${data.tenant}. Throughput and rescues over the last 15 minutes.`;
+    since.textContent = `Tenant ${data.tenant}. Accepted and processing: now. Completed, failed, timeout, cancelled, throughput and rescues: the last 15 minutes.`;
     body.replaceChildren(...data.domains.map((domain) => {
       const r = domain.resource;
       const filtered = (query) => `#/operations?resource=${encodeURIComponent(r)}&${query}`;

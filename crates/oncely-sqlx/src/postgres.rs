@@ -150,3 +150,149 @@ async fn listen(pool: PgPool, signal: Weak<Notify>) {
         }
     }
 }
+
+#[cfg(test)]
+mod plans {
+    //! The statements an operator's overview and the engine's gauges run often must read
+    //! indexes, never the whole table: checked against PostgreSQL's own plans over a
+    //! table of 60,000 finished operations and a log of 60,000 entries.
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::str::FromStr;
+
+    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+    use sqlx::{ConnectOptions, Row};
+
+    use super::*;
+    use crate::backend::Param;
+
+    /// A fresh database on the test server; `None` (a visible skip) when it is unreachable
+    /// outside CI.
+    async fn scratch() -> Option<(PgPool, String, String)> {
+        let admin = std::env::var("ONCELY_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let pool = match PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect(&admin)
+            .await
+        {
+            Ok(pool) => pool,
+            Err(error) => {
+                let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+                assert!(
+                    !in_ci,
+                    "PostgreSQL at {admin} is unreachable under CI=true: {error}"
+                );
+                eprintln!("SKIPPED: PostgreSQL at {admin} is unreachable ({error})");
+                return None;
+            }
+        };
+        let name = format!("oncely_plans_{}", std::process::id());
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+        let url = PgConnectOptions::from_str(&admin)
+            .unwrap()
+            .database(&name)
+            .to_url_lossy()
+            .to_string();
+        Some((pool, name, url))
+    }
+
+    async fn plan(pool: &PgPool, sql: &str, params: &[Param]) -> String {
+        let explain = format!("EXPLAIN {sql}");
+        let mut query = sqlx::query(&explain);
+        for param in params {
+            query = match param {
+                Param::Int(n) => query.bind(*n),
+                Param::Text(text) => query.bind(text.clone()),
+                other => panic!("no such parameter here: {other:?}"),
+            };
+        }
+        let rows = query.fetch_all(pool).await.unwrap();
+        rows.iter()
+            .map(|row| row.get::<String, _>(0))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[tokio::test]
+    async fn the_overview_and_the_gauges_read_indexes_not_the_tables() {
+        let Some((admin, name, url)) = scratch().await else {
+            return;
+        };
+        let store = connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        let pool = PgPool::connect(&url).await.unwrap();
+        // 60,000 finished payments, a few live ones, and their log, as a service has
+        // after some days; then the statistics autovacuum would gather.
+        for statement in [
+            "INSERT INTO oncely_operations (tenant, domain, idem_key, event_type, state, \
+             payload, fingerprint, attempt_count, created_at, updated_at, completed_at) \
+             SELECT 'default', 'PAYMENT', 'k' || n, 'PAYMENT_REQUESTED', \
+             CASE WHEN n % 5000 = 0 THEN 'ACCEPTED' WHEN n % 5000 = 1 THEN 'PROCESSING' \
+                  ELSE 'COMPLETED' END, '{}', repeat('0', 64), 1, n, n, \
+             CASE WHEN n % 5000 IN (0, 1) THEN NULL ELSE n END \
+             FROM generate_series(1, 60000) AS n",
+            "INSERT INTO oncely_wal (operation_id, kind, attempt, state_after, detail, \
+             recorded_at) SELECT n, CASE WHEN n % 1000 = 0 THEN 'REAPED' ELSE 'ACCEPTED' END, \
+             0, 'ACCEPTED', '{}', n FROM generate_series(1, 60000) AS n",
+            "ANALYZE oncely_operations",
+            "ANALYZE oncely_wal",
+        ] {
+            sqlx::query(statement).execute(&pool).await.unwrap();
+        }
+        let statements = store.statements();
+        let (now, since) = (Param::Int(60_001), Param::Int(59_000));
+        let (tenant, domain) = (Param::Text("default".into()), Param::Text("PAYMENT".into()));
+        let checked = [
+            (
+                "backlog",
+                &statements.backlog,
+                vec![now.clone(), now.clone(), now.clone(), domain.clone()],
+            ),
+            (
+                "overview_of",
+                &statements.overview_of,
+                vec![
+                    now.clone(),
+                    now.clone(),
+                    tenant.clone(),
+                    domain.clone(),
+                    since.clone(),
+                    tenant.clone(),
+                    domain.clone(),
+                ],
+            ),
+            (
+                "rescued_of",
+                &statements.rescued_of,
+                vec![since.clone(), tenant, domain],
+            ),
+        ];
+        let mut scans = Vec::new();
+        for (what, sql, params) in checked {
+            let plan = plan(&pool, sql, &params).await;
+            if plan.contains("Seq Scan") {
+                scans.push(format!("{what}:\n{plan}"));
+            }
+        }
+        pool.close().await;
+        store.close().await;
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        assert!(
+            scans.is_empty(),
+            "whole-table scans:\n{}",
+            scans.join("\n\n")
+        );
+    }
+}

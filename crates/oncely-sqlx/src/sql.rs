@@ -188,8 +188,11 @@ const INSERT_OPERATIONS: &str = "INSERT INTO oncely_operations \
 /// index's prefix.
 const SCOPED: &str = "AND o.tenant = ? AND o.domain = ?";
 
-/// Operations by domain and state at `?` (now, twice), with what ended since `?`; `and`
-/// restricts them further.
+/// Operations by domain and state, at a cost bounded by what is live and what ended
+/// lately, never by the table: the live ones (`ACCEPTED`, `PROCESSING`, from the partial
+/// indexes over live states) at `?` (now, twice), then those that ended since `?` (from
+/// the index on the end time). `and` restricts both parts further; its placeholders come
+/// after each part's own.
 fn overview(and: &str) -> String {
     // COUNT of a CASE, not SUM: the same integer type on every backend.
     format!(
@@ -199,8 +202,13 @@ fn overview(and: &str) -> String {
          COUNT(CASE WHEN o.state = 'PROCESSING' AND o.lease_until <= ? THEN 1 END) AS stuck, \
          MIN(CASE WHEN o.state = 'ACCEPTED' AND o.next_retry_at <= ? \
              THEN o.next_retry_at END) AS oldest_due, \
-         COUNT(CASE WHEN o.completed_at >= ? THEN 1 END) AS ended \
-         FROM oncely_operations o WHERE 1 = 1 {and} GROUP BY o.domain, o.state"
+         COUNT(CASE WHEN o.completed_at IS NOT NULL THEN 1 END) AS ended \
+         FROM oncely_operations o WHERE (o.state = 'ACCEPTED' OR o.state = 'PROCESSING') {and} \
+         GROUP BY o.domain, o.state \
+         UNION ALL \
+         SELECT o.domain, o.state, COUNT(*), 0, 0, NULL, COUNT(*) \
+         FROM oncely_operations o WHERE o.completed_at >= ? {and} \
+         GROUP BY o.domain, o.state"
     )
 }
 
@@ -481,7 +489,10 @@ impl Statements {
                  WHERE domain = ? AND state = 'PROCESSING' AND lease_until > ? \
                  AND SUBSTR(lease_owner, 1, LENGTH(?)) = ? AND lease_owner <> ?"
                 .to_owned()),
-            // Only live states: the partial indexes bound the cost by the backlog.
+            // Only live states: the partial indexes bound the cost by the backlog. The OR,
+            // not `state IN (…)`: PostgreSQL proves a partial index's predicate from each
+            // arm of an OR (a BitmapOr of both), never from an IN list, which it then reads
+            // by scanning the whole table.
             backlog: p("SELECT \
                  COUNT(CASE WHEN o.state = 'ACCEPTED' AND o.next_retry_at <= ? THEN 1 END) AS due, \
                  COUNT(CASE WHEN o.state = 'ACCEPTED' AND o.next_retry_at > ? THEN 1 END) AS waiting, \
@@ -489,7 +500,7 @@ impl Statements {
                  MIN(CASE WHEN o.state = 'ACCEPTED' AND o.next_retry_at <= ? \
                      THEN o.next_retry_at END) AS oldest_due \
                  FROM oncely_operations o \
-                 WHERE o.domain = ? AND o.state IN ('ACCEPTED', 'PROCESSING')"
+                 WHERE o.domain = ? AND (o.state = 'ACCEPTED' OR o.state = 'PROCESSING')"
                 .to_owned()),
             overview: p(overview("")),
             overview_of: p(overview(SCOPED)),

@@ -59,6 +59,14 @@ pub struct SqlStore<B: Backend> {
     _backend: PhantomData<fn() -> B>,
 }
 
+#[cfg(test)]
+impl<B: Backend> SqlStore<B> {
+    /// The statements, for tests that look at their plans.
+    pub(crate) fn statements(&self) -> &Statements {
+        &self.statements
+    }
+}
+
 impl<B: Backend> Clone for SqlStore<B> {
     fn clone(&self) -> Self {
         Self {
@@ -1026,11 +1034,9 @@ impl<B: Backend> Store for SqlStore<B> {
                 ],
             ),
         };
-        let mut params = vec![
-            Param::Int(millis(now)),
-            Param::Int(millis(now)),
-            Param::Int(millis(since)),
-        ];
+        let mut params = vec![Param::Int(millis(now)), Param::Int(millis(now))];
+        params.extend(scope.iter().cloned());
+        params.push(Param::Int(millis(since)));
         params.extend(scope.iter().cloned());
         let rows = fetch::<B>(Exec::Pool(&self.reader), overview, params).await?;
         let mut domains: std::collections::BTreeMap<String, DomainOverview> =
@@ -1041,7 +1047,7 @@ impl<B: Backend> Store for SqlStore<B> {
                 .entry(name.clone())
                 .or_insert_with(|| DomainOverview::empty(name));
             let count = |column: &str| row.int(column).map(|n| u64::try_from(n).unwrap_or(0));
-            domain.states.insert(row.text("state")?, count("n")?);
+            *domain.states.entry(row.text("state")?).or_default() += count("n")?;
             domain.retrying += count("retrying")?;
             domain.stuck += count("stuck")?;
             domain.ended_since += count("ended")?;

@@ -674,6 +674,12 @@ impl Store for MemoryStore {
             }
             let name = operation.scope.domain.to_string();
             domain_of.insert(operation.id, name.clone());
+            // Live operations, and those that ended since `since`: what the SQL stores
+            // count, from their indexes.
+            let ended = operation.completed_at.is_some_and(|at| at >= since);
+            if operation.state.is_terminal() && !ended {
+                continue;
+            }
             let domain = domains
                 .entry(name.clone())
                 .or_insert_with(|| DomainOverview::empty(name));
@@ -700,7 +706,7 @@ impl Store for MemoryStore {
                 }
                 _ => {}
             }
-            if operation.completed_at.is_some_and(|at| at >= since) {
+            if ended {
                 domain.ended_since += 1;
             }
         }

@@ -291,7 +291,8 @@ impl OverviewOf<'_> {
 pub struct DomainOverview {
     /// The domain.
     pub domain: String,
-    /// Operations by state (every state, zeros included).
+    /// Operations by state (every state, zeros included): `ACCEPTED` and `PROCESSING` as
+    /// they are now; the terminal states, those that ended since the overview's `since`.
     pub states: std::collections::BTreeMap<String, u64>,
     /// `ACCEPTED` operations that have had an attempt: waiting for a retry.
     pub retrying: u64,
@@ -485,9 +486,11 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Backlog, StoreError>> + Send;
 
-    /// The overview at `now` of the domains `of` counts, with what ended and what the
-    /// Reaper rescued since `since`: one pass over those operations and over the log since
-    /// `since`. A domain with no operation is left out.
+    /// The overview at `now` of the domains `of` counts: their live operations, and what
+    /// ended and what the Reaper rescued since `since`. Its cost is bounded by what is
+    /// live and what happened since `since`, not by the operations kept (an overview
+    /// since the epoch counts them all). A domain with nothing live and nothing since is
+    /// left out.
     fn overview(
         &self,
         of: OverviewOf<'_>,

@@ -1324,6 +1324,15 @@ pub async fn overview_and_backlog_count_states_retries_stuck_due_and_rescues<S: 
         .await
         .unwrap();
     assert_eq!((later[0].ended_since, later[0].rescued_since), (0, 0));
+    // Live operations are counted as they are; terminal ones only when they ended since.
+    assert_eq!(
+        (
+            later[0].states["ACCEPTED"],
+            later[0].states["PROCESSING"],
+            later[0].states["COMPLETED"]
+        ),
+        (2, 1, 0)
+    );
     // A tenant's view of the domain: the same operations, since they are all its own;
     // another tenant's, or another domain's, has none of them.
     let tenant = TenantId::default();
