@@ -9,6 +9,10 @@ tables in the bench's scratch database (oncely_bench_*). One CSV row per interva
 
     python3 bench/tools/pg_soak_sampler.py OUT.csv [--interval 60] [--seconds 1200]
 
+A process born and gone between two samples (a parallel query's worker, usually) is
+not seen: its CPU is missing from the figures, so a growing count of sequential scans
+on a table that no CPU figure explains points there.
+
 It stops after --seconds, or when interrupted. It needs psql on PATH and reads the
 server at $PGURL (default postgres://postgres@127.0.0.1:5432/test).
 """
