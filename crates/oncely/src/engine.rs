@@ -1361,7 +1361,9 @@ async fn record_and_finalize<S: Store, O: Orchestrator>(
         .collect();
     let _spans: Vec<tracing::Span> = batch
         .iter()
-        .map(|attempt| tracing::debug_span!(parent: &attempt.span, "oncely.record", batch = batch.len()))
+        .map(|attempt| {
+            tracing::debug_span!(parent: &attempt.span, "oncely.record", batch = batch.len())
+        })
         .collect();
     // On failure the outcome is not in the log: the lease expires and the Reaper retries
     // with the same key (I7), as after a crash before the record.
@@ -1595,8 +1597,8 @@ async fn finalize_pending<S: Store, O: Orchestrator>(
         .store
         .pending_outcomes(&shared.domain, recorded_before, limit)
         .await?;
-    let _spans = operation_spans(
-        "oncely.finalize",
+    let _spans = recovery_spans(
+        Recovery::Finalize,
         pending.iter().map(|pending| &pending.operation),
     );
     let transitions: Vec<Transition> = pending
@@ -1652,7 +1654,7 @@ async fn reap_expired<S: Store, O: Orchestrator>(
     if transitions.is_empty() {
         return Ok(0);
     }
-    let _spans = operation_spans("oncely.reap", expired.iter());
+    let _spans = recovery_spans(Recovery::Reap, expired.iter());
     let started = tokio::time::Instant::now();
     let reaped = shared.store.reap(transitions.clone()).await;
     shared
@@ -1675,16 +1677,25 @@ async fn reap_expired<S: Store, O: Orchestrator>(
     Ok(count)
 }
 
-/// A span per operation of a Finalizer's or Reaper's batch (`name`), in its trace.
-fn operation_spans<'a>(
-    name: &'static str,
+/// Who takes up an operation its worker left.
+#[derive(Debug, Clone, Copy)]
+enum Recovery {
+    /// The Finalizer: an outcome recorded but not applied.
+    Finalize,
+    /// The Reaper: a lease that ended with no outcome recorded.
+    Reap,
+}
+
+/// A span per operation of a Finalizer's or Reaper's batch, in its trace.
+fn recovery_spans<'a>(
+    recovery: Recovery,
     operations: impl ExactSizeIterator<Item = &'a Operation>,
 ) -> Vec<tracing::Span> {
     let batch = operations.len();
     operations
         .map(|operation| {
-            let span = match name {
-                "oncely.reap" => tracing::debug_span!(
+            let span = match recovery {
+                Recovery::Reap => tracing::debug_span!(
                     "oncely.reap",
                     domain = %operation.scope.domain,
                     key = %operation.scope.key,
@@ -1692,7 +1703,7 @@ fn operation_spans<'a>(
                     owner = operation.lease.as_ref().map(|lease| tracing::field::display(&lease.owner)),
                     batch,
                 ),
-                _ => tracing::debug_span!(
+                Recovery::Finalize => tracing::debug_span!(
                     "oncely.finalize",
                     domain = %operation.scope.domain,
                     key = %operation.scope.key,
