@@ -62,26 +62,6 @@ impl TraceParent {
         Ok(parent)
     }
 
-    /// A new trace, sampled, with random ids: for an operation submitted under none.
-    pub fn random() -> Self {
-        let mut trace_id = [0u8; 16];
-        let mut parent_id = [0u8; 8];
-        trace_id
-            .iter_mut()
-            .for_each(|byte| *byte = fastrand::u8(..));
-        parent_id
-            .iter_mut()
-            .for_each(|byte| *byte = fastrand::u8(..));
-        // Never all zeros.
-        trace_id[15] |= 1;
-        parent_id[7] |= 1;
-        Self {
-            trace_id,
-            parent_id,
-            flags: 1,
-        }
-    }
-
     /// The trace id, 32 lowercase hex digits.
     pub fn trace_id(&self) -> String {
         lower_hex(&self.trace_id)
@@ -245,13 +225,6 @@ mod tests {
             EXAMPLE,
             "a later version"
         );
-    }
-
-    #[test]
-    fn a_random_trace_is_valid_and_new() {
-        let (one, two) = (TraceParent::random(), TraceParent::random());
-        assert_ne!(one, two);
-        assert_eq!(TraceParent::parse(&one.to_string()).unwrap(), one);
     }
 
     #[test]
