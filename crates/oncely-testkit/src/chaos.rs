@@ -732,17 +732,19 @@ async fn send_all(
     answers
 }
 
-async fn in_flight(store: &AnyStore) -> Result<usize, Error> {
-    let mut count = 0;
-    for state in [OperationState::Accepted, OperationState::Processing] {
-        let filter = ListFilter {
-            state: Some(state),
-            limit: oncely::store::LIST_LIMIT_MAX,
-            ..ListFilter::default()
-        };
-        count += store.list(filter).await?.items.len();
-    }
-    Ok(count)
+/// Operations not yet terminal, counted in one statement: two lists, `ACCEPTED` then
+/// `PROCESSING`, could both miss an operation a retry moved from the second state to the
+/// first between them, and the round would end with it still running.
+async fn in_flight(store: &AnyStore) -> Result<u64, Error> {
+    let now = chrono::Utc::now();
+    let overview = store.overview(OverviewOf::All, now, now).await?;
+    Ok(overview
+        .iter()
+        .flat_map(|domain| {
+            [OperationState::Accepted, OperationState::Processing]
+                .map(|state| domain.states.get(state.as_str()).copied().unwrap_or(0))
+        })
+        .sum())
 }
 
 /// Keys of the notifications that did not end COMPLETED.
