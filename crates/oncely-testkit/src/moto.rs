@@ -43,27 +43,50 @@ impl Moto {
     pub async fn spawn() -> Result<Self, Error> {
         let program =
             std::env::var("ONCELY_MOTO_SERVER").unwrap_or_else(|_| "moto_server".to_owned());
+        // A port free a moment ago may be taken by the time moto binds it; moto then
+        // exits, and another port is tried.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match Self::spawn_on_a_free_port(&program).await {
+                Ok(moto) => return Ok(moto),
+                Err(error) if tries >= 3 => return Err(error),
+                Err(_) => {}
+            }
+        }
+    }
+
+    async fn spawn_on_a_free_port(program: &str) -> Result<Self, Error> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let child = Command::new(&program)
+        let child = Command::new(program)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .during_with(|| format!("starting {program}"))?;
-        let moto = Self {
+        let mut moto = Self {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
         };
         let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Generous: on a loaded machine (the chaos tests run beside each other) Python
+        // takes its time to import moto.
+        let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let answer = client.get(&moto.endpoint).send().await;
             if answer.is_ok_and(|answer| answer.status().is_success()) {
                 return Ok(moto);
             }
+            let exited = moto.child.try_wait()?;
+            ensure!(
+                exited.is_none(),
+                "{program} exited ({}) before answering on {}",
+                exited.map(|status| status.to_string()).unwrap_or_default(),
+                moto.endpoint
+            );
             ensure!(
                 Instant::now() < deadline,
-                "{program} did not answer on {} within 30 s",
+                "{program} did not answer on {} within 120 s",
                 moto.endpoint
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
