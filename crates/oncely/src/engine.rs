@@ -1222,6 +1222,11 @@ async fn call<S: Store, O: Orchestrator>(
     let started = tokio::time::Instant::now();
     let task = tokio::spawn(
         async move {
+            // A task spawned just before a simulated crash may first run just after it;
+            // a dead process calls nothing, so it waits here to be aborted.
+            if worker.failpoints.is_crashed() {
+                std::future::pending::<()>().await;
+            }
             if ask_first
                 && let Some(answer) = worker.orchestrator.reconcile(&command, &attempt).await
             {
@@ -1230,6 +1235,9 @@ async fn call<S: Store, O: Orchestrator>(
             }
             if cancelling {
                 return (Outcome::retry(CANCELLED_BEFORE_THE_CALL), false);
+            }
+            if worker.failpoints.is_crashed() {
+                std::future::pending::<()>().await;
             }
             (worker.orchestrator.execute(command, attempt).await, false)
         }
