@@ -116,9 +116,13 @@ impl Job {
 
     fn workload(&self) -> String {
         match self {
-            Job::Child(Spec::Oncely(l) | Spec::Direct(l) | Spec::Queued(l) | Spec::Naive(l)) => {
-                l.workload.clone()
-            }
+            Job::Child(
+                Spec::Oncely(l)
+                | Spec::Direct(l)
+                | Spec::Queued(l)
+                | Spec::Naive(l)
+                | Spec::Floor(l),
+            ) => l.workload.clone(),
             Job::Child(Spec::Limit { .. }) => "limit".to_owned(),
             Job::Child(Spec::BigTable { retained, .. }) => {
                 format!("bigtable-{}", crate::bigtable::size_label(*retained))
@@ -197,6 +201,13 @@ impl Plan {
                 jobs.push(Job::Child(Spec::Oncely(
                     self.load(&workload, db, overhead_n, clients, 64),
                 )));
+                if crate::scratch::Backend::of(db)
+                    .is_ok_and(|b| b != crate::scratch::Backend::MySql)
+                {
+                    jobs.push(Job::Child(Spec::Floor(
+                        self.load(&workload, db, overhead_n, clients, 64),
+                    )));
+                }
             }
         }
         // What oncely adds to an upload, one client, beside the same create made directly.

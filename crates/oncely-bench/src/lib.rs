@@ -9,7 +9,8 @@
 //!   fixed number of concurrent clients (closed loop), with a gateway latency of 0 ms
 //!   (engine-bound) and 20 ms (concurrency-bound), on SQLite, PostgreSQL and MySQL;
 //! - **overhead-1 / overhead-8**: the same with 1 and 8 clients, beside the same client calling the same
-//!   gateway directly: what oncely adds per payment;
+//!   gateway directly: what oncely adds per payment, and beside the two durable commits
+//!   around that call written by hand (PostgreSQL, SQLite): the floor under that cost;
 //! - **http-accept**: `POST /v1/payments` on `oncely serve`, driven by `wrk`;
 //! - **peers**: the same job on underway, apalis and DBOS (a separate crate,
 //!   `bench/peers`) and on a naive hand-written lifecycle;
@@ -34,6 +35,7 @@
 
 pub mod bigtable;
 pub mod drive;
+pub mod floor;
 pub mod gateway;
 pub mod harness;
 pub mod http;

@@ -268,6 +268,21 @@ impl Report {
                     target: target.map_or(NO_TARGET.to_owned(), |t| format!("p99 ≤ {t} ms")),
                     met: target.is_none_or(|t| p99 <= t),
                 });
+                // The same call between two durable commits written by hand: what the
+                // disk alone adds, under whatever the engine adds.
+                if let Some(floor) = self.find(workload, crate::floor::SYSTEM, backend) {
+                    let p50 = floor.p50_ms.median - direct.p50_ms.median;
+                    let p99 = floor.p99_ms.median - direct.p99_ms.median;
+                    findings.push(Finding {
+                        name: format!(
+                            "{workload}: added by two commits by hand on {backend}, the floor \
+                             (p50 / p99, medians)"
+                        ),
+                        value: format!("{p50:.2} ms / {p99:.2} ms"),
+                        target: NO_TARGET.to_owned(),
+                        met: true,
+                    });
+                }
             }
         }
         if let (Some(plain), Some(scraped)) = (

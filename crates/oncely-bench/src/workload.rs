@@ -56,6 +56,8 @@ pub enum Spec {
     Soak(crate::soak::SoakSpec),
     /// Objects written to S3 through the uploads domain, or directly.
     Upload(crate::uploads::UploadSpec),
+    /// The two commits around the call, by hand: the floor of `overhead-*`.
+    Floor(Load),
 }
 
 /// The shape of a load.
@@ -95,6 +97,7 @@ impl Spec {
             Spec::BigTable { load, retained } => crate::bigtable::run(load, *retained).await,
             Spec::Soak(spec) => crate::soak::run(spec).await,
             Spec::Upload(spec) => crate::uploads::run(spec).await,
+            Spec::Floor(load) => crate::floor::run(load).await,
         }
     }
 }

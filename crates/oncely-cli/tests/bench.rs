@@ -158,6 +158,16 @@ fn quick_bench_beside_a_cpu_hog_runs_every_workload_without_losing_a_payment() {
     } else {
         eprintln!("SKIPPED: the uploads workloads (no ONCELY_MOTO_SERVER)");
     }
+    assert!(
+        results.iter().any(|r| r["workload"] == "overhead-1"
+            && r["backend"] == "sqlite"
+            && r["system"] == "two commits, by hand"),
+        "no floor beside overhead-1 in {stdout}"
+    );
+    assert!(
+        stdout.contains("overhead-1: added by two commits by hand on sqlite"),
+        "{stdout}"
+    );
     for (workload, backend) in expected {
         assert!(
             results
