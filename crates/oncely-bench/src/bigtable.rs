@@ -24,12 +24,7 @@ const FILL_CHUNK: u64 = 1_000_000;
 
 /// Fills a scratch database with `retained` finished payments, then runs `load` on it.
 pub async fn run(load: &Load, retained: u64) -> Result<WorkloadResult, BenchError> {
-    let scratch = Scratch::create(&load.db).await?;
-    oncely_sqlx::AnyStore::open(&scratch.url)
-        .await
-        .map_err(|e| BenchError::Setup(format!("migrating {}: {e}", scratch.url)))?
-        .close()
-        .await;
+    let scratch = Scratch::with_schema(&load.db).await?;
     let filling = Instant::now();
     fill(&scratch, retained).await?;
     let fill_seconds = filling.elapsed().as_secs_f64();

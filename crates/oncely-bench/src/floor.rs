@@ -96,15 +96,24 @@ macro_rules! one_payment {
     }};
 }
 
+/// Runs the closed loop of `$load` on `$pool`, one payment by hand per operation, with
+/// `$gateway`'s client, and closes the pool.
+macro_rules! drive {
+    ($pool:ident, $load:ident, $gateway:ident) => {{
+        let (client, driving) = ($gateway.client.clone(), $pool.clone());
+        let driven = closed_loop($load.n, $load.clients, move |i| {
+            let (pool, client) = (driving.clone(), client.clone());
+            async move { one_payment!(&pool, &client, i) }
+        })
+        .await;
+        $pool.close().await;
+        driven
+    }};
+}
+
 /// Runs `load` by hand on PostgreSQL or SQLite.
 pub async fn run(load: &Load) -> Result<WorkloadResult, BenchError> {
-    let scratch = Scratch::create(&load.db).await?;
-    // oncely's schema: the same tables, indexes and triggers.
-    oncely_sqlx::AnyStore::open(&scratch.url)
-        .await
-        .map_err(|e| BenchError::Setup(format!("migrating {}: {e}", scratch.url)))?
-        .close()
-        .await;
+    let scratch = Scratch::with_schema(&load.db).await?;
     let gateway = Gateway::start(Duration::from_millis(load.latency_ms)).await?;
     let connections = u32::try_from(load.clients).unwrap_or(64).clamp(1, 64);
     let connect_failed = |e: sqlx::Error| BenchError::Setup(format!("{}: {e}", scratch.url));
@@ -115,15 +124,7 @@ pub async fn run(load: &Load) -> Result<WorkloadResult, BenchError> {
                 .connect(&scratch.url)
                 .await
                 .map_err(connect_failed)?;
-            let client = gateway.client.clone();
-            let driving = pool.clone();
-            let driven = closed_loop(load.n, load.clients, move |i| {
-                let (pool, client) = (driving.clone(), client.clone());
-                async move { one_payment!(&pool, &client, i) }
-            })
-            .await;
-            pool.close().await;
-            driven
+            drive!(pool, load, gateway)
         }
         Backend::Sqlite => {
             // As oncely opens it: WAL, every commit synced, writers waiting their turn.
@@ -138,15 +139,7 @@ pub async fn run(load: &Load) -> Result<WorkloadResult, BenchError> {
                 .connect_with(options)
                 .await
                 .map_err(connect_failed)?;
-            let client = gateway.client.clone();
-            let driving = pool.clone();
-            let driven = closed_loop(load.n, load.clients, move |i| {
-                let (pool, client) = (driving.clone(), client.clone());
-                async move { one_payment!(&pool, &client, i) }
-            })
-            .await;
-            pool.close().await;
-            driven
+            drive!(pool, load, gateway)
         }
         Backend::MySql => {
             return Err(BenchError::Setup(

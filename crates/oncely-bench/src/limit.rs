@@ -31,13 +31,8 @@ pub async fn run(
             "the raw write limit is measured on PostgreSQL only".to_owned(),
         ));
     }
-    let scratch = Scratch::create(db).await?;
     // The schema oncely would use: the same tables, indexes and trigger.
-    oncely_sqlx::PgStore::open(&scratch.url)
-        .await
-        .map_err(|e| BenchError::Setup(format!("migrating {}: {e}", scratch.url)))?
-        .close()
-        .await;
+    let scratch = Scratch::with_schema(db).await?;
     let pool = PgPoolOptions::new()
         .max_connections(u32::try_from(writers).unwrap_or(64).max(1))
         .connect(&scratch.url)

@@ -31,12 +31,7 @@ pub async fn run(load: &Load) -> Result<WorkloadResult, BenchError> {
             "the naive baseline runs on PostgreSQL only".to_owned(),
         ));
     }
-    let scratch = Scratch::create(&load.db).await?;
-    oncely_sqlx::PgStore::open(&scratch.url)
-        .await
-        .map_err(|e| BenchError::Setup(format!("migrating {}: {e}", scratch.url)))?
-        .close()
-        .await;
+    let scratch = Scratch::with_schema(&load.db).await?;
     let connections = u32::try_from(load.workers + load.clients).unwrap_or(200);
     // As long to get a connection as an operation may take: on a busy machine, 256
     // clients and the workers share these.

@@ -91,6 +91,18 @@ impl Scratch {
         })
     }
 
+    /// Creates it ([`Scratch::create`]) with oncely's schema: the same tables, indexes
+    /// and triggers, for the workloads that write rows without an engine.
+    pub async fn with_schema(server_url: &str) -> Result<Self, BenchError> {
+        let scratch = Self::create(server_url).await?;
+        oncely_sqlx::AnyStore::open(&scratch.url)
+            .await
+            .map_err(|e| BenchError::Setup(format!("migrating {}: {e}", scratch.url)))?
+            .close()
+            .await;
+        Ok(scratch)
+    }
+
     /// Drops it (SQLite: the directory goes when this is dropped).
     pub async fn drop_database(self) -> Result<(), BenchError> {
         let setup = |e: sqlx::Error| BenchError::Setup(format!("dropping {}: {e}", self.name));
