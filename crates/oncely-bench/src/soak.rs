@@ -272,8 +272,13 @@ async fn poll(urls: Vec<(String, &'static str)>, every: u64, seconds: u64) -> Re
 /// Sends the load for `spec.seconds` and gathers it interval by interval.
 async fn drive(spec: &SoakSpec, port: u16, pid: &str) -> (Vec<Interval>, Bucket, Duration) {
     let url = format!("http://127.0.0.1:{port}/v1/payments");
+    // Idle connections are dropped here before `serve` closes them (its idle timeout is
+    // 60 s): a request sent on a connection the server is closing at that moment fails
+    // with no answer, and an open loop, whose pool grows in bursts and then idles, would
+    // count those as the service's errors.
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(1_024)
+        .pool_idle_timeout(Duration::from_secs(20))
         .timeout(Duration::from_secs(60))
         .build()
         .unwrap_or_default();
@@ -405,13 +410,26 @@ async fn pay(client: &reqwest::Client, url: &str, i: u64) -> Result<(), String> 
         .json(&body)
         .send()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| with_causes(&e))?;
     let status = response.status();
-    let operation: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
+    let operation: serde_json::Value = response.json().await.map_err(|e| with_causes(&e))?;
     match (status.as_u16(), operation["state"].as_str()) {
         (200, Some("COMPLETED")) => Ok(()),
         (status, state) => Err(format!("payment {i}: {status} {state:?}")),
     }
+}
+
+/// An error with its causes, which reqwest's message leaves out ("error sending request
+/// for url …" says nothing of a reset or a timeout).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        message.push_str(": ");
+        message.push_str(&next.to_string());
+        cause = next.source();
+    }
+    message
 }
 
 fn record(bucket: &Mutex<Bucket>, started: Instant, answer: Result<(), String>) {
@@ -431,4 +449,26 @@ fn current_rss_mib(pid: &str) -> Option<f64> {
     let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_causes;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("error sending request for url (http://127.0.0.1:1/v1/payments)")]
+    struct Sending(#[source] std::io::Error);
+
+    #[test]
+    fn a_request_error_names_its_causes() {
+        let error = Sending(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset by peer",
+        ));
+        assert_eq!(
+            with_causes(&error),
+            "error sending request for url (http://127.0.0.1:1/v1/payments): \
+             connection reset by peer"
+        );
+    }
 }
