@@ -44,19 +44,23 @@ impl Moto {
         let program =
             std::env::var("ONCELY_MOTO_SERVER").unwrap_or_else(|_| "moto_server".to_owned());
         // A port free a moment ago may be taken by the time moto binds it; moto then
-        // exits, and another port is tried.
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match Self::spawn_on_a_free_port(&program).await {
+        // exits, and another port is tried. Failing to start it or a moto that never
+        // answers is not worth another try.
+        let mut exits = Vec::new();
+        for _ in 0..3 {
+            match Self::spawn_on_a_free_port(&program).await? {
                 Ok(moto) => return Ok(moto),
-                Err(error) if tries >= 3 => return Err(error),
-                Err(_) => {}
+                Err(exited) => exits.push(exited),
             }
         }
+        Err(Error::Setup(format!(
+            "{program} exited before answering, on three ports: {}",
+            exits.join("; ")
+        )))
     }
 
-    async fn spawn_on_a_free_port(program: &str) -> Result<Self, Error> {
+    /// Moto on a port that was free a moment ago, or how it exited before answering.
+    async fn spawn_on_a_free_port(program: &str) -> Result<Result<Self, String>, Error> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let child = Command::new(program)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
@@ -75,15 +79,11 @@ impl Moto {
         loop {
             let answer = client.get(&moto.endpoint).send().await;
             if answer.is_ok_and(|answer| answer.status().is_success()) {
-                return Ok(moto);
+                return Ok(Ok(moto));
             }
-            let exited = moto.child.try_wait()?;
-            ensure!(
-                exited.is_none(),
-                "{program} exited ({}) before answering on {}",
-                exited.map(|status| status.to_string()).unwrap_or_default(),
-                moto.endpoint
-            );
+            if let Some(status) = moto.child.try_wait()? {
+                return Ok(Err(format!("{status} on {}", moto.endpoint)));
+            }
             ensure!(
                 Instant::now() < deadline,
                 "{program} did not answer on {} within 120 s",
