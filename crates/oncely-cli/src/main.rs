@@ -20,6 +20,11 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+/// The process allocates many small, short-lived buffers (rows, JSON batches, HTTP
+/// bodies) on every thread; mimalloc serves them with less CPU than glibc's malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// oncely makes calls to external APIs happen effectively once: accepted under an
 /// idempotency key, executed outside any database transaction, finalized from a
 /// write-ahead log.
