@@ -223,24 +223,79 @@ fn rescued(and: &str) -> String {
 
 const SAME_SCOPE: &str = "o.tenant = t.tenant AND o.domain = t.domain AND o.idem_key = t.idem_key";
 
-/// Which rows of a fenced write a log entry is for.
+/// Which rows of a step's batch (`l`) a log entry is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Rows {
-    /// The rows the write changed.
+pub(crate) enum Rows {
+    /// Every row: an accept's inserted operations.
+    All,
+    /// The inserted operations leased by their accept (`attempt` 1).
+    Leased,
+    /// The rows a fenced write changed.
     Applied,
     /// The rows it matched nothing for, which still exist.
     Rejected,
 }
 
-/// One log entry a fenced write appends per row: its kind, the state after it and its
-/// detail, as SQL over `t` (the batch row) and `o` (the operation, for rejected rows).
+/// One log entry a step appends per row of its batch `l`: its kind, attempt, lease owner,
+/// the state after it and its detail, as SQL over `l` and `o` (the operation, for
+/// rejected rows).
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     rows: Rows,
     kind: WalKind,
+    attempt: &'static str,
+    owner: &'static str,
     state_after: &'static str,
     detail: &'static str,
 }
+
+/// The entry of an attempt's write: its attempt, under its lease.
+const fn attempt_entry(
+    rows: Rows,
+    kind: WalKind,
+    state_after: &'static str,
+    detail: &'static str,
+) -> Entry {
+    Entry {
+        rows,
+        kind,
+        attempt: "l.attempt",
+        owner: "l.owner",
+        state_after,
+        detail,
+    }
+}
+
+/// An accept's entries: `ACCEPTED` for every inserted operation, then `EXECUTING` for
+/// those it leased.
+const ACCEPT_ENTRIES: [Entry; 2] = [
+    Entry {
+        rows: Rows::All,
+        kind: WalKind::Accepted,
+        attempt: "0",
+        owner: "NULL",
+        state_after: "'ACCEPTED'",
+        detail: "l.accepted",
+    },
+    Entry {
+        rows: Rows::Leased,
+        kind: WalKind::Executing,
+        attempt: "1",
+        owner: "l.owner",
+        state_after: "'PROCESSING'",
+        detail: "l.executing",
+    },
+];
+
+/// A step's log entries as statements of their own, in entry order, each binding the
+/// step's batch (with its rows' `applied` after a fenced write): the log insert of the
+/// backends without writable CTEs. Each statement appends at most one entry per
+/// operation, so an operation's entries are in entry order without sorting; an entry
+/// whose rows are not in the batch is not run.
+///
+/// One statement per entry rather than one `UNION ALL` of them: MySQL and MariaDB put
+/// a union of rows with a text column in an on-disk temporary table.
+pub(crate) type LogSteps = Vec<(Rows, String)>;
 
 /// A fenced write: what it sets, what it requires besides the fence, what it logs.
 struct Write {
@@ -263,20 +318,23 @@ const DECISION: &[(&str, &str)] = &[
 ];
 
 const RECORD_ENTRIES: [Entry; 2] = [
-    Entry {
-        rows: Rows::Applied,
-        kind: WalKind::OutcomeRecorded,
-        state_after: "'PROCESSING'",
-        detail: "l.recorded",
-    },
+    attempt_entry(
+        Rows::Applied,
+        WalKind::OutcomeRecorded,
+        "'PROCESSING'",
+        "l.recorded",
+    ),
     // I4: a zombie's outcome is kept for the record, never applied.
-    Entry {
-        rows: Rows::Rejected,
-        kind: WalKind::OutcomeRejected,
-        state_after: "o.state",
-        detail: "l.recorded",
-    },
+    attempt_entry(
+        Rows::Rejected,
+        WalKind::OutcomeRejected,
+        "o.state",
+        "l.recorded",
+    ),
 ];
+
+/// The entry that applies an outcome.
+const FINALIZED: Entry = attempt_entry(Rows::Applied, WalKind::Finalized, "l.state", "l.finalized");
 
 const RECORD: Write = Write {
     set: &[
@@ -304,12 +362,7 @@ const SETTLE: Write = Write {
     entries: &[
         // I3: the outcome's entry first, then the one that applies it.
         RECORD_ENTRIES[0],
-        Entry {
-            rows: Rows::Applied,
-            kind: WalKind::Finalized,
-            state_after: "l.state",
-            detail: "l.finalized",
-        },
+        FINALIZED,
         RECORD_ENTRIES[1],
     ],
 };
@@ -317,23 +370,18 @@ const SETTLE: Write = Write {
 const FINALIZE: Write = Write {
     set: DECISION,
     guard: RECORDED,
-    entries: &[Entry {
-        rows: Rows::Applied,
-        kind: WalKind::Finalized,
-        state_after: "l.state",
-        detail: "l.finalized",
-    }],
+    entries: &[FINALIZED],
 };
 
 const REAP: Write = Write {
     set: DECISION,
     guard: REAPABLE,
-    entries: &[Entry {
-        rows: Rows::Applied,
-        kind: WalKind::Reaped,
-        state_after: "l.state",
-        detail: "l.finalized",
-    }],
+    entries: &[attempt_entry(
+        Rows::Applied,
+        WalKind::Reaped,
+        "l.state",
+        "l.finalized",
+    )],
 };
 
 /// How a fenced write runs on a backend.
@@ -352,8 +400,8 @@ pub(crate) enum WriteSteps {
     Returning {
         /// Returns `id, attempt` of the changed rows.
         update: String,
-        /// Binds the batch and the changed ids.
-        log: String,
+        /// The log entries, over the batch with each row's `applied`.
+        log: LogSteps,
     },
     /// Lock and read the rows the fence matches, update them, then the log (MySQL).
     Locking {
@@ -361,8 +409,8 @@ pub(crate) enum WriteSteps {
         select: String,
         /// The update itself.
         update: String,
-        /// Binds the batch and the changed ids.
-        log: String,
+        /// The log entries, over the batch with each row's `applied`.
+        log: LogSteps,
     },
 }
 
@@ -400,16 +448,16 @@ pub(crate) enum AcceptSteps {
     Returning {
         /// `INSERT … ON CONFLICT DO NOTHING RETURNING`.
         insert: String,
-        /// Binds the accept batch and the inserted rows.
-        log: String,
+        /// The log entries, over the inserted rows.
+        log: LogSteps,
     },
     /// Insert rows known to be new; a duplicate key means another node was first, and
     /// the batch is looked up again (MySQL).
     Plain {
         /// A plain `INSERT`.
         insert: String,
-        /// Binds the accept batch and the inserted rows.
-        log: String,
+        /// The log entries, over the inserted rows.
+        log: LogSteps,
     },
 }
 
@@ -604,42 +652,66 @@ fn update(
     (d.update)(&pairs, source, predicate)
 }
 
-/// The `SELECT` of a log insert: `branches` (each with the columns of an entry and its
-/// order `n` within the operation), in log order.
-fn log_select(d: &Dialect, branches: &[String]) -> String {
+/// `entry`'s columns over `l`, in the log's column order, with its detail as `detail`.
+fn entry_columns(entry: &Entry, detail: &str) -> String {
     format!(
-        "SELECT e.operation_id, e.kind, e.attempt, e.lease_owner, e.state_after, {}, \
-         e.recorded_at FROM ({}) e ORDER BY e.operation_id, e.n",
+        "l.id AS operation_id, '{}' AS kind, {} AS attempt, {} AS lease_owner, \
+         {} AS state_after, {detail} AS detail, l.at AS recorded_at",
+        entry.kind.as_str(),
+        entry.attempt,
+        entry.owner,
+        entry.state_after
+    )
+}
+
+/// The rows of `entry`'s batch, `l` being `batch`, and the operations of rejected ones.
+fn entry_rows(d: &Dialect, entry: &Entry, batch: &str) -> String {
+    match entry.rows {
+        Rows::All => format!("FROM {batch}"),
+        Rows::Leased => format!("FROM {batch} WHERE l.attempt = 1"),
+        Rows::Applied => format!("FROM {batch} WHERE l.applied = 1"),
+        Rows::Rejected => format!(
+            "FROM {batch} {} oncely_operations o ON o.id = l.id WHERE l.applied = 0",
+            d.batch_join
+        ),
+    }
+}
+
+/// The log insert of `entries` as one statement, over `l` (defined by the caller):
+/// each operation's entries in entry order.
+fn log_insert(d: &Dialect, entries: &[Entry]) -> String {
+    let branches: Vec<String> = entries
+        .iter()
+        .enumerate()
+        .map(|(n, entry)| {
+            format!(
+                "SELECT {}, {n} AS n {}",
+                entry_columns(entry, entry.detail),
+                entry_rows(d, entry, "l")
+            )
+        })
+        .collect();
+    format!(
+        "{WAL_INSERT} SELECT e.operation_id, e.kind, e.attempt, e.lease_owner, e.state_after, \
+         {}, e.recorded_at FROM ({}) e ORDER BY e.operation_id, e.n",
         (d.json_in)("e.detail"),
         branches.join(" UNION ALL ")
     )
 }
 
-/// The log entries of a fenced write, over `l`: its batch rows, each with `applied`.
-fn write_log(d: &Dialect, entries: &[Entry]) -> String {
-    let branches: Vec<String> = entries
+/// The log insert of `entries` as one statement per entry, over a batch with `columns`.
+fn log_steps(d: &Dialect, entries: &[Entry], columns: &[Column]) -> LogSteps {
+    entries
         .iter()
-        .enumerate()
-        .map(|(n, entry)| {
-            let columns = format!(
-                "SELECT l.id AS operation_id, '{}' AS kind, l.attempt AS attempt, \
-                 l.owner AS lease_owner, {} AS state_after, {} AS detail, \
-                 l.at AS recorded_at, {n} AS n",
-                entry.kind.as_str(),
-                entry.state_after,
-                entry.detail
+        .map(|entry| {
+            let sql = format!(
+                "{WAL_INSERT} SELECT {} {}",
+                entry_columns(entry, &(d.json_in)(entry.detail)),
+                entry_rows(d, entry, &(d.rows)("l", columns))
             );
-            match entry.rows {
-                Rows::Applied => format!("{columns} FROM l WHERE l.applied = 1"),
-                Rows::Rejected => format!(
-                    "{columns} FROM l {} oncely_operations o ON o.id = l.id \
-                     WHERE l.applied = 0",
-                    d.batch_join
-                ),
-            }
+            (entry.rows, d.placeholders(&sql))
         })
-        .collect();
-    log_select(d, &branches)
+        .collect()
 }
 
 fn write(d: &Dialect, write: &Write) -> WriteSql {
@@ -648,24 +720,21 @@ fn write(d: &Dialect, write: &Write) -> WriteSql {
     } else {
         format!("{FENCE} AND {}", write.guard)
     };
-    let log = write_log(d, write.entries);
     if d.writable_cte {
+        let log = log_insert(d, write.entries);
         let update = update(d, write.set, "t", &guard);
         return WriteSql::Fused(d.placeholders(&format!(
             "WITH t AS (SELECT * FROM {}), \
              a AS ({update} RETURNING {r}id, {r}attempt_count AS attempt), \
              l AS (SELECT t.*, CASE WHEN a.id IS NULL THEN 0 ELSE 1 END AS applied \
                  FROM t LEFT JOIN a ON a.id = t.id), \
-             w AS ({WAL_INSERT} {log}) \
+             w AS ({log}) \
              SELECT id, attempt FROM a",
             (d.rows)("r", WRITE),
             r = d.returning_prefix
         )));
     }
-    let logged = d.placeholders(&format!(
-        "{WAL_INSERT} WITH l AS (SELECT * FROM {}) {log}",
-        (d.rows)("r", WRITTEN)
-    ));
+    let logged = log_steps(d, write.entries, WRITTEN);
     let source = (d.rows)("t", WRITE);
     let updated = update(d, write.set, &source, &guard);
     if d.returning {
@@ -745,23 +814,6 @@ fn claim(d: &Dialect) -> ClaimSql {
     }
 }
 
-/// The `ACCEPTED` entry of every inserted operation and the `EXECUTING` entry of those
-/// leased on accept, over `l`: the inserted operations' ids with their batch rows.
-fn accept_log(d: &Dialect) -> String {
-    log_select(
-        d,
-        &[
-            "SELECT l.id AS operation_id, 'ACCEPTED' AS kind, 0 AS attempt, \
-             NULL AS lease_owner, 'ACCEPTED' AS state_after, l.accepted AS detail, \
-             l.at AS recorded_at, 0 AS n FROM l"
-                .to_owned(),
-            "SELECT l.id, 'EXECUTING', 1, l.owner, 'PROCESSING', l.executing, l.at, 1 \
-             FROM l WHERE l.attempt = 1"
-                .to_owned(),
-        ],
-    )
-}
-
 fn accept(d: &Dialect) -> AcceptSql {
     let select = format!(
         "SELECT t.tenant, t.domain, t.idem_key, t.event_type, t.state, {}, t.fingerprint, \
@@ -770,7 +822,6 @@ fn accept(d: &Dialect) -> AcceptSql {
         (d.json_in)("t.payload")
     );
     let batch = format!("t AS (SELECT * FROM {})", (d.rows)("r", ACCEPT));
-    let log = accept_log(d);
     let returned = operation_columns(d, "");
     let ignore = "ON CONFLICT (tenant, domain, idem_key) DO NOTHING";
     if d.writable_cte {
@@ -792,14 +843,12 @@ fn accept(d: &Dialect) -> AcceptSql {
             "WITH {batch}, i AS ({INSERT_OPERATIONS} {select} {ignore} RETURNING {returned}), \
              l AS (SELECT i.id, t.* FROM i JOIN t ON i.tenant = t.tenant \
                  AND i.domain = t.domain AND i.idem_key = t.idem_key), \
-             w AS ({WAL_INSERT} {log}){notify} SELECT * FROM i{when}"
+             w AS ({}){notify} SELECT * FROM i{when}",
+            log_insert(d, &ACCEPT_ENTRIES)
         )));
     }
     let insert = format!("{INSERT_OPERATIONS} WITH {batch} {select}");
-    let logged = d.placeholders(&format!(
-        "{WAL_INSERT} WITH l AS (SELECT * FROM {}) {log}",
-        (d.rows)("r", INSERTED)
-    ));
+    let logged = log_steps(d, &ACCEPT_ENTRIES, INSERTED);
     AcceptSql::Steps(if d.insert_or_ignore {
         AcceptSteps::Returning {
             insert: d.placeholders(&format!("{insert} {ignore} RETURNING {returned}")),

@@ -34,7 +34,8 @@ use crate::batch::{
 };
 use crate::rows::{self, database, millis};
 use crate::sql::{
-    AcceptSql, AcceptSteps, ClaimSql, Statements, WriteSql, WriteSteps, operation_columns,
+    AcceptSql, AcceptSteps, ClaimSql, LogSteps, Rows, Statements, WriteSql, WriteSteps,
+    operation_columns,
 };
 use crate::{LIST_LIMIT_MAX, OpenError};
 
@@ -554,7 +555,7 @@ impl<B: Backend> SqlStore<B> {
         &self,
         tx: &mut Transaction<'static, B::Db>,
         inserted: &[Operation],
-        log: &str,
+        log: &LogSteps,
     ) -> Result<(), StoreError> {
         if inserted.is_empty() {
             return Ok(());
@@ -576,9 +577,25 @@ impl<B: Backend> SqlStore<B> {
                 }
             })
             .collect();
-        execute::<B>(Exec::Tx(tx), log, vec![batch::param(&rows)?]).await?;
-        Ok(())
+        let leased = rows.iter().any(|row| row.owner.is_some());
+        let batch = batch::param(&rows)?;
+        log_in_steps::<B>(tx, log, &batch, |rows| rows != Rows::Leased || leased).await
     }
+}
+
+/// Runs the log statements of `steps` whose rows `present` says the batch has, in order.
+async fn log_in_steps<B: Backend>(
+    tx: &mut Transaction<'static, B::Db>,
+    steps: &LogSteps,
+    batch: &Param,
+    present: impl Fn(Rows) -> bool,
+) -> Result<(), StoreError> {
+    for (rows, sql) in steps {
+        if present(*rows) {
+            execute::<B>(Exec::Tx(tx), sql, vec![batch.clone()]).await?;
+        }
+    }
+    Ok(())
 }
 
 fn is_unique_violation(error: &(dyn std::error::Error + 'static)) -> bool {
@@ -691,7 +708,14 @@ impl<B: Backend> SqlStore<B> {
         for row in rows.iter_mut() {
             row.applied = Some(i64::from(changed.contains(&row.id)));
         }
-        execute::<B>(Exec::Tx(tx), log, vec![batch::param(rows)?]).await?;
+        let rejected = changed.len() < rows.len();
+        let batch = batch::param(rows)?;
+        log_in_steps::<B>(tx, log, &batch, |entry| match entry {
+            Rows::Applied => !changed.is_empty(),
+            Rows::Rejected => rejected,
+            Rows::All | Rows::Leased => true,
+        })
+        .await?;
         Ok(applied)
     }
 
