@@ -727,7 +727,7 @@ fn write(d: &Dialect, write: &Write) -> WriteSql {
             "WITH t AS (SELECT * FROM {}), \
              a AS ({update} RETURNING {r}id, {r}attempt_count AS attempt), \
              l AS (SELECT t.*, CASE WHEN a.id IS NULL THEN 0 ELSE 1 END AS applied \
-                 FROM t LEFT JOIN a ON a.id = t.id), \
+                 FROM t LEFT JOIN a ON a.id = t.id AND a.attempt = t.attempt), \
              w AS ({log}) \
              SELECT id, attempt FROM a",
             (d.rows)("r", WRITE),

@@ -579,7 +579,7 @@ impl<B: Backend> SqlStore<B> {
             .collect();
         let leased = rows.iter().any(|row| row.owner.is_some());
         let batch = batch::param(&rows)?;
-        log_in_steps::<B>(tx, log, &batch, |rows| rows != Rows::Leased || leased).await
+        log_in_steps::<B>(tx, log, &batch, |entry| entry != Rows::Leased || leased).await
     }
 }
 
@@ -609,19 +609,24 @@ fn is_unique_violation(error: &(dyn std::error::Error + 'static)) -> bool {
 // Fenced writes: the fence (I4), the guard of each step (I3), the log (I6).
 // ---------------------------------------------------------------------------------------
 
-/// Each follow-up with the id of the operation whose end submits it.
+/// Each follow-up with the attempt (operation id, attempt) whose end submits it.
 fn follow_ups<'a>(
-    ends: impl Iterator<Item = (oncely::OperationId, &'a oncely::FollowUps)>,
-) -> Vec<(i64, NewOperation)> {
-    ends.flat_map(|(id, follow_ups)| follow_ups.iter().map(move |new| (id.0, new.clone())))
-        .collect()
+    ends: impl Iterator<Item = (&'a oncely::Fence, &'a oncely::FollowUps)>,
+) -> Vec<((i64, i64), NewOperation)> {
+    ends.flat_map(|(fence, follow_ups)| {
+        let attempt = (fence.id.0, i64::from(fence.attempt));
+        follow_ups.iter().map(move |new| (attempt, new.clone()))
+    })
+    .collect()
 }
 
-/// Per id of `ids`, whether it is among `applied`.
-fn fenced(applied: Vec<(i64, i64)>, ids: impl Iterator<Item = i64>) -> Vec<Fenced> {
-    let applied: HashSet<i64> = applied.into_iter().map(|(id, _)| id).collect();
-    ids.map(|id| {
-        if applied.contains(&id) {
+/// Per attempt (operation id, attempt) of `rows`, whether it is among `applied`. By
+/// attempt, not by operation: one batch can hold a zombie's write and the current
+/// attempt's for the same operation, and only the latter applies.
+fn fenced(applied: Vec<(i64, i64)>, rows: impl Iterator<Item = (i64, i64)>) -> Vec<Fenced> {
+    let applied: HashSet<(i64, i64)> = applied.into_iter().collect();
+    rows.map(|attempt| {
+        if applied.contains(&attempt) {
             Fenced::Applied
         } else {
             Fenced::Rejected
@@ -638,10 +643,10 @@ impl<B: Backend> SqlStore<B> {
         &self,
         sql: &WriteSql,
         mut rows: Vec<WriteRow<'_>>,
-        follow_ups: Vec<(i64, NewOperation)>,
+        follow_ups: Vec<((i64, i64), NewOperation)>,
         crash: Option<CrashPoint>,
     ) -> Result<Vec<Fenced>, StoreError> {
-        let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
+        let ids: Vec<(i64, i64)> = rows.iter().map(|row| (row.id, row.attempt)).collect();
         if let (WriteSql::Fused(write), true) = (sql, follow_ups.is_empty()) {
             // One statement: a transaction of its own.
             let params = vec![batch::param(&rows)?];
@@ -656,7 +661,7 @@ impl<B: Backend> SqlStore<B> {
             }
             WriteSql::Steps(steps) => self.write_in_steps(&mut tx, steps, &mut rows).await?,
         };
-        let changed: HashSet<i64> = applied.iter().map(|(id, _)| *id).collect();
+        let changed: HashSet<(i64, i64)> = applied.iter().copied().collect();
         let submitted: Vec<NewOperation> = follow_ups
             .into_iter()
             .filter(|(parent, _)| changed.contains(parent))
@@ -704,9 +709,9 @@ impl<B: Backend> SqlStore<B> {
                 (applied, log)
             }
         };
-        let changed: HashSet<i64> = applied.iter().map(|(id, _)| *id).collect();
+        let changed: HashSet<(i64, i64)> = applied.iter().copied().collect();
         for row in rows.iter_mut() {
-            row.applied = Some(i64::from(changed.contains(&row.id)));
+            row.applied = Some(i64::from(changed.contains(&(row.id, row.attempt))));
         }
         let rejected = changed.len() < rows.len();
         let batch = batch::param(rows)?;
@@ -976,7 +981,7 @@ impl<B: Backend> Store for SqlStore<B> {
 
     async fn settle(&self, batch: Vec<RecordOutcome>) -> Result<Vec<Fenced>, StoreError> {
         let rows = WriteRow::records(&batch, true)?;
-        let follow_ups = follow_ups(batch.iter().map(|r| (r.fence.id, &r.follow_ups)));
+        let follow_ups = follow_ups(batch.iter().map(|r| (&r.fence, &r.follow_ups)));
         self.fenced_write(
             &self.statements.settle,
             rows,
@@ -988,7 +993,7 @@ impl<B: Backend> Store for SqlStore<B> {
 
     async fn finalize(&self, batch: Vec<Transition>) -> Result<Vec<Fenced>, StoreError> {
         let rows = WriteRow::transitions(&batch)?;
-        let follow_ups = follow_ups(batch.iter().map(|t| (t.fence.id, &t.follow_ups)));
+        let follow_ups = follow_ups(batch.iter().map(|t| (&t.fence, &t.follow_ups)));
         self.fenced_write(
             &self.statements.finalize,
             rows,
@@ -1119,7 +1124,7 @@ impl<B: Backend> Store for SqlStore<B> {
 
     async fn reap(&self, batch: Vec<Transition>) -> Result<Vec<Fenced>, StoreError> {
         let rows = WriteRow::transitions(&batch)?;
-        let follow_ups = follow_ups(batch.iter().map(|t| (t.fence.id, &t.follow_ups)));
+        let follow_ups = follow_ups(batch.iter().map(|t| (&t.fence, &t.follow_ups)));
         self.fenced_write(&self.statements.reap, rows, follow_ups, None)
             .await
     }

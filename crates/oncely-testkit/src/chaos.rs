@@ -374,6 +374,32 @@ impl Cluster {
         }
     }
 
+    /// Scrapes every node and tells whether their counters, with the ended incarnations',
+    /// equal the store's terminal operations and rescues and the logs' fenced writes.
+    async fn counted_all(
+        &mut self,
+        client: &reqwest::Client,
+        store: &AnyStore,
+    ) -> Result<bool, Error> {
+        for index in 0..self.nodes.len() {
+            self.scrape(client, index).await;
+        }
+        let mut counted = self.counted.clone();
+        for node in &self.nodes {
+            metrics::add(&mut counted, &node.scraped);
+        }
+        let overview = store
+            .overview(
+                OverviewOf::All,
+                chrono::DateTime::UNIX_EPOCH,
+                chrono::Utc::now(),
+            )
+            .await?;
+        let (fenced_writes, _) = self.count_in_logs("taken over by another worker", None);
+        let check = MetricsCheck::new(&counted, &overview, fenced_writes as u64, true);
+        Ok(check.mismatches.is_empty())
+    }
+
     /// Scrapes node `index`, then SIGKILLs it: what it counted since is lost with it.
     async fn scrape_and_kill(
         &mut self,
@@ -965,8 +991,21 @@ pub async fn run(args: ChaosConfig) -> Result<ChaosReport, Error> {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // The last counter increments follow the commits the store just showed.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A SIGKILL loses what a node counted since its scrape; a cut connection or a
+    // restarted server can make a committed write look failed, and its retry is then
+    // fenced instead of counted.
+    let exact = args.kills == 0 && args.db_faults == 0 && args.db_restart.is_none();
+    // Each node counts an operation's end just after its commit, on its own time, which a
+    // busy machine can stretch past any fixed wait: where nothing may be lost, the nodes
+    // are scraped until they have counted what the store shows (for at most 10 s; the
+    // check below reports whatever is still missing).
+    let counting = Instant::now() + Duration::from_secs(10);
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if !exact || Instant::now() >= counting || cluster.counted_all(&client, &store).await? {
+            break;
+        }
+    }
     for index in 0..args.nodes {
         cluster.scrape_and_kill(&client, index).await?;
     }
@@ -1006,10 +1045,6 @@ pub async fn run(args: ChaosConfig) -> Result<ChaosReport, Error> {
             chrono::Utc::now(),
         )
         .await?;
-    // A SIGKILL loses what a node counted since its scrape; a cut connection or a
-    // restarted server can make a committed write look failed, and its retry is then
-    // fenced instead of counted.
-    let exact = args.kills == 0 && args.db_faults == 0 && args.db_restart.is_none();
     let metrics = MetricsCheck::new(&cluster.counted, &overview, fenced_writes as u64, exact);
     let (_, leases_taken_over) = cluster.count_in_logs("took over", Some("released"));
     let lies = std::fs::read_to_string(workdir.join("gateway-sim.log"))

@@ -1131,6 +1131,55 @@ pub async fn a_zombies_settle_is_kept_in_the_log_and_changes_nothing<S: Store>(s
     assert_eq!(get(&store, "z").await, before);
 }
 
+/// One settle batch can hold a zombie's outcome and the current attempt's for the same
+/// operation: only the current one applies, is reported applied and is logged as applied.
+pub async fn a_zombie_and_the_current_attempt_in_one_settle_are_told_apart<S: Store>(store: S) {
+    accept(&store, "z2", at(0)).await;
+    let a_view = claim(&store, "A", at(1), 1).await.remove(0);
+    let expired = store.expired_leases(&domain(), at(40), 10).await.unwrap();
+    store
+        .reap(vec![reap_transition(&expired[0], at(40))])
+        .await
+        .unwrap();
+    let b_view = claim(&store, "B", at(100), 1).await.remove(0);
+    let record = |view: &Operation, outcome: Outcome| {
+        let decision = decide(&RetryPolicy::default(), view, &outcome, false, at(101));
+        RecordOutcome {
+            reconciled: false,
+            fence: view.fence().unwrap(),
+            outcome,
+            decision,
+            now: at(101),
+            follow_ups: Vec::new(),
+        }
+    };
+    let settled = store
+        .settle(vec![
+            record(&a_view, ok_outcome("from-A")),
+            record(&b_view, ok_outcome("from-B")),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(settled, [Fenced::Rejected, Fenced::Applied]);
+    let done = get(&store, "z2").await;
+    assert_eq!(done.state, OperationState::Completed);
+    assert_eq!(
+        done.outcome_data,
+        Some(json!({ "transactionId": "from-B" }))
+    );
+    let history = store.history(&scope("z2")).await.unwrap();
+    let ends: Vec<(WalKind, u32)> = history
+        .iter()
+        .filter(|entry| entry.kind != WalKind::Accepted && entry.kind != WalKind::Executing)
+        .map(|entry| (entry.kind, entry.attempt))
+        .collect();
+    assert!(ends.contains(&(WalKind::OutcomeRejected, 1)), "{ends:?}");
+    assert!(ends.contains(&(WalKind::OutcomeRecorded, 2)), "{ends:?}");
+    assert!(ends.contains(&(WalKind::Finalized, 2)), "{ends:?}");
+    assert!(!ends.contains(&(WalKind::OutcomeRecorded, 1)), "{ends:?}");
+    assert!(!ends.contains(&(WalKind::Finalized, 1)), "{ends:?}");
+}
+
 pub async fn finalize_and_reap_check_the_lease_owner_too<S: Store>(store: S) {
     // Finalize: the outcome is recorded by the real owner, so only the owner part of the
     // fence stands between a forged finalize and the operation.
@@ -1565,6 +1614,7 @@ macro_rules! conformance_suite {
             accept_with_a_lease_starts_the_first_new_operations_at_once,
             settle_records_then_applies_in_one_step,
             a_zombies_settle_is_kept_in_the_log_and_changes_nothing,
+            a_zombie_and_the_current_attempt_in_one_settle_are_told_apart,
             finalize_and_reap_check_the_lease_owner_too,
             a_reap_from_a_stale_read_loses_to_an_outcome_recorded_since,
             release_node_ends_only_the_earlier_incarnations_leases,
