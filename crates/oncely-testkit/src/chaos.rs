@@ -388,6 +388,18 @@ impl Cluster {
         for node in &self.nodes {
             metrics::add(&mut counted, &node.scraped);
         }
+        let check = self.check_metrics(&counted, store, true).await?;
+        Ok(check.mismatches.is_empty())
+    }
+
+    /// Compares `counted` with the store's terminal operations and rescues since the run
+    /// began and with the logs' fenced writes.
+    async fn check_metrics(
+        &self,
+        counted: &Counters,
+        store: &AnyStore,
+        exact: bool,
+    ) -> Result<MetricsCheck, Error> {
         let overview = store
             .overview(
                 OverviewOf::All,
@@ -395,9 +407,17 @@ impl Cluster {
                 chrono::Utc::now(),
             )
             .await?;
-        let (fenced_writes, _) = self.count_in_logs("taken over by another worker", None);
-        let check = MetricsCheck::new(&counted, &overview, fenced_writes as u64, true);
-        Ok(check.mismatches.is_empty())
+        Ok(MetricsCheck::new(
+            counted,
+            &overview,
+            self.fenced_writes() as u64,
+            exact,
+        ))
+    }
+
+    /// How many writes the nodes' logs say were fenced.
+    fn fenced_writes(&self) -> usize {
+        self.count_in_logs("taken over by another worker", None).0
     }
 
     /// Scrapes node `index`, then SIGKILLs it: what it counted since is lost with it.
@@ -1037,15 +1057,10 @@ pub async fn run(args: ChaosConfig) -> Result<ChaosReport, Error> {
         .during("auditing")?;
     let (gateway, webhooks) = (cluster.gateway.clone(), cluster.webhooks.clone());
     let undelivered = undelivered(&store).await?;
-    let (fenced_writes, _) = cluster.count_in_logs("taken over by another worker", None);
-    let overview = store
-        .overview(
-            OverviewOf::All,
-            chrono::DateTime::UNIX_EPOCH,
-            chrono::Utc::now(),
-        )
+    let fenced_writes = cluster.fenced_writes();
+    let metrics = cluster
+        .check_metrics(&cluster.counted, &store, exact)
         .await?;
-    let metrics = MetricsCheck::new(&cluster.counted, &overview, fenced_writes as u64, exact);
     let (_, leases_taken_over) = cluster.count_in_logs("took over", Some("released"));
     let lies = std::fs::read_to_string(workdir.join("gateway-sim.log"))
         .unwrap_or_default()
