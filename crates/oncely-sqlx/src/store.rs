@@ -636,17 +636,21 @@ fn fenced(applied: Vec<(i64, i64)>, rows: impl Iterator<Item = (i64, i64)>) -> V
 }
 
 impl<B: Backend> SqlStore<B> {
-    /// Runs one fenced write in its own transaction and returns, per row, whether it was
+    /// Runs one fenced write in its own transaction and returns, per attempt of `batch`
+    /// (its fences, in the caller's order; `rows` are in id order), whether it was
     /// applied; inserts the follow-ups of the rows that were, in the same transaction.
     /// `crash` is tripped just before the commit.
-    async fn fenced_write(
+    async fn fenced_write<'f>(
         &self,
         sql: &WriteSql,
+        batch: impl Iterator<Item = &'f oncely::Fence>,
         mut rows: Vec<WriteRow<'_>>,
         follow_ups: Vec<((i64, i64), NewOperation)>,
         crash: Option<CrashPoint>,
     ) -> Result<Vec<Fenced>, StoreError> {
-        let ids: Vec<(i64, i64)> = rows.iter().map(|row| (row.id, row.attempt)).collect();
+        let ids: Vec<(i64, i64)> = batch
+            .map(|fence| (fence.id.0, i64::from(fence.attempt)))
+            .collect();
         if let (WriteSql::Fused(write), true) = (sql, follow_ups.is_empty()) {
             // One statement: a transaction of its own.
             let params = vec![batch::param(&rows)?];
@@ -972,7 +976,13 @@ impl<B: Backend> Store for SqlStore<B> {
         let rows = WriteRow::records(&batch, false)?;
         // Only a record's finalize applies a decision: its follow-ups go with that.
         let fenced = self
-            .fenced_write(&self.statements.record, rows, Vec::new(), None)
+            .fenced_write(
+                &self.statements.record,
+                batch.iter().map(|r| &r.fence),
+                rows,
+                Vec::new(),
+                None,
+            )
             .await?;
         // The outcome is committed: a crash here leaves it for the Finalizer (I3).
         self.crash_at(CrashPoint::AfterRecord)?;
@@ -984,6 +994,7 @@ impl<B: Backend> Store for SqlStore<B> {
         let follow_ups = follow_ups(batch.iter().map(|r| (&r.fence, &r.follow_ups)));
         self.fenced_write(
             &self.statements.settle,
+            batch.iter().map(|r| &r.fence),
             rows,
             follow_ups,
             Some(CrashPoint::DuringFinalize),
@@ -996,6 +1007,7 @@ impl<B: Backend> Store for SqlStore<B> {
         let follow_ups = follow_ups(batch.iter().map(|t| (&t.fence, &t.follow_ups)));
         self.fenced_write(
             &self.statements.finalize,
+            batch.iter().map(|t| &t.fence),
             rows,
             follow_ups,
             Some(CrashPoint::DuringFinalize),
@@ -1125,8 +1137,14 @@ impl<B: Backend> Store for SqlStore<B> {
     async fn reap(&self, batch: Vec<Transition>) -> Result<Vec<Fenced>, StoreError> {
         let rows = WriteRow::transitions(&batch)?;
         let follow_ups = follow_ups(batch.iter().map(|t| (&t.fence, &t.follow_ups)));
-        self.fenced_write(&self.statements.reap, rows, follow_ups, None)
-            .await
+        self.fenced_write(
+            &self.statements.reap,
+            batch.iter().map(|t| &t.fence),
+            rows,
+            follow_ups,
+            None,
+        )
+        .await
     }
 
     async fn pending_outcomes(

@@ -1133,6 +1133,7 @@ pub async fn a_zombies_settle_is_kept_in_the_log_and_changes_nothing<S: Store>(s
 
 /// One settle batch can hold a zombie's outcome and the current attempt's for the same
 /// operation: only the current one applies, is reported applied and is logged as applied.
+/// Each result is the one of its batch item, whatever order the store writes them in.
 pub async fn a_zombie_and_the_current_attempt_in_one_settle_are_told_apart<S: Store>(store: S) {
     accept(&store, "z2", at(0)).await;
     let a_view = claim(&store, "A", at(1), 1).await.remove(0);
@@ -1142,6 +1143,10 @@ pub async fn a_zombie_and_the_current_attempt_in_one_settle_are_told_apart<S: St
         .await
         .unwrap();
     let b_view = claim(&store, "B", at(100), 1).await.remove(0);
+    // An operation accepted later (a higher id), first in the batch.
+    accept(&store, "z3", at(100)).await;
+    let c_view = claim(&store, "C", at(100), 1).await.remove(0);
+    assert_eq!(c_view.scope.key.as_str(), "z3");
     let record = |view: &Operation, outcome: Outcome| {
         let decision = decide(&RetryPolicy::default(), view, &outcome, false, at(101));
         RecordOutcome {
@@ -1155,12 +1160,17 @@ pub async fn a_zombie_and_the_current_attempt_in_one_settle_are_told_apart<S: St
     };
     let settled = store
         .settle(vec![
+            record(&c_view, ok_outcome("from-C")),
             record(&a_view, ok_outcome("from-A")),
             record(&b_view, ok_outcome("from-B")),
         ])
         .await
         .unwrap();
-    assert_eq!(settled, [Fenced::Rejected, Fenced::Applied]);
+    assert_eq!(
+        settled,
+        [Fenced::Applied, Fenced::Rejected, Fenced::Applied]
+    );
+    assert_eq!(get(&store, "z3").await.state, OperationState::Completed);
     let done = get(&store, "z2").await;
     assert_eq!(done.state, OperationState::Completed);
     assert_eq!(
